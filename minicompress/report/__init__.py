@@ -1,0 +1,1 @@
+"""Tables, timings and figures shared by the CLI, the benchmarks and the tutorials."""

@@ -1,0 +1,45 @@
+"""Timing and machine description for benchmarks (never for assertions in tests)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def median_ms(fn: Callable[[], object], repeat: int = 20, warmup: int = 2,
+              min_seconds: float = 0.0) -> float:
+    """Median wall time of ``fn()`` in milliseconds over ``repeat`` runs after ``warmup`` runs.
+
+    With ``min_seconds`` > 0 the run continues past ``repeat`` until that much time has passed,
+    so that very short calls are measured many times.
+    """
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1; got {repeat}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def blas_info() -> list[dict]:
+    """Which BLAS NumPy runs: library, version, kernel (architecture) and threads (threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+
+    keys = ("internal_api", "version", "architecture", "num_threads", "filepath")
+    return [{k: d.get(k) for k in keys} for d in threadpool_info() if d.get("user_api") == "blas"]
+
+
+def blas_summary() -> str:
+    """One line naming the BLAS kernel NumPy uses, e.g. ``openblas 0.3.29 SkylakeX, 2 threads``."""
+    parts = [
+        f"{d['internal_api']} {d['version']} {d['architecture']}, {d['num_threads']} threads"
+        for d in blas_info()
+    ]
+    return "; ".join(parts) or "unknown BLAS"
