@@ -1,0 +1,59 @@
+"""Which implementation of the training ops the model runs: the NumPy reference or Numba.
+
+``MINICOMPRESS_KERNEL`` (shared with ``minicompress.kernels``) chooses: ``reference`` runs
+the readable NumPy ops of ``ops.py``/``attention.py``; ``auto`` (default), ``portable`` and
+``vnni`` run the fused Numba ops of ``fused.py`` (layer norm, GELU and the attention
+softmax), which have the same contracts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from minicompress.nn import attention, fused, ops
+
+KERNEL_CHOICES = ("auto", "reference", "portable", "vnni")
+
+
+class TrainingOps(NamedTuple):
+    layernorm_forward: object
+    layernorm_backward: object
+    gelu_forward: object
+    gelu_backward: object
+    attention_forward: object
+    attention_backward: object
+
+
+REFERENCE_OPS = TrainingOps(
+    ops.layernorm_forward,
+    ops.layernorm_backward,
+    ops.gelu_forward,
+    ops.gelu_backward,
+    attention.attention_forward,
+    attention.attention_backward,
+)
+
+FUSED_OPS = TrainingOps(
+    fused.layernorm_forward_fused,
+    fused.layernorm_backward_fused,
+    fused.gelu_forward_fused,
+    fused.gelu_backward_fused,
+    fused.attention_forward_fused,
+    fused.attention_backward_fused,
+)
+
+
+def kernel_choice() -> str:
+    """The value of ``MINICOMPRESS_KERNEL`` (default ``auto``), checked."""
+    choice = os.environ.get("MINICOMPRESS_KERNEL", "auto").strip().lower() or "auto"
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(
+            f"MINICOMPRESS_KERNEL must be one of {', '.join(KERNEL_CHOICES)}; got {choice!r}"
+        )
+    return choice
+
+
+def select_ops() -> TrainingOps:
+    """The training ops that ``MINICOMPRESS_KERNEL`` asks for."""
+    return REFERENCE_OPS if kernel_choice() == "reference" else FUSED_OPS

@@ -1,0 +1,229 @@
+"""Numba versions of the row-wise ops of training, with the contracts of ``ops.py``.
+
+NumPy evaluates layer norm and the masked softmax as a chain of full-size temporaries, one
+pass over memory per operator; these kernels make one pass over each row, and the causal
+softmax skips the half of the scores that the mask removes. Each function has the
+signature, the cache type and (to rounding) the result of its NumPy twin in ``ops.py`` /
+``attention.py``, which stays the readable definition; tests compare the two and check both
+by finite differences. ``MINICOMPRESS_KERNEL=reference`` makes the model use the NumPy
+twins instead (see ``nn.backend``).
+
+The kernels run on one thread on purpose: OpenBLAS's worker threads keep spinning for a
+while after each matmul, and a Numba parallel region right after one fights them for the
+two cores (measured here: a 2.5 ms matmul followed by a 6 ms parallel kernel took 15 ms).
+Transcendentals stay in NumPy (``np.tanh``, ``np.exp``): its SIMD versions beat a
+scalar loop by 10x, so the kernels do the arithmetic around them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from minicompress.nn.attention import AttentionCache
+from minicompress.nn.ops import GeluCache, LayerNormCache, gelu_backward, gelu_forward
+
+# ----------------------------------------------------------------------------------------
+# GELU, tanh form: the polynomial parts fused, tanh left to NumPy's SIMD version
+# ----------------------------------------------------------------------------------------
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+
+@njit(cache=True)
+def _gelu_tanh_argument(x, u):  # x, u: [n]; u = sqrt(2/pi) (x + c x^3)
+    dt = x.dtype.type
+    s, sc = dt(_SQRT_2_OVER_PI), dt(_SQRT_2_OVER_PI * _GELU_C)
+    for i in range(x.size):
+        v = x[i]
+        u[i] = (sc * v * v + s) * v
+
+
+@njit(cache=True)
+def _gelu_tanh_output(x, t, y):  # y = 0.5 x (1 + t)
+    dt = x.dtype.type
+    for i in range(x.size):
+        y[i] = dt(0.5) * x[i] * (dt(1.0) + t[i])
+
+
+@njit(cache=True)
+def _gelu_tanh_backward_kernel(dy, x, t, dx):
+    # dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3c x^2))
+    dt = x.dtype.type
+    s, sc3 = dt(_SQRT_2_OVER_PI), dt(3.0 * _SQRT_2_OVER_PI * _GELU_C)
+    for i in range(x.size):
+        v, ti = x[i], t[i]
+        dx[i] = dy[i] * dt(0.5) * (dt(1.0) + ti + v * (dt(1.0) - ti * ti) * (sc3 * v * v + s))
+
+
+def gelu_forward_fused(x: np.ndarray, approximate: str = "tanh") -> tuple:
+    """``ops.gelu_forward`` in three passes (tanh form); the erf form is ``ops.gelu_forward``."""
+    if approximate != "tanh":
+        return gelu_forward(x, approximate)
+    x = np.ascontiguousarray(x)
+    t, y = np.empty_like(x), np.empty_like(x)
+    _gelu_tanh_argument(x.reshape(-1), t.reshape(-1))
+    np.tanh(t, out=t)
+    _gelu_tanh_output(x.reshape(-1), t.reshape(-1), y.reshape(-1))
+    return y, GeluCache(x, t, "tanh")
+
+
+def gelu_backward_fused(dy: np.ndarray, cache: GeluCache) -> np.ndarray:
+    """``ops.gelu_backward`` in one pass (tanh form)."""
+    if cache.approximate != "tanh":
+        return gelu_backward(dy, cache)
+    dy = np.ascontiguousarray(dy)
+    dx = np.empty_like(dy)
+    _gelu_tanh_backward_kernel(
+        dy.reshape(-1), cache.x.reshape(-1), cache.t.reshape(-1), dx.reshape(-1)
+    )
+    return dx
+
+
+# ----------------------------------------------------------------------------------------
+# layer norm
+# ----------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _layernorm_kernel(x, g, b, eps, y, xhat, rstd):  # x, y, xhat: [R, C]; rstd: [R]
+    r, c = x.shape
+    for i in range(r):
+        mean = x[i].sum() / c
+        var = 0.0
+        for j in range(c):
+            d = x[i, j] - mean
+            var += d * d
+        s = 1.0 / math.sqrt(var / c + eps)
+        rstd[i] = s
+        for j in range(c):
+            h = (x[i, j] - mean) * s
+            xhat[i, j] = h
+            y[i, j] = h * g[j] + b[j]
+
+
+@njit(cache=True)
+def _layernorm_backward_kernel(dy, xhat, rstd, g, dx):  # dy, xhat, dx: [R, C]; rstd: [R]
+    r, c = dy.shape
+    for i in range(r):
+        m1 = 0.0  # mean(dxhat)
+        m2 = 0.0  # mean(dxhat * xhat)
+        for j in range(c):
+            d = dy[i, j] * g[j]
+            m1 += d
+            m2 += d * xhat[i, j]
+        m1 /= c
+        m2 /= c
+        for j in range(c):
+            dx[i, j] = rstd[i] * (dy[i, j] * g[j] - m1 - xhat[i, j] * m2)
+
+
+def layernorm_forward_fused(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5):
+    """``ops.layernorm_forward`` in one pass over each row (statistics accumulated in float64)."""
+    shape = x.shape
+    x2 = np.ascontiguousarray(x).reshape(-1, shape[-1])  # [R, C]
+    y, xhat = np.empty_like(x2), np.empty_like(x2)
+    rstd = np.empty(x2.shape[0], dtype=x.dtype)
+    _layernorm_kernel(x2, g, b, eps, y, xhat, rstd)
+    cache = LayerNormCache(xhat.reshape(shape), rstd.reshape(*shape[:-1], 1), g)
+    return y.reshape(shape), cache
+
+
+def layernorm_backward_fused(dy: np.ndarray, cache: LayerNormCache) -> tuple:
+    """``ops.layernorm_backward``: dx in one pass per row, dg and db as NumPy reductions."""
+    xhat, rstd, g = cache
+    c = dy.shape[-1]
+    dy2 = np.ascontiguousarray(dy).reshape(-1, c)  # [R, C]
+    xh2 = xhat.reshape(-1, c)
+    dx = np.empty_like(dy2)
+    _layernorm_backward_kernel(dy2, xh2, rstd.reshape(-1), g, dx)
+    dg = np.einsum("rc,rc->c", dy2, xh2)  # sum over rows of dy * xhat, no temporary
+    return dx.reshape(dy.shape), dg, dy2.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------------------
+# attention softmax: scale, mask and normalise in one pass
+# ----------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _shift_and_mask(att, scale, causal, pad):  # att: [B, H, T, T] in place; pad: [B, T]
+    """att <- (att - max of the visible scores) * scale, and -inf where masked.
+    A query that sees no key gets all zeros (uniform after exp), as the NumPy version."""
+    b_, h_, t_, _ = att.shape
+    dt = att.dtype.type
+    has_pad = pad.shape[0] > 0
+    for row in range(b_ * h_ * t_):
+        b = row // (h_ * t_)
+        i = row % t_
+        a = att[b, (row // t_) % h_, i]  # [T] scores of query i
+        end = i + 1 if causal else t_
+        m = dt(-np.inf)
+        for j in range(end):
+            if not (has_pad and pad[b, j]) and a[j] > m:
+                m = a[j]
+        if m == -np.inf:
+            a[:] = 0.0
+            continue
+        for j in range(end):
+            a[j] = (a[j] - m) * scale
+        a[end:] = -np.inf
+        if has_pad:
+            for j in range(end):
+                if pad[b, j]:
+                    a[j] = -np.inf
+
+
+@njit(cache=True)
+def _normalize_rows(e):  # e: [R, T] in place
+    for r in range(e.shape[0]):
+        e[r] *= e.dtype.type(1.0) / e[r].sum()
+
+
+@njit(cache=True)
+def _softmax_backward_kernel(dp, p, scale, causal):  # dp (in place -> ds), p: [B, H, T, T]
+    b_, h_, t_, _ = p.shape
+    dt = p.dtype.type
+    for row in range(b_ * h_ * t_):
+        b, hh, i = row // (h_ * t_), (row // t_) % h_, row % t_
+        d, q = dp[b, hh, i], p[b, hh, i]
+        end = i + 1 if causal else t_
+        s = dt(0.0)
+        for j in range(end):
+            s += d[j] * q[j]
+        for j in range(end):
+            d[j] = q[j] * (d[j] - s) * scale
+        d[end:] = 0.0
+
+
+def attention_forward_fused(q, k, v, causal: bool = True, pad_mask=None) -> tuple:
+    """``attention.attention_forward`` with the scale, mask and softmax fused in one pass."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    # the transposes are copied: NumPy's batched matmul is 4x slower on a swapped view
+    att = q @ np.ascontiguousarray(
+        k.swapaxes(-1, -2)
+    )  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
+    pad = np.zeros((0, 0), np.bool_) if pad_mask is None else np.ascontiguousarray(pad_mask)
+    _shift_and_mask(att, q.dtype.type(scale), causal, pad)
+    np.exp(att, out=att)  # NumPy's SIMD exp: 10x a scalar exp loop
+    _normalize_rows(att.reshape(-1, att.shape[-1]))  # [B, H, T, T] probabilities
+    y = att @ v  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
+    # a causal row is zero past the diagonal unless padding masked every key it sees
+    return y, AttentionCache(q, k, v, att, scale, causal and pad_mask is None)
+
+
+def attention_backward_fused(dy, cache: AttentionCache, dp_extra=None) -> tuple:
+    """``attention.attention_backward`` with the softmax backward and the scale fused."""
+    q, k, v, p, scale, zero_past_diagonal = cache
+    dv = p.swapaxes(-1, -2) @ dy  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
+    dp = dy @ np.ascontiguousarray(v.swapaxes(-1, -2))  # [B,H,T,D] @ [B,H,D,T] -> [B,H,T,T]
+    if dp_extra is not None:
+        dp += dp_extra
+    # past the diagonal p == 0, so ds == 0 there: the kernel skips those entries
+    _softmax_backward_kernel(dp, p, q.dtype.type(scale), zero_past_diagonal)
+    dq = dp @ k  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
+    dk = dp.swapaxes(-1, -2) @ q  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
+    return dq, dk, dv
