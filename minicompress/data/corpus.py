@@ -61,12 +61,14 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str, name: str = "text") -> np.ndarray:
+        """Token ids of ``text``; a character outside the vocabulary is refused, naming
+        ``name`` (the argument the text came from)."""
         try:
             return np.array([self.index[c] for c in text], dtype=np.int64)
         except KeyError as e:
             raise ValueError(
-                f"text holds the character {e.args[0]!r}, which is not in the vocabulary of "
+                f"{name} holds the character {e.args[0]!r}, which is not in the vocabulary of "
                 f"{self.vocab_size} characters"
             ) from None
 
@@ -88,12 +90,15 @@ class TextDataset:
     val: np.ndarray  # int64 [n_val]
 
 
-def make_dataset(text: str, block_size: int, val_fraction: float = 0.1) -> TextDataset:
+def make_dataset(
+    text: str, block_size: int, val_fraction: float = 0.1, tokenizer: CharTokenizer | None = None
+) -> TextDataset:
     """Tokenize ``text`` and split it at ``(1 - val_fraction) * len``, without shuffling (so
-    no validation window overlaps a training one). Each part must hold a full block."""
+    no validation window overlaps a training one). Each part must hold a full block.
+    ``tokenizer`` (e.g. a trained model's) defaults to the characters of ``text``."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must lie in (0, 1); got {val_fraction}")
-    tok = CharTokenizer.from_text(text)
+    tok = CharTokenizer.from_text(text) if tokenizer is None else tokenizer
     ids = tok.encode(text)
     n_train = int(round(len(ids) * (1.0 - val_fraction)))
     need = block_size + 1

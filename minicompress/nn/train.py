@@ -32,7 +32,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # global gradient-norm limit
     eval_every: int = 250  # validate every this many steps (0: only at the end)
     eval_windows: int = 64  # validation windows used by the periodic checks (all at the end)
-    seed: int = 0  # seeds the batches (the parameters are seeded by the caller)
+    seed: int = 0  # seeds the batches, as the stream default_rng([seed, 1])
 
     def __post_init__(self):
         for name in ("batch_size", "steps", "warmup"):
@@ -91,7 +91,7 @@ def train(
     from tqdm.auto import tqdm
 
     tune_allocator()
-    rng = np.random.default_rng(tc.seed)
+    rng = np.random.default_rng([tc.seed, 1])  # [seed, 0] is the parameters' stream
     opt = AdamW(lr=tc.lr, weight_decay=tc.weight_decay)
     hist = History()
     tokens = tc.batch_size * cfg.block_size

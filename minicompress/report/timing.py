@@ -37,9 +37,14 @@ def blas_info() -> list[dict]:
 
 
 def blas_summary() -> str:
-    """One line naming the BLAS kernel NumPy uses, e.g. ``openblas 0.3.29 SkylakeX, 2 threads``."""
+    """One line naming the BLAS kernel NumPy uses, e.g. ``openblas 0.3.29 SkylakeX, 2 threads``.
+
+    SciPy may load a BLAS of its own; the one under NumPy's folder is the one ``x @ w`` runs.
+    """
+    infos = blas_info()
+    numpy_own = [d for d in infos if "numpy" in (d.get("filepath") or "")]
     parts = [
         f"{d['internal_api']} {d['version']} {d['architecture']}, {d['num_threads']} threads"
-        for d in blas_info()
+        for d in (numpy_own or infos)
     ]
     return "; ".join(parts) or "unknown BLAS"

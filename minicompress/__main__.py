@@ -1,0 +1,5 @@
+import sys
+
+from minicompress.cli import main
+
+sys.exit(main())
