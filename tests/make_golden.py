@@ -48,8 +48,9 @@ def linear(torch, rng, dtype=np.float64):
     xt, wt, bt = _leaf(torch, x), _leaf(torch, w.T.copy()), _leaf(torch, b)  # torch w: [N, K]
     y = F.linear(xt, wt, bt)
     y.backward(torch.tensor(dy))
-    return dict(x=x, w=w, b=b, dy=dy, y=_np(y), dx=_np(xt.grad), dw=_np(wt.grad).T.copy(),
-                db=_np(bt.grad))
+    return dict(
+        x=x, w=w, b=b, dy=dy, y=_np(y), dx=_np(xt.grad), dw=_np(wt.grad).T.copy(), db=_np(bt.grad)
+    )
 
 
 def embedding(torch, rng, dtype=np.float64):
@@ -72,8 +73,7 @@ def layernorm(torch, rng, dtype=np.float64):
     xt, gt, bt = _leaf(torch, x), _leaf(torch, g), _leaf(torch, b)
     y = F.layer_norm(xt, (6,), gt, bt, eps=1e-5)
     y.backward(torch.tensor(dy))
-    return dict(x=x, g=g, b=b, dy=dy, y=_np(y), dx=_np(xt.grad), dg=_np(gt.grad),
-                db=_np(bt.grad))
+    return dict(x=x, g=g, b=b, dy=dy, y=_np(y), dx=_np(xt.grad), dg=_np(gt.grad), db=_np(bt.grad))
 
 
 def _gelu(torch, rng, dtype, approximate):
@@ -134,8 +134,17 @@ def _sdpa(torch, rng, dtype, causal, pad_mask):
         qt, kt, vt, attn_mask=attn_mask, is_causal=causal and pad_mask is None
     )
     y.backward(torch.tensor(dy))
-    out = dict(q=q, k=k, v=v, dy=dy, y=_np(y), dq=_np(qt.grad), dk=_np(kt.grad),
-               dv=_np(vt.grad), causal=np.array(causal))
+    out = dict(
+        q=q,
+        k=k,
+        v=v,
+        dy=dy,
+        y=_np(y),
+        dq=_np(qt.grad),
+        dk=_np(kt.grad),
+        dv=_np(vt.grad),
+        causal=np.array(causal),
+    )
     if pad_mask is not None:
         out["pad_mask"] = pad_mask
     return out
@@ -161,8 +170,9 @@ def _mha(torch, rng, dtype, causal, pad_mask):
     c, h, t = 8, 2, 5
     x = rng.standard_normal((2, t, c)).astype(dtype)
     dy = rng.standard_normal((2, t, c)).astype(dtype)
-    mha = torch.nn.MultiheadAttention(c, h, batch_first=True, dtype=torch.float64
-                                      if dtype == np.float64 else torch.float32)
+    mha = torch.nn.MultiheadAttention(
+        c, h, batch_first=True, dtype=torch.float64 if dtype == np.float64 else torch.float32
+    )
     in_w = (rng.standard_normal((3 * c, c)) * 0.5).astype(dtype)  # torch layout [3C, C]
     in_b = (rng.standard_normal(3 * c) * 0.1).astype(dtype)
     out_w = (rng.standard_normal((c, c)) * 0.5).astype(dtype)  # [C_out, C_in]
@@ -180,11 +190,20 @@ def _mha(torch, rng, dtype, causal, pad_mask):
     y, _ = mha(xt, xt, xt, key_padding_mask=kpm, attn_mask=attn_mask, need_weights=False)
     y.backward(torch.tensor(dy))
     out = dict(
-        x=x, dy=dy, n_head=np.array(h), causal=np.array(causal),
-        qkv_w=in_w.T.copy(), qkv_b=in_b, proj_w=out_w.T.copy(), proj_b=out_b,  # our layout
-        y=_np(y), dx=_np(xt.grad),
-        dqkv_w=_np(mha.in_proj_weight.grad).T.copy(), dqkv_b=_np(mha.in_proj_bias.grad),
-        dproj_w=_np(mha.out_proj.weight.grad).T.copy(), dproj_b=_np(mha.out_proj.bias.grad),
+        x=x,
+        dy=dy,
+        n_head=np.array(h),
+        causal=np.array(causal),
+        qkv_w=in_w.T.copy(),
+        qkv_b=in_b,
+        proj_w=out_w.T.copy(),
+        proj_b=out_b,  # our layout
+        y=_np(y),
+        dx=_np(xt.grad),
+        dqkv_w=_np(mha.in_proj_weight.grad).T.copy(),
+        dqkv_b=_np(mha.in_proj_bias.grad),
+        dproj_w=_np(mha.out_proj.weight.grad).T.copy(),
+        dproj_b=_np(mha.out_proj.bias.grad),
     )
     if pad_mask is not None:
         out["pad_mask"] = pad_mask

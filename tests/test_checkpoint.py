@@ -15,8 +15,17 @@ from minicompress.nn.model import GPTConfig, init_params
 from minicompress.nn.train import TrainConfig, train
 
 VOCAB = list("abcdefg")
-CFG = GPTConfig(vocab_size=7, block_size=6, n_layer=2, n_head=2, n_embd=8, mlp_ratio=2,
-                norm="post", gelu="none", causal=False)  # not the defaults: all must survive
+CFG = GPTConfig(
+    vocab_size=7,
+    block_size=6,
+    n_layer=2,
+    n_head=2,
+    n_embd=8,
+    mlp_ratio=2,
+    norm="post",
+    gelu="none",
+    causal=False,
+)  # not the defaults: all must survive
 
 
 @pytest.fixture
@@ -97,9 +106,13 @@ def test_truncated_npz_without_checksum_is_refused(ckpt):
 
 @pytest.mark.parametrize(
     "text, match",
-    [("{not json", "config.json.*damaged or not JSON"), (b"\xff\xfe", "config.json.*damaged"),
-     ("[1, 2]", "config.json.*JSON object"), ('{"vocab": []}', "config.json"),
-     ('{"model": 3, "vocab": []}', "config.json")],
+    [
+        ("{not json", "config.json.*damaged or not JSON"),
+        (b"\xff\xfe", "config.json.*damaged"),
+        ("[1, 2]", "config.json.*JSON object"),
+        ('{"vocab": []}', "config.json"),
+        ('{"model": 3, "vocab": []}', "config.json"),
+    ],
 )
 def test_corrupt_json_is_refused(ckpt, text, match):
     folder, _ = ckpt
@@ -145,8 +158,9 @@ def test_object_arrays_are_not_saved(tmp_path):
 
 def test_training_writes_a_loadable_checkpoint(tmp_path):
     data = make_dataset("abcdefgh " * 30, block_size=8)
-    cfg = GPTConfig(vocab_size=data.tokenizer.vocab_size, block_size=8, n_layer=1, n_head=1,
-                    n_embd=8)
+    cfg = GPTConfig(
+        vocab_size=data.tokenizer.vocab_size, block_size=8, n_layer=1, n_head=1, n_embd=8
+    )
     params = init_params(cfg, np.random.default_rng(0))
     tc = TrainConfig(batch_size=2, steps=2, warmup=1, eval_every=0)
     train(params, cfg, data, tc, out_dir=tmp_path / "run", progress=False)

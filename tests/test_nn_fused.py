@@ -45,7 +45,9 @@ def test_gelu_matches_torch_golden(name, approximate):
     assert_close(dx, c["dx"], rtol=1e-12, atol=1e-13, name=f"{name}.dx")
 
 
-@pytest.mark.parametrize("name", ["sdpa_causal", "sdpa_bidirectional", "sdpa_pad", "sdpa_causal_pad"])
+@pytest.mark.parametrize(
+    "name", ["sdpa_causal", "sdpa_bidirectional", "sdpa_pad", "sdpa_causal_pad"]
+)
 def test_attention_matches_torch_golden(name):
     c = load_golden(name)
     y, cache = fused.attention_forward_fused(
@@ -93,8 +95,9 @@ def test_gelu_fused_equals_reference(rng, shape, contiguous, approximate):
     y, c = fused.gelu_forward_fused(x, approximate)
     assert y.dtype == np.float32
     assert_close(y, y_ref, name="gelu.y", **F32)
-    assert_close(fused.gelu_backward_fused(dy, c), ops.gelu_backward(dy, c_ref), name="gelu.dx",
-                 **F32)
+    assert_close(
+        fused.gelu_backward_fused(dy, c), ops.gelu_backward(dy, c_ref), name="gelu.dx", **F32
+    )
     np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(dy, dy0)
 
@@ -218,8 +221,13 @@ def test_attention_fused_gradcheck_query_sees_no_key(rng):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("reference", backend.REFERENCE_OPS), (" Reference ", backend.REFERENCE_OPS),
-     ("auto", backend.FUSED_OPS), ("", backend.FUSED_OPS), ("portable", backend.FUSED_OPS)],
+    [
+        ("reference", backend.REFERENCE_OPS),
+        (" Reference ", backend.REFERENCE_OPS),
+        ("auto", backend.FUSED_OPS),
+        ("", backend.FUSED_OPS),
+        ("portable", backend.FUSED_OPS),
+    ],
 )
 def test_select_ops_follows_environment(monkeypatch, value, expected):
     monkeypatch.setenv("MINICOMPRESS_KERNEL", value)

@@ -85,8 +85,9 @@ def test_model_gradcheck(rng, ops_name, norm, mode, extra):
         logits, cache = forward(params, idx, cfg, pad_mask=pad, ops=ops)
         total = np.sum(logits * r)
         if extra:
-            total += sum(np.sum(x * d) for x, d in zip(cache.hidden, dhidden, strict=True)
-                         if d is not None)
+            total += sum(
+                np.sum(x * d) for x, d in zip(cache.hidden, dhidden, strict=True) if d is not None
+            )
             total += sum(np.sum(p * d) for p, d in zip(cache.attn, dattn, strict=True))
         return float(total)
 
@@ -292,8 +293,12 @@ def test_generate(rng):
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [(dict(n_tokens=-1), "n_tokens"), (dict(temperature=-0.5), "temperature"),
-     (dict(top_k=0), "top_k"), (dict(top_k=8), "top_k")],
+    [
+        (dict(n_tokens=-1), "n_tokens"),
+        (dict(temperature=-0.5), "temperature"),
+        (dict(top_k=0), "top_k"),
+        (dict(top_k=8), "top_k"),
+    ],
 )
 def test_generate_refuses_bad_arguments(rng, kwargs, name):
     cfg = GPTConfig(**TINY)
@@ -308,8 +313,9 @@ def test_generate_refuses_bad_arguments(rng, kwargs, name):
 
 TEXT = "the quick brown fox jumps over the lazy dog. " * 40
 TRAIN_CFG = dict(vocab_size=1, block_size=16, n_layer=1, n_head=2, n_embd=16)
-TRAIN_TC = TrainConfig(batch_size=8, steps=12, lr=1e-2, min_lr=1e-3, warmup=3, eval_every=6,
-                       eval_windows=4, seed=3)
+TRAIN_TC = TrainConfig(
+    batch_size=8, steps=12, lr=1e-2, min_lr=1e-3, warmup=3, eval_every=6, eval_windows=4, seed=3
+)
 
 
 def _train_once(tc=TRAIN_TC, seed=0):
@@ -336,10 +342,10 @@ def test_training_is_bit_identical_in_a_subprocess(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, numpy as np
-        sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
+        sys.path.insert(0, {str(__file__.rsplit("/", 1)[0])!r})
         from test_nn_model import _train_once
         params, hist, _, _ = _train_once()
-        np.savez({str(tmp_path / 'p.npz')!r}, loss=np.array(hist.loss), **params)
+        np.savez({str(tmp_path / "p.npz")!r}, loss=np.array(hist.loss), **params)
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)

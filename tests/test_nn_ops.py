@@ -211,7 +211,9 @@ def test_embedding_gradcheck(rng):
     _, cache = ops.embedding_forward(idx, table)
     dtable = ops.embedding_backward(r, cache)
     errors = check_grads(
-        lambda: _project(ops.embedding_forward(idx, table)[0], r), {"table": table}, {"table": dtable}
+        lambda: _project(ops.embedding_forward(idx, table)[0], r),
+        {"table": table},
+        {"table": dtable},
     )
     assert_grads_ok(errors)
     assert not dtable[[1, 3, 5]].any()  # unused rows get no gradient

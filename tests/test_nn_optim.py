@@ -113,9 +113,13 @@ def test_optimizers_keep_float32(rng):
 
 @pytest.mark.parametrize(
     "cls, kwargs, name",
-    [(AdamW, dict(lr=0.0), "lr"), (AdamW, dict(betas=(0.9, 1.0)), "betas"),
-     (AdamW, dict(weight_decay=-1.0), "weight_decay"), (SGD, dict(lr=-1.0), "lr"),
-     (SGD, dict(momentum=1.0), "momentum")],
+    [
+        (AdamW, dict(lr=0.0), "lr"),
+        (AdamW, dict(betas=(0.9, 1.0)), "betas"),
+        (AdamW, dict(weight_decay=-1.0), "weight_decay"),
+        (SGD, dict(lr=-1.0), "lr"),
+        (SGD, dict(momentum=1.0), "momentum"),
+    ],
 )
 def test_optimizers_refuse_bad_hyperparameters(cls, kwargs, name):
     with pytest.raises(ValueError, match=name):
