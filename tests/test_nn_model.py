@@ -269,6 +269,23 @@ def test_forward_refuses_non_token_arrays(rng, idx):
         forward(init_params(cfg, rng), idx, cfg)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=(AssertionError, pytest.fail.Exception),
+    reason="model.py forward passes pad_mask on unchecked: the fused attention "
+    "(fused.py _shift_and_mask, no bounds check) reads past the mask for a [1, T] or "
+    "[B, T-1] mask and masks arbitrary keys silently; the reference broadcasts [1, T] or "
+    "fails with a NumPy broadcast error that does not name pad_mask",
+)
+@pytest.mark.parametrize("shape", [(1, 4), (2, 3)], ids=["batch 1 of 2", "T-1"])
+@pytest.mark.parametrize("ops_name", list(OPS))
+def test_forward_refuses_pad_mask_of_wrong_shape(rng, ops_name, shape):
+    cfg = GPTConfig(**TINY, causal=False)
+    idx = rng.integers(0, cfg.vocab_size, size=(2, 4))
+    with pytest.raises(ValueError, match="pad_mask"):
+        forward(init_params(cfg, rng), idx, cfg, pad_mask=np.zeros(shape, bool), ops=OPS[ops_name])
+
+
 # ----------------------------------------------------------------------------------------
 # generation
 # ----------------------------------------------------------------------------------------
