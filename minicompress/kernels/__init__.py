@@ -1,5 +1,13 @@
 """Hot-path kernels, each beside the plain NumPy reference in ``reference.py``."""
 
+from minicompress.kernels.int8_gemm import (
+    PackedInt8Linear,
+    int8_gemm,
+    int8_kernel_path,
+    int8_linear,
+    pack_int8_linear,
+    pack_quantized_int8_linear,
+)
 from minicompress.kernels.reference import (
     CSR,
     MAX_K_INT32,
@@ -16,6 +24,12 @@ from minicompress.kernels.reference import (
 __all__ = [
     "CSR",
     "MAX_K_INT32",
+    "PackedInt8Linear",
+    "int8_gemm",
+    "int8_kernel_path",
+    "int8_linear",
+    "pack_int8_linear",
+    "pack_quantized_int8_linear",
     "csr_matmul_reference",
     "csr_to_dense",
     "dense_to_csr",

@@ -1,0 +1,120 @@
+"""Benchmark of the int8 linear layer end to end (float32 in, float32 out) against NumPy fp32
+``x @ w + b`` and, when PyTorch is installed, ``torch.ao.quantization.quantize_dynamic``.
+
+Both the path that ``auto`` picks (``vnni`` on a CPU with AVX-512 VNNI) and the
+``portable`` path are measured, on each thread count. Numba threads are set with
+``numba.set_num_threads``, BLAS threads with ``threadpoolctl.threadpool_limits`` and
+PyTorch's with ``torch.set_num_threads``; all are restored afterwards. Nothing is printed:
+the CLI formats the records.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from minicompress.kernels.int8_gemm import int8_kernel_path, int8_linear, pack_int8_linear
+from minicompress.report.timing import median_ms
+
+M_VALUES = (1, 32, 128, 512)
+KN_VALUES = ((256, 1024), (1024, 256), (768, 3072))
+QUICK_M_VALUES = (1, 128)
+QUICK_KN_VALUES = ((768, 3072),)
+
+
+def _torch_dynamic_linear(w: np.ndarray, bias: np.ndarray):
+    """A forward function of torch's dynamic int8 ``nn.Linear``, or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None, None
+    k, n = w.shape
+    layer = torch.nn.Linear(k, n)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))  # [N, K] layout
+        layer.bias.copy_(torch.from_numpy(bias))
+    qlayer = torch.ao.quantization.quantize_dynamic(
+        torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8
+    )
+
+    def forward(x_t):
+        with torch.inference_mode():
+            return qlayer(x_t)
+
+    return torch, forward
+
+
+def run_int8_bench(quick: bool, threads_list: tuple[int, ...] = (1, 2)) -> list[dict]:
+    """Time ``int8_linear`` (auto path and portable path) against NumPy fp32 and torch.
+
+    quick: True for one shape family and few repeats (a few seconds, for CI).
+    threads_list: thread counts to run on.
+
+    Returns one dict per (path, M, K, N, threads) with keys kernel, path, M, K, N, threads,
+    ms, numpy_ms, speedup_vs_numpy, torch_ms, speedup_vs_torch (the last two None without
+    torch). Times are medians in milliseconds.
+    """
+    for t in threads_list:
+        if not isinstance(t, int) or not 1 <= t <= numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(
+                f"threads_list entries must be ints in [1, {numba.config.NUMBA_NUM_THREADS}]; "
+                f"got {t!r}"
+            )
+    m_values, kn_values = (QUICK_M_VALUES, QUICK_KN_VALUES) if quick else (M_VALUES, KN_VALUES)
+    repeat, min_seconds = (5, 0.02) if quick else (20, 0.2)
+    paths = list(dict.fromkeys([int8_kernel_path(), "portable"]))  # auto first, no duplicate
+    rng = np.random.default_rng(0)
+    records = []
+    old_numba_threads = numba.get_num_threads()
+    try:
+        for k, n in kn_values:
+            w = rng.standard_normal((k, n), dtype=np.float32) / np.float32(np.sqrt(k))
+            bias = rng.standard_normal(n, dtype=np.float32)
+            packed = {p: pack_int8_linear(w, bias, path=p) for p in paths}
+            torch, torch_forward = _torch_dynamic_linear(w, bias)
+            for m in m_values:
+                x = rng.standard_normal((m, k), dtype=np.float32)
+                x_t = torch.from_numpy(x) if torch is not None else None
+                for threads in threads_list:
+                    records += _time_one(x, w, bias, packed, torch, torch_forward, x_t,
+                                         threads, repeat, min_seconds)
+    finally:
+        numba.set_num_threads(old_numba_threads)
+    return records
+
+
+def _time_one(x, w, bias, packed, torch, torch_forward, x_t, threads, repeat, min_seconds):
+    """Records of every path for one shape on ``threads`` threads."""
+    m, k = x.shape
+    n = w.shape[1]
+    numba.set_num_threads(threads)
+    with threadpool_limits(limits=threads):
+        numpy_ms = median_ms(lambda: x @ w + bias, repeat=repeat, min_seconds=min_seconds)
+    torch_ms = None
+    if torch is not None:
+        old_torch_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            torch_ms = median_ms(lambda: torch_forward(x_t), repeat=repeat,
+                                 min_seconds=min_seconds)
+        finally:
+            torch.set_num_threads(old_torch_threads)
+    records = []
+    for path, layer in packed.items():
+        ms = median_ms(lambda layer=layer: int8_linear(x, layer), repeat=repeat,
+                       min_seconds=min_seconds)
+        records.append({
+            "kernel": "int8_linear",
+            "path": path,
+            "M": m,
+            "K": k,
+            "N": n,
+            "threads": threads,
+            "ms": ms,
+            "numpy_ms": numpy_ms,
+            "speedup_vs_numpy": numpy_ms / ms,
+            "torch_ms": torch_ms,
+            "speedup_vs_torch": None if torch_ms is None else torch_ms / ms,
+        })
+    return records

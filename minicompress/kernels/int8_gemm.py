@@ -1,0 +1,263 @@
+"""int8 GEMM and the int8 linear layer, with the contracts of ``reference.py``.
+
+Three paths compute the same integers (and the same floats for the layer):
+
+- ``reference``: the NumPy functions of ``reference.py``;
+- ``portable``: Numba kernels below, for any CPU Numba supports. The inner loop
+  ``acc[n] += a[m, k] * w[k, n]`` runs over a contiguous row of w, so LLVM vectorizes it
+  (int8 -> int32 widening and 32-bit multiply-adds); about half the speed of NumPy's fp32
+  sgemm, because no loop form makes LLVM emit the int8 dot-product instructions;
+- ``vnni``: the AVX-512 VNNI micro-kernel of ``vnni.py`` (``vpdpbusd``, 64 uint8 x int8
+  products per instruction) over weights packed ``[N/16, K/4, 16, 4]``.
+
+``MINICOMPRESS_KERNEL`` = ``auto`` (default: ``vnni`` when the CPU has it, else
+``portable``) | ``reference`` | ``portable`` | ``vnni`` chooses; ``int8_kernel_path()`` says
+which one runs. Every public function also takes ``path=`` to ask for one explicitly.
+
+Weights are quantized and packed once (``pack_int8_linear``), for one path: the portable
+and reference paths keep ``w_q`` [K, N] as is, the VNNI path keeps the packed layout.
+Activations are quantized on every call, inside the Numba kernel (it is part of the cost).
+
+Input arrays that are not C-contiguous are copied to C order (never an error, never a
+wrong answer); wrong dtypes, shapes, non-finite activations and ``K > MAX_K_INT32`` raise
+``TypeError``/``ValueError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from minicompress.kernels import vnni
+from minicompress.kernels.int8_quant import dequantize_tile, quantize_rows
+from minicompress.kernels.reference import (
+    check_array,
+    check_k_fits_int32,
+    int8_gemm_reference,
+    quantize_weight_per_channel,
+    quantized_linear_reference,
+)
+
+KERNEL_PATHS = ("reference", "portable", "vnni")
+KERNEL_CHOICES = ("auto", *KERNEL_PATHS)
+N_TILE = 256  # int32 accumulators of the portable kernel per row: 1 KB, stays in L1
+
+
+# ----------------------------------------------------------------------------------------
+# which path runs
+# ----------------------------------------------------------------------------------------
+
+
+def int8_kernel_path(path: str | None = None) -> str:
+    """The int8 path that runs: ``path`` if given, else ``MINICOMPRESS_KERNEL`` (default auto).
+
+    ``auto`` resolves to ``vnni`` when the CPU has AVX-512 VNNI, else ``portable``. Asking
+    for ``vnni`` on a CPU without it, or for an unknown path, raises ValueError.
+    """
+    source = "path"
+    if path is None:
+        source = "MINICOMPRESS_KERNEL"
+        path = os.environ.get("MINICOMPRESS_KERNEL", "auto").strip().lower() or "auto"
+    if path not in KERNEL_CHOICES:
+        raise ValueError(f"{source} must be one of {', '.join(KERNEL_CHOICES)}; got {path!r}")
+    if path == "auto":
+        return "vnni" if vnni.vnni_supported() else "portable"
+    if path == "vnni" and not vnni.vnni_supported():
+        raise ValueError(
+            f"{source}='vnni' needs a CPU with AVX-512 VNNI (avx512vnni); this one lacks it. "
+            "Use 'portable' or 'auto'."
+        )
+    return path
+
+
+# ----------------------------------------------------------------------------------------
+# portable Numba kernels
+# ----------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def portable_gemm_kernel(a, w, c):
+    """c = a @ w: a uint8 or int8 [M, K], w int8 [K, N], c int32 [M, N] (written in full).
+
+    Work items are (256-column tile of N, row of M) pairs, so M = 1 still uses every core.
+    """
+    m_total, k = a.shape
+    n = w.shape[1]
+    n_tiles = (n + N_TILE - 1) // N_TILE
+    for t in prange(n_tiles * m_total):
+        n0 = (t // m_total) * N_TILE
+        m = t % m_total
+        width = min(n, n0 + N_TILE) - n0
+        acc = np.zeros(N_TILE, dtype=np.int32)  # [N_TILE]
+        for i in range(k):
+            a_mk = np.int32(a[m, i])
+            w_row = w[i, n0:n0 + width]  # [width], contiguous: the loop below vectorizes
+            for j in range(width):
+                acc[j] += a_mk * w_row[j]
+        c[m, n0:n0 + width] = acc[:width]
+
+
+@njit(parallel=True, cache=True)
+def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y):
+    """``quantized_linear_reference`` on the portable path (same arguments as
+    ``vnni.vnni_linear_kernel`` with ``w_q`` int8 [K, N] in place of the packed weights).
+    Returns False if x holds NaN or inf."""
+    m_total, k = x.shape
+    n = w_q.shape[1]
+    q = np.empty((m_total, k), dtype=np.uint8)  # [M, K]
+    s_x = np.empty(m_total, dtype=np.float32)
+    z_x = np.empty(m_total, dtype=np.int32)
+    if not quantize_rows(x, q, s_x, z_x):
+        return False
+    n_tiles = (n + N_TILE - 1) // N_TILE
+    for t in prange(n_tiles * m_total):
+        n0 = (t // m_total) * N_TILE
+        m = t % m_total
+        n1 = min(n, n0 + N_TILE)
+        acc = np.zeros((1, N_TILE), dtype=np.int32)  # [1, N_TILE]
+        acc_row = acc[0]  # [N_TILE]
+        for i in range(k):
+            a_mk = np.int32(q[m, i])
+            w_row = w_q[i, n0:n1]  # [n1 - n0], contiguous: the loop below vectorizes
+            for j in range(n1 - n0):
+                acc_row[j] += a_mk * w_row[j]
+        dequantize_tile(acc, m, 1, n0, n1, s_x, z_x, col_sum, w_scale, bias, has_bias, y)
+    return True
+
+
+# ----------------------------------------------------------------------------------------
+# int8 GEMM
+# ----------------------------------------------------------------------------------------
+
+
+def int8_gemm(a: np.ndarray, b: np.ndarray, path: str | None = None) -> np.ndarray:
+    """Exact ``c = a @ b`` with int32 accumulation: ``int8_gemm_reference``'s contract.
+
+    a: uint8 or int8 [M, K]; b: int8 [K, N]  ->  c: int32 [M, N].
+
+    int8 activations on the VNNI path (``vpdpbusd`` multiplies *unsigned* by signed bytes)
+    are shifted into uint8 and corrected with the column sums of b:
+    a @ b = (a + 128) @ b - 128 * sum_k b[k, :]. This entry point packs b on every call; a
+    layer should pack once with ``pack_int8_linear``.
+    """
+    path = int8_kernel_path(path)
+    check_array("a", a, (np.uint8, np.int8), 2)
+    check_array("b", b, (np.int8,), 2)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"a is {a.shape} and b is {b.shape}: a.shape[1] must equal b.shape[0]")
+    check_k_fits_int32(a.shape[1])
+    if path == "reference":
+        return int8_gemm_reference(a, b)
+    (m, k), n = a.shape, b.shape[1]
+    if path == "portable":
+        c = np.empty((m, n), dtype=np.int32)  # [M, N]
+        portable_gemm_kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), c)
+        return c
+    w_packed = vnni.pack_vnni_weight(b)  # [Np/16, Kp/4, 16, 4]
+    a_pad = np.zeros((m, w_packed.shape[1] * 4), dtype=np.uint8)  # [M, Kp], zero padding
+    a_pad[:, :k] = a.view(np.uint8) ^ np.uint8(0x80) if a.dtype == np.int8 else a
+    c = np.empty((m, w_packed.shape[0] * 16), dtype=np.int32)  # [M, Np]
+    vnni.vnni_gemm_kernel(a_pad, w_packed, c)
+    c = np.ascontiguousarray(c[:, :n])  # [M, Np] -> [M, N]
+    if a.dtype == np.int8:
+        c -= np.int32(128) * b.astype(np.int32).sum(axis=0)  # exact: the true c fits int32
+    return c
+
+
+# ----------------------------------------------------------------------------------------
+# the int8 linear layer
+# ----------------------------------------------------------------------------------------
+
+
+class PackedInt8Linear(NamedTuple):
+    """An int8 linear layer, quantized and laid out once for one path.
+
+    path:    "reference" | "portable" | "vnni", the path ``int8_linear`` will run
+    weight:  int8, [K, N] (reference, portable) or [ceil(N/16), ceil(K/4), 16, 4] (vnni)
+    col_sum: int32 [N], sum_k w_q[k, n], for the zero-point correction
+    w_scale: float32 [N], per-output-channel weight scale
+    bias:    float32 [N] or None
+    k, n:    in- and out-features
+    """
+
+    path: str
+    weight: np.ndarray
+    col_sum: np.ndarray
+    w_scale: np.ndarray
+    bias: np.ndarray | None
+    k: int
+    n: int
+
+    def w_q(self) -> np.ndarray:
+        """The quantized weight as int8 [K, N], whatever the layout."""
+        if self.path == "vnni":
+            return vnni.unpack_vnni_weight(self.weight, self.k, self.n)
+        return self.weight
+
+
+def pack_quantized_int8_linear(
+    w_q: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None = None,
+    path: str | None = None,
+) -> PackedInt8Linear:
+    """Lay out already-quantized weights for ``int8_linear``.
+
+    w_q: int8 [K, N]; w_scale: float32 [N]; bias: float32 [N] or None; path: as in
+    ``int8_kernel_path``  ->  PackedInt8Linear. The arrays are copied, never aliased.
+    """
+    path = int8_kernel_path(path)
+    check_array("w_q", w_q, (np.int8,), 2)
+    check_array("w_scale", w_scale, (np.float32,), 1)
+    k, n = w_q.shape
+    check_k_fits_int32(k)
+    if w_scale.shape != (n,):
+        raise ValueError(f"w_scale must have shape ({n},); got {w_scale.shape}")
+    if bias is not None:
+        check_array("bias", bias, (np.float32,), 1)
+        if bias.shape != (n,):
+            raise ValueError(f"bias must have shape ({n},); got {bias.shape}")
+        bias = bias.copy()
+    col_sum = w_q.astype(np.int32).sum(axis=0)  # [K, N] -> [N]
+    weight = vnni.pack_vnni_weight(w_q) if path == "vnni" else np.array(w_q, order="C")
+    return PackedInt8Linear(path, weight, col_sum, w_scale.copy(), bias, k, n)
+
+
+def pack_int8_linear(
+    w: np.ndarray, bias: np.ndarray | None = None, path: str | None = None
+) -> PackedInt8Linear:
+    """Quantize float32 weights per output channel (``quantize_weight_per_channel``) and
+    lay them out for ``int8_linear``.
+
+    w: float32 [K, N]; bias: float32 [N] or None  ->  PackedInt8Linear.
+    """
+    w_q, w_scale = quantize_weight_per_channel(w)  # int8 [K, N], float32 [N]
+    return pack_quantized_int8_linear(w_q, w_scale, bias, path)
+
+
+def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
+    """``quantized_linear_reference`` on the path ``packed`` was made for.
+
+    y = s_x[:, None] * w_scale[None, :] * (q_x @ w_q - z_x[:, None] * col_sum[None, :]) + bias
+
+    x: float32 [M, K] (finite)  ->  y: float32 [M, N]. The activation is quantized per row
+    (``quantize_rows_uint8``, bit for bit) inside the kernel.
+    """
+    if not isinstance(packed, PackedInt8Linear):
+        raise TypeError(f"packed must be a PackedInt8Linear; got {type(packed).__name__}")
+    check_array("x", x, (np.float32,), 2)
+    if x.shape[1] != packed.k:
+        raise ValueError(f"x is {x.shape}: x.shape[1] must equal the layer's K={packed.k}")
+    if packed.path == "vnni":
+        int8_kernel_path("vnni")  # refuses clearly if this CPU lacks VNNI
+    elif packed.path == "reference":
+        return quantized_linear_reference(x, packed.weight, packed.w_scale, packed.bias)
+    x = np.ascontiguousarray(x)
+    y = np.empty((x.shape[0], packed.n), dtype=np.float32)  # [M, N]
+    has_bias = packed.bias is not None
+    bias = packed.bias if has_bias else packed.w_scale  # a float32 [N] that is never read
+    kernel = vnni.vnni_linear_kernel if packed.path == "vnni" else portable_linear_kernel
+    if not kernel(x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y):
+        raise ValueError("x must be finite; it holds NaN or inf")
+    return y

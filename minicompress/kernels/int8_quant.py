@@ -1,0 +1,90 @@
+"""Numba pieces shared by both int8 paths: the activation quantizer and the dequantizer.
+
+``quantize_rows`` is ``reference.quantize_rows_uint8`` fused into one pass per row for the
+range and one for the codes, bit for bit: the same float32 operations in the same order
+(``(hi - lo) / 255``, ``rint(-lo / s)``, ``rint(x / s) + z``, a true division, not a
+multiplication by ``1 / s``), and ``np.rint`` rounds half to even in both.
+
+``dequantize_tile`` is steps 3-4 of ``reference.quantized_linear_reference`` applied to a
+tile of int32 accumulators as soon as it is computed, while it is still in cache:
+
+    y[m, n] = (s_x[m] * w_scale[n]) * float32(acc[m, n] - z_x[m] * col_sum[n]) + bias[n].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+PARALLEL_MIN_ROWS = 8  # below this many rows, quantizing on one thread beats waking the other
+
+
+@njit(cache=True)
+def _quantize_row(x, q, s_x, z_x, m):
+    """Quantize row m of x into q[m, :K] (q[m, K:] is left as is); False if x[m] is not finite."""
+    k = x.shape[1]
+    lo, hi = np.float32(0.0), np.float32(0.0)  # the range is widened to hold 0
+    finite = True
+    for i in range(k):
+        v = x[m, i]
+        lo = min(lo, v)
+        hi = max(hi, v)
+        finite &= np.isfinite(v)
+    span = hi - lo
+    scale = span / np.float32(255.0) if span > np.float32(0.0) else np.float32(1.0)
+    z = min(max(np.rint(-lo / scale), np.float32(0.0)), np.float32(255.0))
+    zi = np.int32(z)
+    for i in range(k):
+        c = np.int32(np.rint(x[m, i] / scale)) + zi  # |x / s| <= 255: the cast is exact
+        q[m, i] = np.uint8(min(max(c, 0), 255))
+    s_x[m] = scale
+    z_x[m] = zi
+    return finite
+
+
+@njit(parallel=True, cache=True)
+def _quantize_rows_parallel(x, q, s_x, z_x):
+    ok = np.ones(x.shape[0], dtype=np.bool_)
+    for m in prange(x.shape[0]):
+        ok[m] = _quantize_row(x, q, s_x, z_x, m)
+    return ok.all()
+
+
+@njit(cache=True)
+def quantize_rows(x, q, s_x, z_x):
+    """``quantize_rows_uint8`` into preallocated outputs.
+
+    x: float32 [M, K]; q: uint8 [M, Kq] with Kq >= K (columns K: untouched, e.g. zero padding);
+    s_x: float32 [M]; z_x: int32 [M].  Returns False if x holds NaN or inf.
+    """
+    if x.shape[0] >= PARALLEL_MIN_ROWS:
+        return _quantize_rows_parallel(x, q, s_x, z_x)
+    ok = True
+    for m in range(x.shape[0]):
+        ok &= _quantize_row(x, q, s_x, z_x, m)
+    return ok
+
+
+@njit(cache=True)
+def dequantize_tile(acc, m0, rows, n0, n1, s_x, z_x, col_sum, w_scale, bias, has_bias, y):
+    """y[m0 + r, n0:n1] from acc[r, :n1 - n0] for r < rows (formula in the module docstring).
+
+    acc: int32 [>= rows, >= n1 - n0]; s_x: float32 [M]; z_x: int32 [M]; col_sum: int32 [N];
+    w_scale, bias: float32 [N]; y: float32 [M, N] written in place.
+    """
+    width = n1 - n0
+    for r in range(rows):
+        m = m0 + r
+        s, z = s_x[m], z_x[m]
+        # 1-D contiguous views let LLVM vectorize the loops below
+        acc_r, y_r = acc[r, :width], y[m, n0:n1]  # [width]
+        col_sum_r, w_scale_r, bias_r = col_sum[n0:n1], w_scale[n0:n1], bias[n0:n1]  # [width]
+        # the corrected sum is sum_k (q_x - z_x) w_q: it fits in int32, so the cast is exact
+        if has_bias:
+            for j in range(width):
+                corrected = np.float32(np.int32(acc_r[j] - z * col_sum_r[j]))
+                y_r[j] = (s * w_scale_r[j]) * corrected + bias_r[j]
+        else:
+            for j in range(width):
+                corrected = np.float32(np.int32(acc_r[j] - z * col_sum_r[j]))
+                y_r[j] = (s * w_scale_r[j]) * corrected

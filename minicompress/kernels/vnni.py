@@ -1,0 +1,251 @@
+"""The AVX-512 VNNI path of the int8 GEMM: one instruction, ``vpdpbusd``, does 64 multiplies.
+
+``vpdpbusd acc, a, b`` treats each 32-bit lane of ``a`` as 4 unsigned bytes and of ``b`` as
+4 signed bytes, and adds the 4 products to the int32 lane of ``acc``:
+
+    acc[i] += a[4i] * b[4i] + a[4i+1] * b[4i+1] + a[4i+2] * b[4i+2] + a[4i+3] * b[4i+3].
+
+No loop form makes Numba's auto-vectorizer emit it, so ``_dpbusd_tile`` below is a Numba
+``@intrinsic`` that writes the LLVM IR of a register-tiled micro-kernel by hand:
+
+- the weights are packed once as ``[N/16, K/4, 16, 4]`` (``pack_vnni_weight``): for 16
+  output columns, 4 consecutive k of each column lie side by side, so one 64-byte load is a
+  ``b`` operand for 16 columns x 4 k;
+- 4 bytes of an activation row (4 consecutive k) are broadcast as one int32 to all 16 lanes
+  (``vpbroadcastd``) and form the ``a`` operand;
+- a tile of MR rows x NV*16 columns keeps MR*NV int32 accumulators in zmm registers for the
+  whole K loop and stores them once at the end.
+
+Padding: K is padded to a multiple of 4 and N to a multiple of 16 with zero weights, so the
+padded k contribute 0 whatever the activation byte there, and padded columns are dropped.
+
+Only ``int8_gemm.py`` calls this module, and only when ``vnni_supported()``: Numba compiles
+a function on its first call, so on a CPU without VNNI nothing here is ever compiled.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from minicompress.kernels.int8_quant import dequantize_tile, quantize_rows
+
+MR = 4  # rows of a register tile
+NV = 4  # zmm vectors (16 int32 columns each) per row of a tile: 4 x 4 = 16 accumulators
+M_CHUNK = 64  # rows of the activation handled by one parallel work item (a multiple of MR)
+
+
+@functools.cache
+def vnni_supported() -> bool:
+    """Whether the host CPU runs AVX-512 VNNI (``vpdpbusd`` on zmm), as LLVM sees it."""
+    features = llvm.get_host_cpu_features()
+    return all(features.get(f, False) for f in ("avx512f", "avx512bw", "avx512vnni"))
+
+
+# ----------------------------------------------------------------------------------------
+# packing
+# ----------------------------------------------------------------------------------------
+
+
+def pack_vnni_weight(w_q: np.ndarray) -> np.ndarray:
+    """Pack int8 weights for the VNNI micro-kernel.
+
+    packed[j, kk, i, r] = w_q[4 kk + r, 16 j + i]   (zero where 4 kk + r >= K or 16 j + i >= N)
+
+    w_q: int8 [K, N]  ->  int8 [ceil(N/16), ceil(K/4), 16, 4], C-contiguous.
+    """
+    k, n = w_q.shape
+    kp, np_ = -(-k // 4) * 4, -(-n // 16) * 16
+    padded = np.zeros((kp, np_), dtype=np.int8)  # [Kp, Np]
+    padded[:k, :n] = w_q
+    blocks = padded.reshape(kp // 4, 4, np_ // 16, 16)  # [K/4, 4, N/16, 16]
+    return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))  # -> [N/16, K/4, 16, 4]
+
+
+def unpack_vnni_weight(packed: np.ndarray, k: int, n: int) -> np.ndarray:
+    """Inverse of ``pack_vnni_weight``: int8 [N/16, K/4, 16, 4] -> int8 [K, N]."""
+    nb, kq = packed.shape[0], packed.shape[1]
+    w = packed.transpose(1, 3, 0, 2).reshape(kq * 4, nb * 16)  # [K/4, 4, N/16, 16] -> [Kp, Np]
+    return np.ascontiguousarray(w[:k, :n])
+
+
+# ----------------------------------------------------------------------------------------
+# the micro-kernel, written in LLVM IR
+# ----------------------------------------------------------------------------------------
+
+_I32X16 = ir.VectorType(ir.IntType(32), 16)
+_VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+
+
+@intrinsic(prefer_literal=True)
+def _dpbusd_tile(typingctx, mr, nv, a_addr, lda, b_addr, b_stride, kq, c_addr, ldc):
+    """c[r, 16v + i] = sum_kk sum_t a[r, 4kk + t] * b[v, kk, i, t]  for r < mr, v < nv.
+
+    mr, nv: compile-time constants (rows, zmm vectors of 16 columns).
+    a_addr: address of a uint8 row-major block, row stride ``lda`` bytes, 4*kq bytes per row.
+    b_addr: address of packed int8 weights [nv][kq][16][4]; one vector block every
+        ``b_stride`` bytes (= 64 * kq in the packed array).
+    c_addr: address of int32 results, row stride ``ldc`` bytes; mr x (16 nv) values stored.
+    """
+    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
+        return None  # the tile shape must be known when the IR is written
+    n_rows, n_vecs = mr.literal_value, nv.literal_value
+    sig = types.void(mr, nv, *([types.intp] * 7))
+
+    def codegen(context, builder, signature, args):
+        _, _, a_addr, lda, b_addr, b_stride, kq, c_addr, ldc = args
+        i8p, i32, i64 = ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(64)
+        module = builder.module
+        dpbusd = module.globals.get(_VPDPBUSD)
+        if dpbusd is None:
+            dpbusd = ir.Function(module, ir.FunctionType(_I32X16, [_I32X16] * 3), _VPDPBUSD)
+        a0 = builder.inttoptr(a_addr, i8p)
+        b0 = builder.inttoptr(b_addr, i8p)
+        c0 = builder.inttoptr(c_addr, i8p)
+        zero = ir.Constant(_I32X16, None)
+        splat = ir.Constant(_I32X16, [0] * 16)  # shuffle mask: lane 0 to every lane
+
+        def byte_ptr(base, offset, ty):
+            return builder.bitcast(builder.gep(base, [offset]), ty.as_pointer())
+
+        entry = builder.block
+        loop = builder.append_basic_block("vnni.kloop")
+        done = builder.append_basic_block("vnni.done")
+        builder.cbranch(builder.icmp_signed(">", kq, ir.Constant(i64, 0)), loop, done)
+
+        # loop over kk: one 4-byte group of every row against one 64-byte block per vector
+        builder.position_at_end(loop)
+        kk = builder.phi(i64)
+        acc = [builder.phi(_I32X16) for _ in range(n_rows * n_vecs)]
+        b_off = builder.mul(kk, ir.Constant(i64, 64))
+        b_vec = []
+        for v in range(n_vecs):
+            off = builder.add(b_off, builder.mul(b_stride, ir.Constant(i64, v)))
+            b_vec.append(builder.load(byte_ptr(b0, off, _I32X16), align=1))
+        a_off = builder.mul(kk, ir.Constant(i64, 4))
+        new = []
+        for r in range(n_rows):
+            row_off = builder.add(a_off, builder.mul(lda, ir.Constant(i64, r)))
+            four_bytes = builder.load(byte_ptr(a0, row_off, i32), align=1)
+            one = builder.insert_element(ir.Constant(_I32X16, ir.Undefined), four_bytes,
+                                         ir.Constant(i32, 0))
+            a_vec = builder.shuffle_vector(one, ir.Constant(_I32X16, ir.Undefined), splat)
+            for v in range(n_vecs):
+                new.append(builder.call(dpbusd, [acc[r * n_vecs + v], a_vec, b_vec[v]]))
+        kk_next = builder.add(kk, ir.Constant(i64, 1))
+        loop_end = builder.block
+        kk.add_incoming(ir.Constant(i64, 0), entry)
+        kk.add_incoming(kk_next, loop_end)
+        for phi, value in zip(acc, new, strict=True):
+            phi.add_incoming(zero, entry)
+            phi.add_incoming(value, loop_end)
+        builder.cbranch(builder.icmp_signed("<", kk_next, kq), loop, done)
+
+        # store the accumulators (zeros when kq == 0)
+        builder.position_at_end(done)
+        result = []
+        for value in new:
+            phi = builder.phi(_I32X16)
+            phi.add_incoming(zero, entry)
+            phi.add_incoming(value, loop_end)
+            result.append(phi)
+        for r in range(n_rows):
+            for v in range(n_vecs):
+                off = builder.add(builder.mul(ldc, ir.Constant(i64, r)), ir.Constant(i64, 64 * v))
+                builder.store(result[r * n_vecs + v], byte_ptr(c0, off, _I32X16), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def _tile(rows, vecs, a, m, w_packed, j0, c, c_row, c_col):
+    """c[c_row + r, c_col + 16 v + i] = (a[m + r] @ w)[16 (j0 + v) + i] for r < rows (1..MR),
+    v < vecs (1..NV).
+
+    a: uint8 [M, Kp]; w_packed: int8 [Np/16, Kp/4, 16, 4]; c: int32 2-D. The arrays are
+    passed (not their addresses) so that Numba keeps them alive while the IR reads them.
+    Full tiles are one MR x NV micro-kernel; edge tiles (last rows of M, last columns of N)
+    are MR x 1, 1 x NV or 1 x 1 micro-kernels, so M = 1 costs one row of work, not MR.
+    """
+    kq = np.intp(w_packed.shape[1])
+    lda, b_stride, ldc = np.intp(a.shape[1]), np.intp(kq * 64), np.intp(c.shape[1] * 4)
+    a_addr = np.intp(a.ctypes.data) + m * lda
+    b_addr = np.intp(w_packed.ctypes.data) + j0 * b_stride
+    c_addr = np.intp(c.ctypes.data) + c_row * ldc + c_col * 4
+    if rows == MR:
+        if vecs == NV:
+            _dpbusd_tile(4, 4, a_addr, lda, b_addr, b_stride, kq, c_addr, ldc)  # MR, NV
+        else:
+            for v in range(vecs):
+                _dpbusd_tile(4, 1, a_addr, lda, b_addr + v * b_stride, b_stride, kq,
+                             c_addr + v * 64, ldc)
+        return
+    for r in range(rows):
+        a_r, c_r = a_addr + r * lda, c_addr + r * ldc
+        if vecs == NV:
+            _dpbusd_tile(1, 4, a_r, lda, b_addr, b_stride, kq, c_r, ldc)
+        else:
+            for v in range(vecs):
+                _dpbusd_tile(1, 1, a_r, lda, b_addr + v * b_stride, b_stride, kq,
+                             c_r + v * 64, ldc)
+
+
+# ----------------------------------------------------------------------------------------
+# drivers: parallel over (N tile, M chunk) work items
+# ----------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def vnni_gemm_kernel(a, w_packed, c):
+    """c = a @ w for a: uint8 [M, Kp] (Kp = 4 * w_packed.shape[1]), w_packed: int8
+    [Np/16, Kp/4, 16, 4], c: int32 [M, Np] (written in full). Same result as
+    ``int8_gemm_reference`` on the unpadded arrays."""
+    m_total, nb = a.shape[0], w_packed.shape[0]
+    n_tiles = (nb + NV - 1) // NV
+    m_chunks = (m_total + M_CHUNK - 1) // M_CHUNK
+    for t in prange(n_tiles * m_chunks):
+        j0 = (t // m_chunks) * NV  # first 16-column block of the tile
+        m0 = (t % m_chunks) * M_CHUNK
+        vecs = min(NV, nb - j0)
+        for m in range(m0, min(m_total, m0 + M_CHUNK), MR):
+            rows = min(MR, m_total - m)
+            _tile(rows, vecs, a, m, w_packed, j0, c, m, j0 * 16)
+
+
+@njit(parallel=True, cache=True)
+def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y):
+    """The quantized linear layer of ``quantized_linear_reference`` on the VNNI path.
+
+    x: float32 [M, K]; w_packed: int8 [Np/16, Kp/4, 16, 4]; col_sum: int32 [N];
+    w_scale: float32 [N]; bias: float32 [N] (read only if has_bias); y: float32 [M, N] out.
+    Returns False if x holds NaN or inf (y is then undefined), True otherwise.
+    """
+    m_total, k = x.shape
+    n = y.shape[1]
+    nb, kq = w_packed.shape[0], w_packed.shape[1]
+    # 1. quantize the rows into a buffer padded to Kp with zeros (padded weights are 0)
+    q = np.zeros((m_total, kq * 4), dtype=np.uint8)  # [M, Kp]
+    s_x = np.empty(m_total, dtype=np.float32)
+    z_x = np.empty(m_total, dtype=np.int32)
+    if not quantize_rows(x, q, s_x, z_x):
+        return False
+    # 2-4. integer tiles, then the zero-point correction, the scales and the bias
+    n_tiles = (nb + NV - 1) // NV
+    m_chunks = (m_total + M_CHUNK - 1) // M_CHUNK
+    for t in prange(n_tiles * m_chunks):
+        j0 = (t // m_chunks) * NV
+        m0 = (t % m_chunks) * M_CHUNK
+        vecs = min(NV, nb - j0)
+        n0, n1 = j0 * 16, min(n, (j0 + vecs) * 16)
+        acc = np.empty((MR, NV * 16), dtype=np.int32)  # one register tile, [MR, 64]
+        for m in range(m0, min(m_total, m0 + M_CHUNK), MR):
+            rows = min(MR, m_total - m)
+            _tile(rows, vecs, q, m, w_packed, j0, acc, 0, 0)
+            dequantize_tile(acc, m, rows, n0, n1, s_x, z_x, col_sum, w_scale, bias, has_bias, y)
+    return True
