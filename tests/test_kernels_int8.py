@@ -13,7 +13,7 @@ import pytest
 
 from minicompress.kernels import MAX_K_INT32, int8_gemm_reference, quantized_linear_reference
 from minicompress.kernels import vnni as vnni_module
-from minicompress.kernels.int8_gemm import (
+from minicompress.kernels.int8 import (
     PackedInt8Linear,
     int8_gemm,
     int8_kernel_path,
@@ -369,7 +369,7 @@ def test_cached_kernels_load_in_a_second_process(tmp_path):
     compiles nothing (Numba's own per-dispatcher cache statistics say so)."""
     script = (
         "import numpy as np\n"
-        "from minicompress.kernels import int8_gemm as g, vnni\n"
+        "from minicompress.kernels import int8 as g, vnni\n"
         "x = np.ones((2, 8), np.float32); w = np.ones((8, 16), np.float32)\n"
         "paths = ['portable'] + (['vnni'] if vnni.vnni_supported() else [])\n"
         "for p in paths: g.int8_linear(x, g.pack_int8_linear(w, None, path=p))\n"
@@ -396,7 +396,7 @@ def test_portable_kernels_run_as_plain_python():
     """With NUMBA_DISABLE_JIT=1 the portable kernels are plain Python and still exact."""
     script = (
         "import numpy as np\n"
-        "from minicompress.kernels import int8_gemm as g\n"
+        "from minicompress.kernels import int8 as g\n"
         "from minicompress.kernels import reference as r\n"
         "rng = np.random.default_rng(0)\n"
         "a = rng.integers(0, 256, (3, 9), dtype=np.uint8)\n"

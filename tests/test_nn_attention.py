@@ -108,7 +108,7 @@ def test_padding_keys_get_exactly_zero_probability(rng, causal):
 
 def test_query_that_sees_no_key_is_uniform_float32(rng):
     """The documented contract, in float32: a query whose keys are all padding gets a
-    uniform, finite row. (float64 is the strict xfail below.)"""
+    uniform, finite row."""
     dtype = np.float32
     q, k, v = (rng.standard_normal((1, 1, 4, 3)).astype(dtype) for _ in range(3))
     pad = np.array([[True, False, False, True]])  # query 0 (causal) sees key 0 only: padding
@@ -117,14 +117,6 @@ def test_query_that_sees_no_key_is_uniform_float32(rng):
     assert np.isfinite(y).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="attention.py attention_forward adds -1e9 to the scores instead of replacing "
-    "them: in float64 -1e9 + s keeps s (ulp 2.4e-7), so a query that sees no key gets "
-    "softmax(s) over all keys (future ones too), quantized, not the documented uniform row; "
-    "finite differences through such rows are noise",
-)
 def test_query_that_sees_no_key_is_uniform_float64(rng):
     q, k, v = (rng.standard_normal((1, 1, 3, 4)) for _ in range(3))
     pad = np.array([[True, False, False]])

@@ -1,6 +1,6 @@
 """Hot-path kernels, each beside the plain NumPy reference in ``reference.py``."""
 
-from minicompress.kernels.int8_gemm import (
+from minicompress.kernels.int8 import (
     PackedInt8Linear,
     int8_gemm,
     int8_kernel_path,

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from minicompress.kernels.int8_gemm import int8_kernel_path, int8_linear, pack_int8_linear
+from minicompress.kernels.int8 import int8_kernel_path, int8_linear, pack_int8_linear
 from minicompress.report.timing import median_ms
 
 M_VALUES = (1, 32, 128, 512)

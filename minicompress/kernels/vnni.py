@@ -19,7 +19,7 @@ No loop form makes Numba's auto-vectorizer emit it, so ``_dpbusd_tile`` below is
 Padding: K is padded to a multiple of 4 and N to a multiple of 16 with zero weights, so the
 padded k contribute 0 whatever the activation byte there, and padded columns are dropped.
 
-Only ``int8_gemm.py`` calls this module, and only when ``vnni_supported()``: Numba compiles
+Only ``int8.py`` calls this module, and only when ``vnni_supported()``: Numba compiles
 a function on its first call, so on a CPU without VNNI nothing here is ever compiled.
 """
 

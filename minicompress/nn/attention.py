@@ -7,9 +7,10 @@ Mask conventions (they differ between libraries, so they are spelled out):
 - ``pad_mask``: bool [B, T], **True where the token is padding** and must not be attended to
   (PyTorch ``nn.MultiheadAttention(key_padding_mask=...)``; the opposite of HF's
   ``attention_mask``, where 1 means keep).
-Masked scores are set to a large negative number rather than -inf, so a query that sees
-no key at all (a padding query) gets a uniform, finite distribution instead of NaN; its
-output is meant to be ignored.
+Masked scores are replaced by a large negative number rather than -inf, so a query that
+sees no key at all (a padding query under a causal mask) gets a uniform, finite row instead
+of NaN. Such a row does not depend on the scores, so it sends no gradient back; its output
+is meant to be ignored.
 """
 
 from __future__ import annotations
@@ -30,21 +31,31 @@ class AttentionCache(NamedTuple):
     v: np.ndarray  # [B, H, T, D] values, needed for dp
     p: np.ndarray  # [B, H, T, T] attention probabilities, needed for dv and the softmax backward
     scale: float
-    zero_past_diagonal: bool = False  # causal without padding: p[..., i, j] == 0 for j > i
+    causal: bool
+    pad_mask: np.ndarray | None  # bool [B, T], True = padding
 
 
-def attention_bias(t: int, causal: bool, pad_mask: np.ndarray | None, dtype) -> np.ndarray | None:
-    """Additive mask: 0 where a query may see a key, -1e9 where not.
+def check_pad_mask(pad_mask, b: int, t: int) -> np.ndarray | None:
+    """Refuse a padding mask that is not bool [B, T]."""
+    if pad_mask is None:
+        return None
+    pad_mask = np.asarray(pad_mask)
+    if pad_mask.dtype != np.bool_ or pad_mask.shape != (b, t):
+        raise ValueError(
+            f"pad_mask must be a bool array of shape [B, T] = ({b}, {t}) with True at padding; "
+            f"got {pad_mask.dtype} {pad_mask.shape}"
+        )
+    return pad_mask
 
-    -> [T, T] (causal only), [B, 1, 1 or T, T] (with padding), or None (no mask).
-    """
-    bias = None
-    if causal:
-        bias = np.triu(np.full((t, t), _MASKED, dtype=dtype), k=1)  # [T, T]
+
+def visible_keys(t: int, causal: bool, pad_mask: np.ndarray | None) -> np.ndarray | None:
+    """Which keys each query may see: bool [T, T] (causal only), [B, 1, T, T] (with padding),
+    or None (every key). Entry [.., i, j] is True when query i may attend to key j."""
+    visible = np.tril(np.ones((t, t), dtype=bool)) if causal else None  # [T, T]
     if pad_mask is not None:
-        pad = np.where(pad_mask, dtype(_MASKED), dtype(0.0))[:, None, None, :]  # [B, 1, 1, T]
-        bias = pad if bias is None else np.maximum(pad + bias, dtype(_MASKED))
-    return bias
+        keep = ~pad_mask[:, None, None, :]  # [B, 1, 1, T]
+        visible = keep if visible is None else keep & visible  # [B, 1, T, T]
+    return visible
 
 
 def attention_forward(
@@ -59,31 +70,37 @@ def attention_forward(
     q, k, v: [B, H, T, D]; pad_mask: bool [B, T] or None  ->  y: [B, H, T, D].
     The probabilities ``p`` [B, H, T, T] are in the cache (a distiller reads them there).
     """
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    b, _, t, d = q.shape
+    pad_mask = check_pad_mask(pad_mask, b, t)
+    scale = 1.0 / math.sqrt(d)
     # the transposes are copied: NumPy's batched matmul is 4x slower on a swapped view
-    att = q @ np.ascontiguousarray(
-        k.swapaxes(-1, -2)
-    )  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
+    kt = np.ascontiguousarray(k.swapaxes(-1, -2))  # [B, H, D, T]
+    att = q @ kt  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
     att *= q.dtype.type(scale)
-    bias = attention_bias(q.shape[2], causal, pad_mask, q.dtype.type)
-    if bias is not None:
-        att += bias
+    visible = visible_keys(t, causal, pad_mask)
+    if visible is not None:
+        att = np.where(visible, att, q.dtype.type(_MASKED))  # [B, H, T, T]
     p, _ = softmax_forward(att)  # [B, H, T, T]
     y = p @ v  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
-    return y, AttentionCache(q, k, v, p, scale, causal and pad_mask is None)
+    return y, AttentionCache(q, k, v, p, scale, causal, pad_mask)
 
 
 def attention_backward(dy: np.ndarray, cache: AttentionCache, dp_extra=None) -> tuple:
     """dv = p^T dy;  dp = dy v^T;  ds = p * (dp - sum(dp * p));  dq = ds k * scale;
     dk = ds^T q * scale.   ``dp_extra`` [B, H, T, T] is an extra gradient on ``p`` (e.g. an
-    attention-transfer loss); masked entries have p == 0 and so get no gradient."""
-    q, k, v, p, scale, _ = cache
+    attention-transfer loss). Masked entries have p == 0 and so get no gradient; a query
+    that sees no key has a constant row and gets none either."""
+    q, k, v, p, scale, causal, pad_mask = cache
     dv = p.swapaxes(-1, -2) @ dy  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
-    dp = dy @ np.ascontiguousarray(v.swapaxes(-1, -2))  # [B,H,T,D] @ [B,H,D,T] -> [B,H,T,T]
+    vt = np.ascontiguousarray(v.swapaxes(-1, -2))  # [B, H, D, T]
+    dp = dy @ vt  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
     if dp_extra is not None:
         dp += dp_extra
     ds = softmax_backward(dp, p)  # [B, H, T, T]
     ds *= q.dtype.type(scale)
+    visible = visible_keys(q.shape[2], causal, pad_mask)
+    if visible is not None:
+        ds *= visible.any(axis=-1, keepdims=True)  # rows that see no key: no gradient
     dq = ds @ k  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
     dk = ds.swapaxes(-1, -2) @ q  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
     return dq, dk, dv

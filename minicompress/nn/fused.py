@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba import njit
 
-from minicompress.nn.attention import AttentionCache
+from minicompress.nn.attention import AttentionCache, check_pad_mask
 from minicompress.nn.ops import GeluCache, LayerNormCache, gelu_backward, gelu_forward
 
 # ----------------------------------------------------------------------------------------
@@ -184,13 +184,26 @@ def _normalize_rows(e):  # e: [R, T] in place
 
 
 @njit(cache=True)
-def _softmax_backward_kernel(dp, p, scale, causal):  # dp (in place -> ds), p: [B, H, T, T]
+def _softmax_backward_kernel(dp, p, scale, causal, pad):  # dp (in place -> ds), p: [B,H,T,T]
+    """ds = p * (dp - sum(dp * p)) * scale per row; zero past the diagonal (causal) and for a
+    query that sees no key (its row is constant). pad: [B, T] or [0, 0] for none."""
     b_, h_, t_, _ = p.shape
     dt = p.dtype.type
+    has_pad = pad.shape[0] > 0
     for row in range(b_ * h_ * t_):
         b, hh, i = row // (h_ * t_), (row // t_) % h_, row % t_
         d, q = dp[b, hh, i], p[b, hh, i]
         end = i + 1 if causal else t_
+        sees_a_key = True
+        if has_pad:
+            sees_a_key = False
+            for j in range(end):
+                if not pad[b, j]:
+                    sees_a_key = True
+                    break
+        if not sees_a_key:
+            d[:] = 0.0
+            continue
         s = dt(0.0)
         for j in range(end):
             s += d[j] * q[j]
@@ -199,31 +212,33 @@ def _softmax_backward_kernel(dp, p, scale, causal):  # dp (in place -> ds), p: [
         d[end:] = 0.0
 
 
+def _pad_array(pad_mask) -> np.ndarray:
+    return np.zeros((0, 0), np.bool_) if pad_mask is None else np.ascontiguousarray(pad_mask)
+
+
 def attention_forward_fused(q, k, v, causal: bool = True, pad_mask=None) -> tuple:
     """``attention.attention_forward`` with the scale, mask and softmax fused in one pass."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    # the transposes are copied: NumPy's batched matmul is 4x slower on a swapped view
-    att = q @ np.ascontiguousarray(
-        k.swapaxes(-1, -2)
-    )  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
-    pad = np.zeros((0, 0), np.bool_) if pad_mask is None else np.ascontiguousarray(pad_mask)
-    _shift_and_mask(att, q.dtype.type(scale), causal, pad)
+    b, _, t, d = q.shape
+    pad_mask = check_pad_mask(pad_mask, b, t)
+    scale = 1.0 / math.sqrt(d)
+    kt = np.ascontiguousarray(k.swapaxes(-1, -2))  # [B, H, D, T]: a view would be 4x slower
+    att = q @ kt  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
+    _shift_and_mask(att, q.dtype.type(scale), causal, _pad_array(pad_mask))
     np.exp(att, out=att)  # NumPy's SIMD exp: 10x a scalar exp loop
-    _normalize_rows(att.reshape(-1, att.shape[-1]))  # [B, H, T, T] probabilities
+    _normalize_rows(att.reshape(-1, t))  # [B, H, T, T] probabilities
     y = att @ v  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
-    # a causal row is zero past the diagonal unless padding masked every key it sees
-    return y, AttentionCache(q, k, v, att, scale, causal and pad_mask is None)
+    return y, AttentionCache(q, k, v, att, scale, causal, pad_mask)
 
 
 def attention_backward_fused(dy, cache: AttentionCache, dp_extra=None) -> tuple:
     """``attention.attention_backward`` with the softmax backward and the scale fused."""
-    q, k, v, p, scale, zero_past_diagonal = cache
+    q, k, v, p, scale, causal, pad_mask = cache
     dv = p.swapaxes(-1, -2) @ dy  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
-    dp = dy @ np.ascontiguousarray(v.swapaxes(-1, -2))  # [B,H,T,D] @ [B,H,D,T] -> [B,H,T,T]
+    vt = np.ascontiguousarray(v.swapaxes(-1, -2))  # [B, H, D, T]
+    dp = dy @ vt  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
     if dp_extra is not None:
         dp += dp_extra
-    # past the diagonal p == 0, so ds == 0 there: the kernel skips those entries
-    _softmax_backward_kernel(dp, p, q.dtype.type(scale), zero_past_diagonal)
+    _softmax_backward_kernel(dp, p, q.dtype.type(scale), causal, _pad_array(pad_mask))
     dq = dp @ k  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
     dk = dp.swapaxes(-1, -2) @ q  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
     return dq, dk, dv

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minicompress.nn.attention import merge_heads, split_heads
+from minicompress.nn.attention import check_pad_mask, merge_heads, split_heads
 from minicompress.nn.backend import TrainingOps, select_ops
 from minicompress.nn.ops import (
     cross_entropy_backward,
@@ -255,6 +255,7 @@ def forward(
     """
     idx = check_tokens(idx, cfg)
     ops = select_ops() if ops is None else ops
+    check_pad_mask(pad_mask, *idx.shape)
     t = idx.shape[1]
     tok, tok_c = embedding_forward(idx, params["wte"])  # [B, T, C]
     pos, pos_c = embedding_forward(np.arange(t), params["wpe"])  # [T, C]
@@ -310,7 +311,7 @@ def loss_and_grads(params, idx, targets, cfg, linear=DENSE, ops=None) -> tuple[f
     """Mean cross-entropy of next-token prediction and its gradients."""
     logits, cache = forward(params, idx, cfg, linear, ops=ops)
     loss, ce_c = cross_entropy_forward(logits, targets)
-    grads = backward(cross_entropy_backward(ce_c, logits.shape), cache)
+    grads = backward(cross_entropy_backward(1.0, ce_c), cache)
     return float(loss), grads
 
 

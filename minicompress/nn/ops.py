@@ -53,7 +53,9 @@ class EmbeddingCache(NamedTuple):
 
 
 def embedding_forward(idx: np.ndarray, table: np.ndarray) -> tuple:
-    """out = table[idx].   idx: int [...], table: [V, C]  ->  out: [..., C]."""
+    """out = table[idx].   idx: int [...] in [0, V), table: [V, C]  ->  out: [..., C]."""
+    if idx.size and (idx.min() < 0 or idx.max() >= table.shape[0]):
+        raise ValueError(f"idx must lie in [0, {table.shape[0]}); got [{idx.min()}, {idx.max()}]")
     return table[idx], EmbeddingCache(idx, table.shape[0])
 
 
@@ -186,6 +188,7 @@ def softmax_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
 class CrossEntropyCache(NamedTuple):
     probs: np.ndarray  # [M, V] softmax of the logits
     targets: np.ndarray  # [M]
+    shape: tuple  # shape of the logits
 
 
 def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray) -> tuple:
@@ -204,13 +207,13 @@ def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray) -> tuple:
     lse = np.log(np.exp(shifted).sum(axis=1))  # [M]
     loss = np.mean(lse - shifted[np.arange(y.shape[0]), y])
     probs = np.exp(shifted - lse[:, None])  # [M, V]
-    return logits.dtype.type(loss), CrossEntropyCache(probs, y)
+    return logits.dtype.type(loss), CrossEntropyCache(probs, y, logits.shape)
 
 
-def cross_entropy_backward(cache: CrossEntropyCache, shape: tuple) -> np.ndarray:
-    """dlogits = (softmax(logits) - onehot(y)) / M   ->  reshaped to the logits' shape."""
-    probs, y = cache
+def cross_entropy_backward(dloss: float, cache: CrossEntropyCache) -> np.ndarray:
+    """dlogits = dloss * (softmax(logits) - onehot(y)) / M   ->  the logits' shape."""
+    probs, y, shape = cache
     d = probs.copy()
     d[np.arange(y.shape[0]), y] -= 1.0
-    d /= y.shape[0]
+    d *= probs.dtype.type(dloss / y.shape[0])
     return d.reshape(shape)

@@ -93,6 +93,8 @@ class SGD:
             raise ValueError(f"lr must be > 0; got {self.lr}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must lie in [0, 1); got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}")
         self.buf: dict[str, np.ndarray] = {}
 
     def step(self, params: dict, grads: dict, lr: float | None = None) -> None:
