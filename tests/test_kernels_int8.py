@@ -21,7 +21,7 @@ from minicompress.kernels.int8 import (
     pack_int8_linear,
     pack_quantized_int8_linear,
 )
-from minicompress.kernels.int8_quant import quantize_rows
+from minicompress.kernels.int8_quant import quantize_rows, round_half_even, row_range
 from minicompress.kernels.reference import quantize_rows_uint8, quantize_weight_per_channel
 
 HAS_VNNI = vnni_module.vnni_supported()
@@ -201,6 +201,43 @@ def test_half_to_even_rounding_is_kept():
     np.testing.assert_array_equal(q, q_ref)
 
 
+def test_round_half_even_equals_rint(rng):
+    from numba import njit
+
+    @njit
+    def round_all(v):
+        out = np.empty_like(v)
+        for i in range(v.size):
+            out[i] = round_half_even(v[i])
+        return out
+
+    halves = np.arange(-600, 600, 0.5, dtype=np.float32)  # every .5 tie in the code range
+    v = np.concatenate([
+        halves,
+        np.nextafter(halves, np.float32(np.inf)),
+        np.nextafter(halves, np.float32(-np.inf)),
+        rng.uniform(-300, 300, 10_000).astype(np.float32),
+        np.array([0.0, -0.0, 2.0**22, -(2.0**22)], dtype=np.float32),
+    ])
+    np.testing.assert_array_equal(round_all(v), np.rint(v))
+
+
+@pytest.mark.parametrize("row", [
+    [1.0, -2.0, 3.0], [-1.0, -0.5], [0.25, 4.0], [0.0], [-0.0, 1.0], [3.4e38, -3.4e38],
+    [1e-45, -1e-45],
+])
+def test_row_range_of_bit_patterns(row):
+    x = np.array(row, dtype=np.float32)
+    lo, hi, finite = row_range(x.view(np.int32))
+    assert (lo, hi, finite) == (min(x.min(), 0), max(x.max(), 0), True)
+
+
+@pytest.mark.parametrize("bad", [np.nan, -np.nan, np.inf, -np.inf])
+def test_row_range_flags_non_finite(bad):
+    x = np.array([1.0, bad, -2.0], dtype=np.float32)
+    assert not row_range(x.view(np.int32))[2]
+
+
 # ----------------------------------------------------------------------------------------
 # int8 linear layer
 # ----------------------------------------------------------------------------------------
@@ -322,6 +359,21 @@ def test_linear_refuses_bad_inputs(path, rng):
 
 
 @pytest.mark.parametrize("path", FAST_PATHS)
+def test_linear_refuses_inconsistent_packed_layer(path, rng):
+    x, w, bias = random_layer(rng, 2, 8, 5)
+    packed = pack_int8_linear(w, bias, path=path)
+    assert packed.col_sum.dtype == np.int32
+    with pytest.raises(TypeError, match="packed.col_sum must have dtype int32; got int64"):
+        int8_linear(x, packed._replace(col_sum=packed.col_sum.astype(np.int64)))
+    with pytest.raises(ValueError, match="packed.weight must be C-contiguous of shape"):
+        int8_linear(x, packed._replace(weight=packed.weight[..., :1]))
+    with pytest.raises(ValueError, match=r"packed.bias must be C-contiguous of shape \(5,\)"):
+        int8_linear(x, packed._replace(bias=bias[:3]))
+    with pytest.raises(ValueError, match="packed.path must be one of"):
+        int8_linear(x, packed._replace(path="gpu"))
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
 def test_linear_refuses_non_finite_input(path, rng):
     x, w, bias = random_layer(rng, 9, 8, 5)
     packed = pack_int8_linear(w, bias, path=path)
@@ -366,16 +418,16 @@ def test_vnni_tile_emits_vpdpbusd():
 
 def test_cached_kernels_load_in_a_second_process(tmp_path):
     """Two fresh processes share NUMBA_CACHE_DIR: the first writes the cache, the second
-    compiles nothing (Numba's own per-dispatcher cache statistics say so)."""
+    compiles nothing (Numba's own per-dispatcher cache statistics say so). The VNNI kernel
+    is the one checked where it runs: its intrinsic must survive the cache too."""
     script = (
         "import numpy as np\n"
         "from minicompress.kernels import int8 as g, vnni\n"
         "x = np.ones((2, 8), np.float32); w = np.ones((8, 16), np.float32)\n"
-        "paths = ['portable'] + (['vnni'] if vnni.vnni_supported() else [])\n"
-        "for p in paths: g.int8_linear(x, g.pack_int8_linear(w, None, path=p))\n"
-        "ks = [g.portable_linear_kernel] + ([vnni.vnni_linear_kernel] if 'vnni' in paths else [])\n"
-        "print(sum(sum(k.stats.cache_misses.values()) for k in ks),"
-        " sum(sum(k.stats.cache_hits.values()) for k in ks))\n"
+        "path = 'vnni' if vnni.vnni_supported() else 'portable'\n"
+        "g.int8_linear(x, g.pack_int8_linear(w, None, path=path))\n"
+        "k = vnni.vnni_linear_kernel if path == 'vnni' else g.portable_linear_kernel\n"
+        "print(sum(k.stats.cache_misses.values()), sum(k.stats.cache_hits.values()))\n"
     )
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     env.pop("NUMBA_DISABLE_JIT", None)

@@ -219,7 +219,7 @@ def pack_quantized_int8_linear(
         if bias.shape != (n,):
             raise ValueError(f"bias must have shape ({n},); got {bias.shape}")
         bias = bias.copy()
-    col_sum = w_q.astype(np.int32).sum(axis=0)  # [K, N] -> [N]
+    col_sum = w_q.sum(axis=0, dtype=np.int32)  # [K, N] -> [N]; exact, as K <= MAX_K_INT32
     weight = vnni.pack_vnni_weight(w_q) if path == "vnni" else np.array(w_q, order="C")
     return PackedInt8Linear(path, weight, col_sum, w_scale.copy(), bias, k, n)
 
@@ -236,6 +236,28 @@ def pack_int8_linear(
     return pack_quantized_int8_linear(w_q, w_scale, bias, path)
 
 
+def _check_packed(packed: PackedInt8Linear) -> None:
+    """Refuse a PackedInt8Linear whose fields the kernels cannot read safely."""
+    if packed.path not in KERNEL_PATHS:
+        raise ValueError(
+            f"packed.path must be one of {', '.join(KERNEL_PATHS)}; got {packed.path!r}"
+        )
+    k, n = packed.k, packed.n
+    shape = (-(-n // 16), -(-k // 4), 16, 4) if packed.path == "vnni" else (k, n)
+    check_array("packed.weight", packed.weight, (np.int8,), len(shape))
+    if packed.weight.shape != shape or not packed.weight.flags.c_contiguous:
+        raise ValueError(f"packed.weight must be C-contiguous of shape {shape} for path "
+                         f"{packed.path!r}; got {packed.weight.shape}")
+    for name, a, dtype in (("col_sum", packed.col_sum, np.int32),
+                           ("w_scale", packed.w_scale, np.float32),
+                           ("bias", packed.bias, np.float32)):
+        if name == "bias" and a is None:
+            continue
+        check_array(f"packed.{name}", a, (dtype,), 1)
+        if a.shape != (n,) or not a.flags.c_contiguous:
+            raise ValueError(f"packed.{name} must be C-contiguous of shape ({n},); got {a.shape}")
+
+
 def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
     """``quantized_linear_reference`` on the path ``packed`` was made for.
 
@@ -249,6 +271,7 @@ def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
     check_array("x", x, (np.float32,), 2)
     if x.shape[1] != packed.k:
         raise ValueError(f"x is {x.shape}: x.shape[1] must equal the layer's K={packed.k}")
+    _check_packed(packed)
     if packed.path == "vnni":
         int8_kernel_path("vnni")  # refuses clearly if this CPU lacks VNNI
     elif packed.path == "reference":

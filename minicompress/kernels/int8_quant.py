@@ -17,28 +17,60 @@ import numpy as np
 from numba import njit, prange
 
 PARALLEL_MIN_ROWS = 8  # below this many rows, quantizing on one thread beats waking the other
+_ROUND_MAGIC = np.float32(1.5 * 2**23)  # adding it leaves no bits below 1: the FPU rounds
+_SIGN_BIT = np.int32(-(2**31))
+_ABS_BITS = np.int32(0x7FFFFFFF)
+_EXP_ALL_ONES = np.int32(0x7F800000)  # |bits| >= this: inf or NaN
+
+
+@njit(cache=True)
+def round_half_even(v):
+    """``np.rint(v)`` for a float32 with |v| <= 2**22, as two additions that vectorize.
+
+    (v + 1.5 * 2**23) has no bits below 1, so the addition rounds v to an integer with the
+    FPU's default mode, half to even; subtracting the constant back is exact. (Numba lowers
+    ``np.rint`` to a call that blocks vectorization.) No fastmath here, or the two additions
+    would cancel.
+    """
+    return (v + _ROUND_MAGIC) - _ROUND_MAGIC
+
+
+@njit(cache=True)
+def row_range(bits):
+    """lo = min(min_k x_k, 0), hi = max(max_k x_k, 0) and whether x is finite, in one pass
+    over the int32 bit patterns of a float32 row x.
+
+    For IEEE floats, comparing bit patterns as signed integers orders the non-negative
+    floats; flipping the sign bit does the same for the negative ones. So max(0, bits) is the
+    bits of hi, max(0, bits ^ sign) those of -lo, and max(bits & 0x7FFFFFFF) >= 0x7F800000
+    exactly when an element is inf or NaN. Integer maxima vectorize; float min/max with
+    NaN semantics do not.
+
+    bits: int32 [K] (``row.view(np.int32)``)  ->  (lo float32, hi float32, finite bool).
+    """
+    hi_b, neg_lo_b, abs_b = np.int32(0), np.int32(0), np.int32(0)
+    for i in range(bits.size):
+        b = bits[i]
+        hi_b = max(hi_b, b)
+        neg_lo_b = max(neg_lo_b, np.int32(b ^ _SIGN_BIT))
+        abs_b = max(abs_b, np.int32(b & _ABS_BITS))
+    as_float = np.array([hi_b, neg_lo_b], dtype=np.int32).view(np.float32)  # [2]
+    return -as_float[1], as_float[0], abs_b < _EXP_ALL_ONES
 
 
 @njit(cache=True)
 def _quantize_row(x, q, s_x, z_x, m):
     """Quantize row m of x into q[m, :K] (q[m, K:] is left as is); False if x[m] is not finite."""
-    k = x.shape[1]
-    lo, hi = np.float32(0.0), np.float32(0.0)  # the range is widened to hold 0
-    finite = True
-    for i in range(k):
-        v = x[m, i]
-        lo = min(lo, v)
-        hi = max(hi, v)
-        finite &= np.isfinite(v)
+    row, q_row = x[m], q[m]  # [K], [Kq]
+    lo, hi, finite = row_range(row.view(np.int32))
     span = hi - lo
     scale = span / np.float32(255.0) if span > np.float32(0.0) else np.float32(1.0)
-    z = min(max(np.rint(-lo / scale), np.float32(0.0)), np.float32(255.0))
-    zi = np.int32(z)
-    for i in range(k):
-        c = np.int32(np.rint(x[m, i] / scale)) + zi  # |x / s| <= 255: the cast is exact
-        q[m, i] = np.uint8(min(max(c, 0), 255))
+    z = np.int32(min(max(round_half_even(-lo / scale), np.float32(0.0)), np.float32(255.0)))
+    for i in range(row.size):
+        c = np.int32(round_half_even(row[i] / scale)) + z  # |x / s| <= 255: exact cast
+        q_row[i] = np.uint8(min(max(c, 0), 255))
     s_x[m] = scale
-    z_x[m] = zi
+    z_x[m] = z
     return finite
 
 

@@ -79,7 +79,85 @@ def unpack_vnni_weight(packed: np.ndarray, k: int, n: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 
 _I32X16 = ir.VectorType(ir.IntType(32), 16)
+_F32X16 = ir.VectorType(ir.FloatType(), 16)
+_I8P, _I32, _I64 = ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(64)
 _VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+
+
+def _byte_ptr(builder, address, offset, ty):
+    """Pointer to a ``ty`` at ``address + offset`` bytes (both i64)."""
+    base = builder.inttoptr(address, _I8P)
+    return builder.bitcast(builder.gep(base, [offset]), ty.as_pointer())
+
+
+def _const(value):
+    return ir.Constant(_I64, value)
+
+
+def _splat(builder, scalar, vector_type):
+    """Broadcast a scalar to every lane (``vpbroadcastd``)."""
+    undefined = ir.Constant(vector_type, ir.Undefined)
+    one = builder.insert_element(undefined, scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined),
+                                  ir.Constant(_I32X16, [0] * 16))
+
+
+def _emit_dpbusd_loop(builder, n_rows, n_vecs, a_addr, lda, b_addr, b_stride, kq):
+    """Emit the K loop of an n_rows x (16 n_vecs) tile; return its n_rows * n_vecs int32x16
+    accumulators (row-major), zeros when kq == 0.
+
+    acc[r][v] += vpdpbusd(broadcast(a[r, 4kk:4kk+4] as one int32), b[v, kk, :, :])
+    """
+    module = builder.module
+    dpbusd = module.globals.get(_VPDPBUSD)
+    if dpbusd is None:
+        dpbusd = ir.Function(module, ir.FunctionType(_I32X16, [_I32X16] * 3), _VPDPBUSD)
+    zero = ir.Constant(_I32X16, None)
+    entry = builder.block
+    loop = builder.append_basic_block("vnni.kloop")
+    done = builder.append_basic_block("vnni.done")
+    builder.cbranch(builder.icmp_signed(">", kq, _const(0)), loop, done)
+
+    # one iteration: 4 k of every row against one 64-byte block of each vector
+    builder.position_at_end(loop)
+    kk = builder.phi(_I64)
+    acc = [builder.phi(_I32X16) for _ in range(n_rows * n_vecs)]
+    b_off = builder.mul(kk, _const(64))
+    b_vec = []
+    for v in range(n_vecs):
+        off = builder.add(b_off, builder.mul(b_stride, _const(v)))
+        b_vec.append(builder.load(_byte_ptr(builder, b_addr, off, _I32X16), align=1))
+    a_off = builder.mul(kk, _const(4))
+    new = []
+    for r in range(n_rows):
+        row_off = builder.add(a_off, builder.mul(lda, _const(r)))
+        four_bytes = builder.load(_byte_ptr(builder, a_addr, row_off, _I32), align=1)
+        a_vec = _splat(builder, four_bytes, _I32X16)
+        for v in range(n_vecs):
+            new.append(builder.call(dpbusd, [acc[r * n_vecs + v], a_vec, b_vec[v]]))
+    kk_next = builder.add(kk, _const(1))
+    loop_end = builder.block
+    kk.add_incoming(_const(0), entry)
+    kk.add_incoming(kk_next, loop_end)
+    for phi, value in zip(acc, new, strict=True):
+        phi.add_incoming(zero, entry)
+        phi.add_incoming(value, loop_end)
+    builder.cbranch(builder.icmp_signed("<", kk_next, kq), loop, done)
+
+    builder.position_at_end(done)
+    result = []
+    for value in new:
+        phi = builder.phi(_I32X16)
+        phi.add_incoming(zero, entry)
+        phi.add_incoming(value, loop_end)
+        result.append(phi)
+    return result
+
+
+def _tile_shape(mr, nv):
+    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
+        return None  # the tile shape must be known when the IR is written
+    return mr.literal_value, nv.literal_value
 
 
 @intrinsic(prefer_literal=True)
@@ -92,75 +170,69 @@ def _dpbusd_tile(typingctx, mr, nv, a_addr, lda, b_addr, b_stride, kq, c_addr, l
         ``b_stride`` bytes (= 64 * kq in the packed array).
     c_addr: address of int32 results, row stride ``ldc`` bytes; mr x (16 nv) values stored.
     """
-    if not (isinstance(mr, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
-        return None  # the tile shape must be known when the IR is written
-    n_rows, n_vecs = mr.literal_value, nv.literal_value
-    sig = types.void(mr, nv, *([types.intp] * 7))
+    shape = _tile_shape(mr, nv)
+    if shape is None:
+        return None
+    n_rows, n_vecs = shape
 
     def codegen(context, builder, signature, args):
         _, _, a_addr, lda, b_addr, b_stride, kq, c_addr, ldc = args
-        i8p, i32, i64 = ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(64)
-        module = builder.module
-        dpbusd = module.globals.get(_VPDPBUSD)
-        if dpbusd is None:
-            dpbusd = ir.Function(module, ir.FunctionType(_I32X16, [_I32X16] * 3), _VPDPBUSD)
-        a0 = builder.inttoptr(a_addr, i8p)
-        b0 = builder.inttoptr(b_addr, i8p)
-        c0 = builder.inttoptr(c_addr, i8p)
-        zero = ir.Constant(_I32X16, None)
-        splat = ir.Constant(_I32X16, [0] * 16)  # shuffle mask: lane 0 to every lane
-
-        def byte_ptr(base, offset, ty):
-            return builder.bitcast(builder.gep(base, [offset]), ty.as_pointer())
-
-        entry = builder.block
-        loop = builder.append_basic_block("vnni.kloop")
-        done = builder.append_basic_block("vnni.done")
-        builder.cbranch(builder.icmp_signed(">", kq, ir.Constant(i64, 0)), loop, done)
-
-        # loop over kk: one 4-byte group of every row against one 64-byte block per vector
-        builder.position_at_end(loop)
-        kk = builder.phi(i64)
-        acc = [builder.phi(_I32X16) for _ in range(n_rows * n_vecs)]
-        b_off = builder.mul(kk, ir.Constant(i64, 64))
-        b_vec = []
-        for v in range(n_vecs):
-            off = builder.add(b_off, builder.mul(b_stride, ir.Constant(i64, v)))
-            b_vec.append(builder.load(byte_ptr(b0, off, _I32X16), align=1))
-        a_off = builder.mul(kk, ir.Constant(i64, 4))
-        new = []
-        for r in range(n_rows):
-            row_off = builder.add(a_off, builder.mul(lda, ir.Constant(i64, r)))
-            four_bytes = builder.load(byte_ptr(a0, row_off, i32), align=1)
-            one = builder.insert_element(ir.Constant(_I32X16, ir.Undefined), four_bytes,
-                                         ir.Constant(i32, 0))
-            a_vec = builder.shuffle_vector(one, ir.Constant(_I32X16, ir.Undefined), splat)
-            for v in range(n_vecs):
-                new.append(builder.call(dpbusd, [acc[r * n_vecs + v], a_vec, b_vec[v]]))
-        kk_next = builder.add(kk, ir.Constant(i64, 1))
-        loop_end = builder.block
-        kk.add_incoming(ir.Constant(i64, 0), entry)
-        kk.add_incoming(kk_next, loop_end)
-        for phi, value in zip(acc, new, strict=True):
-            phi.add_incoming(zero, entry)
-            phi.add_incoming(value, loop_end)
-        builder.cbranch(builder.icmp_signed("<", kk_next, kq), loop, done)
-
-        # store the accumulators (zeros when kq == 0)
-        builder.position_at_end(done)
-        result = []
-        for value in new:
-            phi = builder.phi(_I32X16)
-            phi.add_incoming(zero, entry)
-            phi.add_incoming(value, loop_end)
-            result.append(phi)
+        acc = _emit_dpbusd_loop(builder, n_rows, n_vecs, a_addr, lda, b_addr, b_stride, kq)
         for r in range(n_rows):
             for v in range(n_vecs):
-                off = builder.add(builder.mul(ldc, ir.Constant(i64, r)), ir.Constant(i64, 64 * v))
-                builder.store(result[r * n_vecs + v], byte_ptr(c0, off, _I32X16), align=1)
+                off = builder.add(builder.mul(ldc, _const(r)), _const(64 * v))
+                builder.store(acc[r * n_vecs + v], _byte_ptr(builder, c_addr, off, _I32X16),
+                              align=1)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return types.void(mr, nv, *([types.intp] * 7)), codegen
+
+
+@intrinsic(prefer_literal=True)
+def _dpbusd_tile_dequantize(typingctx, mr, nv, a_addr, lda, b_addr, b_stride, kq, s_addr,
+                            z_addr, col_sum_addr, w_scale_addr, bias_addr, has_bias, y_addr,
+                            ldy):
+    """``_dpbusd_tile`` followed, in registers, by ``int8_quant.dequantize_tile``:
+
+    y[r, n] = (s_x[r] * w_scale[n]) * float32(acc[r, n] - z_x[r] * col_sum[n]) + bias[n]
+
+    with the same float32 operations in the same order (no fused multiply-add), so the
+    result is bit for bit the portable path's. s_addr, z_addr: float32 / int32 per row from
+    the tile's first row; col_sum_addr, w_scale_addr, bias_addr: int32 / float32 / float32
+    per column from the tile's first column (bias read only if has_bias != 0); y_addr:
+    float32 results, row stride ``ldy`` bytes. All 16 nv columns are stored.
+    """
+    shape = _tile_shape(mr, nv)
+    if shape is None:
+        return None
+    n_rows, n_vecs = shape
+
+    def codegen(context, builder, signature, args):
+        (_, _, a_addr, lda, b_addr, b_stride, kq, s_addr, z_addr, col_sum_addr, w_scale_addr,
+         bias_addr, has_bias, y_addr, ldy) = args
+        acc = _emit_dpbusd_loop(builder, n_rows, n_vecs, a_addr, lda, b_addr, b_stride, kq)
+        add_bias = builder.icmp_signed("!=", has_bias, _const(0))
+        col = []  # per vector: col_sum, w_scale, bias
+        for v in range(n_vecs):
+            off = _const(64 * v)
+            col.append([builder.load(_byte_ptr(builder, addr, off, ty), align=1)
+                        for addr, ty in ((col_sum_addr, _I32X16), (w_scale_addr, _F32X16),
+                                         (bias_addr, _F32X16))])
+        for r in range(n_rows):
+            z = builder.load(_byte_ptr(builder, z_addr, _const(4 * r), _I32), align=1)
+            s = builder.load(_byte_ptr(builder, s_addr, _const(4 * r), ir.FloatType()), align=1)
+            z_vec, s_vec = _splat(builder, z, _I32X16), _splat(builder, s, _F32X16)
+            for v in range(n_vecs):
+                col_sum, w_scale, bias = col[v]
+                corrected = builder.sub(acc[r * n_vecs + v], builder.mul(z_vec, col_sum))
+                y = builder.fmul(builder.fmul(s_vec, w_scale),
+                                 builder.sitofp(corrected, _F32X16))
+                y = builder.select(add_bias, builder.fadd(y, bias), y)
+                off = builder.add(builder.mul(ldy, _const(r)), _const(64 * v))
+                builder.store(y, _byte_ptr(builder, y_addr, off, _F32X16), align=1)
+        return context.get_dummy_value()
+
+    return types.void(mr, nv, *([types.intp] * 13)), codegen
 
 
 @njit(cache=True)
@@ -194,6 +266,47 @@ def _tile(rows, vecs, a, m, w_packed, j0, c, c_row, c_col):
             for v in range(vecs):
                 _dpbusd_tile(1, 1, a_r, lda, b_addr + v * b_stride, b_stride, kq,
                              c_r + v * 64, ldc)
+
+
+@njit(cache=True)
+def _tile_dequantize(rows, vecs, q, m, w_packed, j0, s_x, z_x, col_sum, w_scale, bias, has_bias,
+                     y):
+    """y[m + r, 16 j0 + c] for r < rows (1..MR), c < 16 vecs (1..NV), all inside y: the
+    tile of ``_tile`` dequantized in registers (``_dpbusd_tile_dequantize``).
+
+    q: uint8 [M, Kp]; s_x: float32 [M]; z_x: int32 [M]; col_sum: int32 [N];
+    w_scale, bias: float32 [N]; y: float32 [M, N].
+    """
+    kq = np.intp(w_packed.shape[1])
+    lda, b_stride, ldy = np.intp(q.shape[1]), np.intp(kq * 64), np.intp(y.shape[1] * 4)
+    n0 = j0 * 16
+    a_addr = np.intp(q.ctypes.data) + m * lda
+    b_addr = np.intp(w_packed.ctypes.data) + j0 * b_stride
+    s_addr, z_addr = np.intp(s_x.ctypes.data) + 4 * m, np.intp(z_x.ctypes.data) + 4 * m
+    cs_addr, ws_addr = np.intp(col_sum.ctypes.data) + 4 * n0, np.intp(w_scale.ctypes.data) + 4 * n0
+    bias_addr = np.intp(bias.ctypes.data) + 4 * n0
+    y_addr = np.intp(y.ctypes.data) + m * ldy + 4 * n0
+    hb = np.intp(1) if has_bias else np.intp(0)
+    if rows == MR:
+        if vecs == NV:
+            _dpbusd_tile_dequantize(4, 4, a_addr, lda, b_addr, b_stride, kq, s_addr, z_addr,
+                                    cs_addr, ws_addr, bias_addr, hb, y_addr, ldy)  # MR, NV
+        else:
+            for v in range(vecs):
+                _dpbusd_tile_dequantize(4, 1, a_addr, lda, b_addr + v * b_stride, b_stride, kq,
+                                        s_addr, z_addr, cs_addr + 64 * v, ws_addr + 64 * v,
+                                        bias_addr + 64 * v, hb, y_addr + 64 * v, ldy)
+        return
+    for r in range(rows):
+        a_r, s_r, z_r, y_r = a_addr + r * lda, s_addr + 4 * r, z_addr + 4 * r, y_addr + r * ldy
+        if vecs == NV:
+            _dpbusd_tile_dequantize(1, 4, a_r, lda, b_addr, b_stride, kq, s_r, z_r, cs_addr,
+                                    ws_addr, bias_addr, hb, y_r, ldy)
+        else:
+            for v in range(vecs):
+                _dpbusd_tile_dequantize(1, 1, a_r, lda, b_addr + v * b_stride, b_stride, kq,
+                                        s_r, z_r, cs_addr + 64 * v, ws_addr + 64 * v,
+                                        bias_addr + 64 * v, hb, y_r + 64 * v, ldy)
 
 
 # ----------------------------------------------------------------------------------------
@@ -243,9 +356,15 @@ def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y):
         m0 = (t % m_chunks) * M_CHUNK
         vecs = min(NV, nb - j0)
         n0, n1 = j0 * 16, min(n, (j0 + vecs) * 16)
-        acc = np.empty((MR, NV * 16), dtype=np.int32)  # one register tile, [MR, 64]
+        full_width = n1 - n0 == vecs * 16  # else the last columns of N: not all stored
+        acc = np.empty((MR, NV * 16), dtype=np.int32)  # [MR, 64], for the last columns of N
         for m in range(m0, min(m_total, m0 + M_CHUNK), MR):
             rows = min(MR, m_total - m)
-            _tile(rows, vecs, q, m, w_packed, j0, acc, 0, 0)
-            dequantize_tile(acc, m, rows, n0, n1, s_x, z_x, col_sum, w_scale, bias, has_bias, y)
+            if full_width:
+                _tile_dequantize(rows, vecs, q, m, w_packed, j0, s_x, z_x, col_sum, w_scale,
+                                 bias, has_bias, y)
+            else:
+                _tile(rows, vecs, q, m, w_packed, j0, acc, 0, 0)
+                dequantize_tile(acc, m, rows, n0, n1, s_x, z_x, col_sum, w_scale, bias,
+                                has_bias, y)
     return True
