@@ -181,22 +181,23 @@ def test_numba_quantize_rows_is_bit_identical(rng):
     x[4] = 7.5  # a constant row
     x[5, :3] = [-1.0, 1.0, 0.5]  # values landing exactly on .5 of a step
     x[5, 3:] = 0.0
-    for m_rows in (x[:3], x):  # serial (M < 8) and parallel quantization
-        q, s, z = np.zeros(m_rows.shape, np.uint8), np.empty(len(m_rows), np.float32), \
-            np.empty(len(m_rows), np.int32)
-        assert quantize_rows(m_rows, q, s, z)
-        q_ref, s_ref, z_ref = quantize_rows_uint8(m_rows)
-        np.testing.assert_array_equal(s, s_ref)
-        np.testing.assert_array_equal(z, z_ref)
-        np.testing.assert_array_equal(q, q_ref)
+    q = np.full((20, 40), 99, dtype=np.uint8)  # K padded to 40: the pad must become 0
+    s, z = np.empty(20, np.float32), np.empty(20, np.int32)
+    assert quantize_rows(x, q, s, z, 0, 20)
+    q_ref, s_ref, z_ref = quantize_rows_uint8(x)
+    np.testing.assert_array_equal(s, s_ref)
+    np.testing.assert_array_equal(z, z_ref)
+    np.testing.assert_array_equal(q[:, :37], q_ref)
+    np.testing.assert_array_equal(q[:, 37:], 0)
 
 
 def test_half_to_even_rounding_is_kept():
-    # row [-1, 0.5 * 255 / 255 ...]: choose values whose code is exactly k + 0.5
+    # with the range [-1, 1], s = 2/255 and z = rint(127.5) = 128: x = 0.5 s and 1.5 s land
+    # exactly on ties, which half-to-even rounds to 0 and 2
     s = np.float32(2.0) / np.float32(255.0)
     x = np.array([[-1.0, 1.0, np.float32(0.5) * s, np.float32(1.5) * s]], dtype=np.float32)
     q, sc, z = np.zeros(x.shape, np.uint8), np.empty(1, np.float32), np.empty(1, np.int32)
-    quantize_rows(x, q, sc, z)
+    quantize_rows(x, q, sc, z, 0, 1)
     q_ref, _, _ = quantize_rows_uint8(x)
     np.testing.assert_array_equal(q, q_ref)
 
@@ -380,6 +381,8 @@ def test_linear_refuses_non_finite_input(path, rng):
     for bad in (np.nan, np.inf):
         x_bad = x.copy()
         x_bad[3, 2] = bad
+        with pytest.raises(ValueError, match="x must be finite"):
+            int8_linear(x_bad[3:5], packed)  # few rows: N split across the threads
         with pytest.raises(ValueError, match="x must be finite"):
             int8_linear(x_bad, packed)
 

@@ -29,10 +29,11 @@ import os
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange, set_num_threads
 
 from minicompress.kernels import vnni
 from minicompress.kernels.int8_quant import dequantize_tile, quantize_rows
+from minicompress.kernels.vnni import M_CHUNK, MIN_ROWS_SPLIT_M, MIN_WORK_PARALLEL
 from minicompress.kernels.reference import (
     check_array,
     check_k_fits_int32,
@@ -100,32 +101,59 @@ def portable_gemm_kernel(a, w, c):
         c[m, n0:n0 + width] = acc[:width]
 
 
+@njit(cache=True)
+def _portable_linear_rows(q, m0, m1, w_q, n_start, n_stop, s_x, z_x, col_sum, w_scale, bias,
+                          has_bias, y):
+    """y[m0:m1, n_start:n_stop] from the quantized rows, 256 columns at a time."""
+    k = w_q.shape[0]
+    acc = np.empty((1, N_TILE), dtype=np.int32)  # [1, N_TILE]
+    acc_row = acc[0]  # [N_TILE]
+    for n0 in range(n_start, n_stop, N_TILE):
+        n1 = min(n_stop, n0 + N_TILE)
+        for m in range(m0, m1):
+            acc_row[:] = 0
+            for i in range(k):
+                a_mk = np.int32(q[m, i])
+                w_row = w_q[i, n0:n1]  # [n1 - n0], contiguous: the loop below vectorizes
+                for j in range(n1 - n0):
+                    acc_row[j] += a_mk * w_row[j]
+            dequantize_tile(acc, m, 1, n0, n1, s_x, z_x, col_sum, w_scale, bias, has_bias, y)
+
+
 @njit(parallel=True, cache=True)
 def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y):
     """``quantized_linear_reference`` on the portable path (same arguments as
-    ``vnni.vnni_linear_kernel`` with ``w_q`` int8 [K, N] in place of the packed weights).
+    ``vnni.vnni_linear_kernel`` with ``w_q`` int8 [K, N] in place of the packed weights, and
+    the same single parallel region: N split for few rows, M split for many).
     Returns False if x holds NaN or inf."""
     m_total, k = x.shape
     n = w_q.shape[1]
     q = np.empty((m_total, k), dtype=np.uint8)  # [M, K]
     s_x = np.empty(m_total, dtype=np.float32)
     z_x = np.empty(m_total, dtype=np.int32)
-    if not quantize_rows(x, q, s_x, z_x):
-        return False
-    n_tiles = (n + N_TILE - 1) // N_TILE
-    for t in prange(n_tiles * m_total):
-        n0 = (t // m_total) * N_TILE
-        m = t % m_total
-        n1 = min(n, n0 + N_TILE)
-        acc = np.zeros((1, N_TILE), dtype=np.int32)  # [1, N_TILE]
-        acc_row = acc[0]  # [N_TILE]
-        for i in range(k):
-            a_mk = np.int32(q[m, i])
-            w_row = w_q[i, n0:n1]  # [n1 - n0], contiguous: the loop below vectorizes
-            for j in range(n1 - n0):
-                acc_row[j] += a_mk * w_row[j]
-        dequantize_tile(acc, m, 1, n0, n1, s_x, z_x, col_sum, w_scale, bias, has_bias, y)
-    return True
+    threads = get_num_threads()
+    if m_total * k * n < MIN_WORK_PARALLEL:
+        set_num_threads(1)
+    finite = True
+    if m_total < MIN_ROWS_SPLIT_M:
+        finite = quantize_rows(x, q, s_x, z_x, 0, m_total)
+        n_tiles = (n + N_TILE - 1) // N_TILE
+        for t in prange(n_tiles if finite else 0):
+            _portable_linear_rows(q, 0, m_total, w_q, t * N_TILE, min(n, (t + 1) * N_TILE),
+                                  s_x, z_x, col_sum, w_scale, bias, has_bias, y)
+    else:
+        chunk = min(M_CHUNK, -(-m_total // get_num_threads()))
+        n_chunks = -(-m_total // chunk)
+        chunk_finite = np.empty(n_chunks, dtype=np.bool_)
+        for c in prange(n_chunks):
+            m0, m1 = c * chunk, min(m_total, (c + 1) * chunk)
+            chunk_finite[c] = quantize_rows(x, q, s_x, z_x, m0, m1)
+            _portable_linear_rows(q, m0, m1, w_q, 0, n, s_x, z_x, col_sum, w_scale, bias,
+                                  has_bias, y)
+        for c in range(n_chunks):
+            finite &= chunk_finite[c]
+    set_num_threads(threads)
+    return finite
 
 
 # ----------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 ``quantize_rows`` is ``reference.quantize_rows_uint8`` fused into one pass per row for the
 range and one for the codes, bit for bit: the same float32 operations in the same order
 (``(hi - lo) / 255``, ``rint(-lo / s)``, ``rint(x / s) + z``, a true division, not a
-multiplication by ``1 / s``), and ``np.rint`` rounds half to even in both.
+multiplication by ``1 / s``), rounding half to even in both. It runs on one thread over a
+range of rows: the kernels call it inside their own parallel loop, so that a call of the
+layer is one parallel region (waking the other core costs more than quantizing a row).
 
 ``dequantize_tile`` is steps 3-4 of ``reference.quantized_linear_reference`` applied to a
 tile of int32 accumulators as soon as it is computed, while it is still in cache:
@@ -14,9 +16,8 @@ tile of int32 accumulators as soon as it is computed, while it is still in cache
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-PARALLEL_MIN_ROWS = 8  # below this many rows, quantizing on one thread beats waking the other
 _ROUND_MAGIC = np.float32(1.5 * 2**23)  # adding it leaves no bits below 1: the FPU rounds
 _SIGN_BIT = np.int32(-(2**31))
 _ABS_BITS = np.int32(0x7FFFFFFF)
@@ -60,7 +61,7 @@ def row_range(bits):
 
 @njit(cache=True)
 def _quantize_row(x, q, s_x, z_x, m):
-    """Quantize row m of x into q[m, :K] (q[m, K:] is left as is); False if x[m] is not finite."""
+    """Quantize row m of x into q[m, :K] and zero q[m, K:]; False if x[m] is not finite."""
     row, q_row = x[m], q[m]  # [K], [Kq]
     lo, hi, finite = row_range(row.view(np.int32))
     span = hi - lo
@@ -69,32 +70,24 @@ def _quantize_row(x, q, s_x, z_x, m):
     for i in range(row.size):
         c = np.int32(round_half_even(row[i] / scale)) + z  # |x / s| <= 255: exact cast
         q_row[i] = np.uint8(min(max(c, 0), 255))
+    for i in range(row.size, q_row.size):
+        q_row[i] = 0  # padding of K: the packed weights there are 0 too
     s_x[m] = scale
     z_x[m] = z
     return finite
 
 
-@njit(parallel=True, cache=True)
-def _quantize_rows_parallel(x, q, s_x, z_x):
-    ok = np.ones(x.shape[0], dtype=np.bool_)
-    for m in prange(x.shape[0]):
-        ok[m] = _quantize_row(x, q, s_x, z_x, m)
-    return ok.all()
-
-
 @njit(cache=True)
-def quantize_rows(x, q, s_x, z_x):
-    """``quantize_rows_uint8`` into preallocated outputs.
+def quantize_rows(x, q, s_x, z_x, m0, m1):
+    """``quantize_rows_uint8`` of rows m0:m1 into preallocated outputs, on one thread.
 
-    x: float32 [M, K]; q: uint8 [M, Kq] with Kq >= K (columns K: untouched, e.g. zero padding);
-    s_x: float32 [M]; z_x: int32 [M].  Returns False if x holds NaN or inf.
+    x: float32 [M, K]; q: uint8 [M, Kq] with Kq >= K (columns K: are set to 0);
+    s_x: float32 [M]; z_x: int32 [M].  Returns False if those rows hold NaN or inf.
     """
-    if x.shape[0] >= PARALLEL_MIN_ROWS:
-        return _quantize_rows_parallel(x, q, s_x, z_x)
-    ok = True
-    for m in range(x.shape[0]):
-        ok &= _quantize_row(x, q, s_x, z_x, m)
-    return ok
+    finite = True
+    for m in range(m0, m1):
+        finite &= _quantize_row(x, q, s_x, z_x, m)
+    return finite
 
 
 @njit(cache=True)

@@ -231,6 +231,19 @@ def check_csr(name: str, m: object) -> CSR:
         raise ValueError(
             f"{name}.indices must lie in [0, {c}); got [{m.indices.min()}, {m.indices.max()}]"
         )
+    # Within a row, columns must increase strictly: a repeated column would be summed by a
+    # product but overwritten by csr_to_dense, so the two would disagree.
+    step = np.diff(m.indices.astype(np.int64))  # [nnz - 1]: entry i + 1 minus entry i
+    starts_row = np.zeros(nnz, dtype=bool)  # [nnz]: entry p is the first of a row r >= 1
+    starts_row[m.indptr[1:-1][m.indptr[1:-1] < nnz]] = True
+    bad = np.flatnonzero((step <= 0) & ~starts_row[1:])
+    if bad.size:
+        row = int(np.searchsorted(m.indptr, bad[0] + 1, side="right") - 1)
+        lo, hi = m.indptr[row], m.indptr[row + 1]
+        raise ValueError(
+            f"{name}.indices must increase strictly within each row; row {row} has "
+            f"{m.indices[lo:hi].tolist()[:20]}"
+        )
     return m
 
 

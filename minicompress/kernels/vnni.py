@@ -30,14 +30,16 @@ import functools
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import get_num_threads, njit, prange, set_num_threads, types
 from numba.extending import intrinsic
 
 from minicompress.kernels.int8_quant import dequantize_tile, quantize_rows
 
 MR = 4  # rows of a register tile
 NV = 4  # zmm vectors (16 int32 columns each) per row of a tile: 4 x 4 = 16 accumulators
-M_CHUNK = 64  # rows of the activation handled by one parallel work item (a multiple of MR)
+M_CHUNK = 64  # at most this many rows per parallel work item (a multiple of MR)
+MIN_ROWS_SPLIT_M = 8  # with fewer rows, the threads split N instead of M
+MIN_WORK_PARALLEL = 2**20  # M*K*N below this runs on one thread
 
 
 @functools.cache
@@ -331,6 +333,26 @@ def vnni_gemm_kernel(a, w_packed, c):
             _tile(rows, vecs, a, m, w_packed, j0, c, m, j0 * 16)
 
 
+@njit(cache=True)
+def _linear_rows(q, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bias, has_bias,
+                 y):
+    """y[m0:m1, 16 j0 : min(n, 16 j1)] from the quantized rows, tile by tile."""
+    for j in range(j0, j1, NV):
+        vecs = min(NV, j1 - j)
+        n0, n1 = j * 16, min(n, (j + vecs) * 16)
+        full_width = n1 - n0 == vecs * 16  # else the last columns of N: not all stored
+        for m in range(m0, m1, MR):
+            rows = min(MR, m1 - m)
+            if full_width:
+                _tile_dequantize(rows, vecs, q, m, w_packed, j, s_x, z_x, col_sum, w_scale,
+                                 bias, has_bias, y)
+            else:
+                acc = np.empty((MR, NV * 16), dtype=np.int32)  # [MR, 64]
+                _tile(rows, vecs, q, m, w_packed, j, acc, 0, 0)
+                dequantize_tile(acc, m, rows, n0, n1, s_x, z_x, col_sum, w_scale, bias,
+                                has_bias, y)
+
+
 @njit(parallel=True, cache=True)
 def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y):
     """The quantized linear layer of ``quantized_linear_reference`` on the VNNI path.
@@ -338,33 +360,38 @@ def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y):
     x: float32 [M, K]; w_packed: int8 [Np/16, Kp/4, 16, 4]; col_sum: int32 [N];
     w_scale: float32 [N]; bias: float32 [N] (read only if has_bias); y: float32 [M, N] out.
     Returns False if x holds NaN or inf (y is then undefined), True otherwise.
+
+    One parallel region per call. Few rows (M < MIN_ROWS_SPLIT_M): quantize them on this
+    thread, then split N across the threads (M = 1 still uses every core). More rows: split
+    M into chunks; each thread quantizes its chunk's rows and runs them against all of N,
+    so a 64-column panel of weights is reused by every row tile of the chunk.
     """
     m_total, k = x.shape
     n = y.shape[1]
     nb, kq = w_packed.shape[0], w_packed.shape[1]
-    # 1. quantize the rows into a buffer padded to Kp with zeros (padded weights are 0)
-    q = np.zeros((m_total, kq * 4), dtype=np.uint8)  # [M, Kp]
+    q = np.empty((m_total, kq * 4), dtype=np.uint8)  # [M, Kp]
     s_x = np.empty(m_total, dtype=np.float32)
     z_x = np.empty(m_total, dtype=np.int32)
-    if not quantize_rows(x, q, s_x, z_x):
-        return False
-    # 2-4. integer tiles, then the zero-point correction, the scales and the bias
-    n_tiles = (nb + NV - 1) // NV
-    m_chunks = (m_total + M_CHUNK - 1) // M_CHUNK
-    for t in prange(n_tiles * m_chunks):
-        j0 = (t // m_chunks) * NV
-        m0 = (t % m_chunks) * M_CHUNK
-        vecs = min(NV, nb - j0)
-        n0, n1 = j0 * 16, min(n, (j0 + vecs) * 16)
-        full_width = n1 - n0 == vecs * 16  # else the last columns of N: not all stored
-        acc = np.empty((MR, NV * 16), dtype=np.int32)  # [MR, 64], for the last columns of N
-        for m in range(m0, min(m_total, m0 + M_CHUNK), MR):
-            rows = min(MR, m_total - m)
-            if full_width:
-                _tile_dequantize(rows, vecs, q, m, w_packed, j0, s_x, z_x, col_sum, w_scale,
-                                 bias, has_bias, y)
-            else:
-                _tile(rows, vecs, q, m, w_packed, j0, acc, 0, 0)
-                dequantize_tile(acc, m, rows, n0, n1, s_x, z_x, col_sum, w_scale, bias,
-                                has_bias, y)
-    return True
+    threads = get_num_threads()
+    if m_total * k * n < MIN_WORK_PARALLEL:
+        set_num_threads(1)  # waking the other core costs more than the whole product
+    finite = True
+    if m_total < MIN_ROWS_SPLIT_M:
+        finite = quantize_rows(x, q, s_x, z_x, 0, m_total)
+        n_tiles = (nb + NV - 1) // NV
+        for t in prange(n_tiles if finite else 0):
+            _linear_rows(q, 0, m_total, w_packed, t * NV, min(nb, (t + 1) * NV), n, s_x, z_x,
+                         col_sum, w_scale, bias, has_bias, y)
+    else:
+        chunk = min(M_CHUNK, -(-m_total // (get_num_threads() * MR)) * MR)
+        n_chunks = -(-m_total // chunk)
+        chunk_finite = np.empty(n_chunks, dtype=np.bool_)
+        for c in prange(n_chunks):
+            m0, m1 = c * chunk, min(m_total, (c + 1) * chunk)
+            chunk_finite[c] = quantize_rows(x, q, s_x, z_x, m0, m1)
+            _linear_rows(q, m0, m1, w_packed, 0, nb, n, s_x, z_x, col_sum, w_scale, bias,
+                         has_bias, y)
+        for c in range(n_chunks):
+            finite &= chunk_finite[c]
+    set_num_threads(threads)
+    return finite

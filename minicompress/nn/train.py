@@ -20,12 +20,13 @@ from minicompress.platform import tune_allocator
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train. The defaults train the demo's teacher to val ppl < 3.6 in ~4 minutes."""
+    """How to train. The defaults train the demo's teacher (the default ``GPTConfig``) to a
+    validation perplexity below 3.6 on the built-in corpus in under 5 minutes on 2 cores."""
 
     batch_size: int = 16  # B: sequences per step
-    steps: int = 1500  # optimizer steps (ignored when ``minutes`` is set)
+    steps: int = 1400  # optimizer steps (ignored when ``minutes`` is set)
     minutes: float | None = None  # train for this long instead; the schedule follows the clock
-    lr: float = 3e-3  # peak learning rate
+    lr: float = 6e-3  # peak learning rate
     min_lr: float = 1e-4  # learning rate at the end of the cosine decay
     warmup: int = 100  # steps of linear warmup
     weight_decay: float = 0.1  # decoupled, on matrices only
@@ -96,7 +97,6 @@ def train(
     hist = History()
     tokens = tc.batch_size * cfg.block_size
     budget = None if tc.minutes is None else tc.minutes * 60.0
-    total = tc.steps if budget is None else 10**9
     bar = tqdm(
         total=tc.steps if budget is None else int(budget),
         disable=not progress,
@@ -109,15 +109,11 @@ def train(
         elapsed = time.perf_counter() - start
         if (budget is None and step >= tc.steps) or (budget is not None and elapsed >= budget):
             break
-        # with a time budget the schedule runs on the fraction of the budget spent
-        t = step if budget is None else tc.warmup + (elapsed / budget) * 10_000
-        lr = lr_at(
-            t if step >= tc.warmup else step,
-            tc.steps if budget is None else tc.warmup + 10_000,
-            tc.lr,
-            tc.warmup,
-            tc.min_lr,
-        )
+        if budget is None:
+            lr = lr_at(step, tc.steps, tc.lr, tc.warmup, tc.min_lr)
+        else:  # the clock stands in for the step count: the cosine spans the time budget
+            t = step if step < tc.warmup else tc.warmup + 1000 * elapsed / budget
+            lr = lr_at(t, tc.warmup + 1000, tc.lr, tc.warmup, tc.min_lr)
         x, y = get_batch(data.train, tc.batch_size, cfg.block_size, rng)
         loss, grads = loss_and_grads(params, x, y, cfg, linear)
         if not math.isfinite(loss):
@@ -141,9 +137,12 @@ def train(
     bar.close()
     hist.seconds = time.perf_counter() - start
     hist.tokens_per_second = step * tokens / max(hist.seconds, 1e-9)
-    if not hist.val_steps or hist.val_steps[-1] != step:
+    final = evaluate(params, cfg, data.val)  # every validation window, not a sample
+    if hist.val_steps and hist.val_steps[-1] == step:
+        hist.val_loss[-1] = final
+    else:
         hist.val_steps.append(step)
-        hist.val_loss.append(evaluate(params, cfg, data.val))
+        hist.val_loss.append(final)
     if out_dir is not None:
         meta = {
             "train": asdict(tc),
@@ -152,5 +151,4 @@ def train(
             "val_loss": hist.val_loss[-1],
         }
         save_checkpoint(out_dir, params, cfg, data.tokenizer.chars, meta)
-    del total
     return hist
