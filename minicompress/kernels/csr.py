@@ -1,0 +1,607 @@
+"""Numba CSR kernels with the contracts of ``reference.py``: conversion and the sparse linear layer.
+
+Every public function here has the signature and the result of its twin in ``reference.py``
+(``dense_to_csr``, ``csr_to_dense``, ``csr_matmul_reference``, ``sparse_linear_reference``),
+plus a ``path=`` keyword: ``"reference"`` runs the NumPy twin, ``"portable"`` this module's
+Numba kernels; ``None`` reads ``MINICOMPRESS_KERNEL`` (see ``csr_kernel_path``). Conversions
+are bit for bit equal; products agree to float32 rounding (a different summation order).
+
+How ``sparse_linear`` computes ``y = x @ w + bias`` from ``w_t`` = CSR of w.T ([N, K]):
+
+1. pack x into blocks of W columns of x.T:  ``xp[b, k, t] = x[b*W + t, k]``  (W = 16 or 32,
+   the last block zero-padded), so that one weight entry (n, k, v) multiplies W contiguous
+   floats: one or two AVX-512 registers.
+2. for each block b and each output feature n (the rows of ``w_t``, split across threads into
+   parts of equal work):
+       acc[0:W] = sum_{j in row n} v_j * xp[b, idx_j, 0:W]          (W accumulators in registers)
+       y[b*W + t, n] = scale[n] * acc[t] + bias[n]                   (t < W, the tail trimmed)
+   A packed block is K*W*4 bytes (96 KB for K = 768, W = 32): it stays in L2 while a thread
+   streams its rows of ``w_t`` over it.
+3. M < ``SPMV_MAX_M``: no packing; each output is a gathered dot product (SpMV).
+
+Why the ``_vec_*`` helpers: written as a plain ``for t in range(W)`` loop, LLVM unrolls the
+W accumulations into W scalar FMAs and does not regroup them into vectors (checked with
+``inspect_asm``: ``vfmadd231ss`` x 16). The helpers emit ``<W x float>`` LLVM operations on
+a stack slot, which LLVM keeps in registers: one ``vbroadcastss`` and one or two
+``vfmadd231ps zmm`` per stored weight.
+
+The structure checks of ``reference.check_csr`` that cost a pass over the arrays (indptr
+never decreasing, indices increasing within a row and inside [0, K)) run inside the kernels,
+before each entry is used, so a bad CSR never reads out of bounds; the kernel then reports
+the first bad row and ``check_csr`` raises its usual error. Non-contiguous arrays are copied
+to contiguous ones (the result is the same; only the copy costs).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import literally, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from minicompress.kernels import reference
+from minicompress.kernels.reference import CSR, check_array, check_csr
+
+KERNEL_CHOICES = ("auto", "reference", "portable", "vnni")  # shared with the int8 kernels
+SPMV_MAX_M = 4  # below this many rows of x, gathered dot products beat packing x
+PARTS_PER_THREAD = 4  # work items per thread: evens out rows of unequal length
+TILE_ROWS = 16  # output features summed before one transposed store: 64 contiguous bytes
+ROW_COST = 8  # cost of one output row in "stored weights": its zeroing and its W stores
+
+
+def csr_kernel_path(path: str | None = None) -> str:
+    """Which CSR implementation runs: ``"reference"`` (reference.py) or ``"portable"`` (Numba).
+
+    ``path`` None reads ``MINICOMPRESS_KERNEL`` (default ``auto``). ``reference`` forces the
+    NumPy references; ``portable``, ``vnni`` and ``auto`` run this module's Numba kernels
+    (CSR has no VNNI variant: the Numba kernel is the portable path).
+    """
+    choice = path if path is not None else os.environ.get("MINICOMPRESS_KERNEL", "auto")
+    if not isinstance(choice, str) or choice.strip().lower() not in KERNEL_CHOICES:
+        source = "path" if path is not None else "MINICOMPRESS_KERNEL"
+        raise ValueError(f"{source} must be one of {', '.join(KERNEL_CHOICES)}; got {choice!r}")
+    return "reference" if choice.strip().lower() == "reference" else "portable"
+
+
+# ----------------------------------------------------------------------------------------
+# explicit SIMD: a W-float accumulator that LLVM keeps in registers
+# ----------------------------------------------------------------------------------------
+
+
+def _vector_type(width: types.IntegerLiteral) -> ir.VectorType:
+    return ir.VectorType(ir.FloatType(), width.literal_value)
+
+
+@intrinsic
+def _ir_vec_alloc(typingctx, width):
+    """A stack slot of ``width`` float32 (a ``<W x float>``), as a float32 pointer."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        slot = cgutils.alloca_once(builder, _vector_type(width))  # in the entry block
+        return builder.bitcast(slot, ir.FloatType().as_pointer())
+
+    return types.CPointer(types.float32)(width), codegen
+
+
+@intrinsic
+def _ir_vec_zero(typingctx, acc, width):
+    """acc[0:W] = 0."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = _vector_type(width)
+        builder.store(ir.Constant(vt, None), builder.bitcast(args[0], vt.as_pointer()))
+        return context.get_dummy_value()
+
+    return types.none(acc, width), codegen
+
+
+@intrinsic
+def _ir_vec_fma(typingctx, acc, v, address, width):
+    """acc[0:W] += v * row[0:W], where row is W float32 at byte ``address`` (any alignment)."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = _vector_type(width)
+        acc_ptr = builder.bitcast(args[0], vt.as_pointer())
+        row = builder.load(builder.inttoptr(args[2], vt.as_pointer()), align=4)
+        v1 = builder.insert_element(ir.Constant(vt, None), args[1], ir.Constant(ir.IntType(32), 0))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), width.literal_value), None)
+        splat = builder.shuffle_vector(v1, ir.Constant(vt, None), zeros)  # [v, v, ..., v]
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{width.literal_value}f32"
+        )
+        builder.store(builder.call(fma, [splat, row, builder.load(acc_ptr)]), acc_ptr)
+        return context.get_dummy_value()
+
+    return types.none(acc, types.float32, types.intp, width), codegen
+
+
+@intrinsic
+def _ir_vec_store(typingctx, acc, address, width):
+    """row[0:W] = acc[0:W], where row is W float32 at byte ``address`` (any alignment)."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = _vector_type(width)
+        value = builder.load(builder.bitcast(args[0], vt.as_pointer()))
+        builder.store(value, builder.inttoptr(args[1], vt.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(acc, types.intp, width), codegen
+
+
+@intrinsic
+def _ir_vec_add(typingctx, acc, other, width):
+    """acc[0:W] += other[0:W]."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = _vector_type(width)
+        a = builder.bitcast(args[0], vt.as_pointer())
+        b = builder.bitcast(args[1], vt.as_pointer())
+        builder.store(builder.fadd(builder.load(a), builder.load(b)), a)
+        return context.get_dummy_value()
+
+    return types.none(acc, other, width), codegen
+
+
+# The same five operations as plain Python on NumPy arrays, so that the kernels also run
+# with NUMBA_DISABLE_JIT=1 (for debugging); compiled code uses the LLVM versions above.
+
+
+def _float_row(address: int, width: int) -> np.ndarray:
+    return np.ctypeslib.as_array((ctypes.c_float * int(width)).from_address(int(address)))
+
+
+def _vec_alloc(width):
+    return np.zeros(width, dtype=np.float32)
+
+
+def _vec_zero(acc, width):
+    acc[:] = 0.0
+
+
+def _vec_fma(acc, v, address, width):
+    acc += np.float32(v) * _float_row(address, width)
+
+
+def _vec_store(acc, address, width):
+    _float_row(address, width)[:] = acc
+
+
+def _vec_add(acc, other, width):
+    acc += other
+
+
+@overload(_vec_alloc)
+def _ol_vec_alloc(width):
+    return lambda width: _ir_vec_alloc(width)
+
+
+@overload(_vec_zero)
+def _ol_vec_zero(acc, width):
+    return lambda acc, width: _ir_vec_zero(acc, width)
+
+
+@overload(_vec_fma)
+def _ol_vec_fma(acc, v, address, width):
+    return lambda acc, v, address, width: _ir_vec_fma(acc, v, address, width)
+
+
+@overload(_vec_store)
+def _ol_vec_store(acc, address, width):
+    return lambda acc, address, width: _ir_vec_store(acc, address, width)
+
+
+@overload(_vec_add)
+def _ol_vec_add(acc, other, width):
+    return lambda acc, other, width: _ir_vec_add(acc, other, width)
+
+
+# ----------------------------------------------------------------------------------------
+# kernels
+# ----------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _balanced_parts(indptr, n_parts):
+    """Row boundaries [n_parts + 1] splitting the rows into parts of about equal work.
+
+    Work of rows [0, n) = (indptr[n] - indptr[0]) + ROW_COST * n. Always non-decreasing from
+    0 to R, even for an invalid indptr (which the kernels then report).
+    """
+    n_rows = indptr.shape[0] - 1
+    total = (indptr[n_rows] - indptr[0]) + ROW_COST * n_rows
+    parts = np.empty(n_parts + 1, dtype=np.int64)
+    parts[0] = 0
+    n = 0
+    for p in range(1, n_parts):
+        target = total * p // n_parts
+        while n < n_rows and (indptr[n] - indptr[0]) + ROW_COST * n < target:
+            n += 1
+        parts[p] = n
+    parts[n_parts] = n_rows
+    return parts
+
+
+@njit(parallel=True, cache=True)
+def _pack_blocks(src, transposed, xp):
+    """xp[b, k, t] = x[b*W + t, k] (``transposed``: src is x [M, K]) or b[k, b*W + t] (src is
+    b [K, M]); zero where b*W + t >= M.  xp: float32 [n_blocks, K, W]."""
+    n_blocks, k_total, width = xp.shape
+    m_total = src.shape[0] if transposed else src.shape[1]
+    k_chunk = 64
+    n_chunks = (k_total + k_chunk - 1) // k_chunk
+    for item in prange(n_blocks * n_chunks):  # blocks x chunks of K: work even for one block
+        b = item // n_chunks
+        k0 = (item % n_chunks) * k_chunk
+        k1 = min(k0 + k_chunk, k_total)
+        m0 = b * width
+        for k in range(k0, k1):
+            for t in range(width):
+                m = m0 + t
+                if m < m_total:
+                    xp[b, k, t] = src[m, k] if transposed else src[k, m]
+                else:
+                    xp[b, k, t] = 0.0
+
+
+@njit(cache=True)
+def _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, r0, r1,
+               width):
+    """Rows r0:r1 of the product for every block of xp; returns the first bad row or -1.
+
+    out[m, n] (``transpose_out``, out [M, N]) or out[n, m] (out [N, M]) =
+    scale[n] * sum_j data[j] * xp[m // W, indices[j], m % W] + bias[n].
+    """
+    literally(width)
+    nnz = indices.shape[0]
+    k_total = xp.shape[1]
+    acc0 = _vec_alloc(width)  # two accumulators: two independent FMA chains
+    acc1 = _vec_alloc(width)
+    tile = np.empty((TILE_ROWS, width), dtype=np.float32)  # [Nb, W] sums of TILE_ROWS rows
+    row_bytes = xp.strides[1]
+    for b in range(xp.shape[0]):
+        block = xp.ctypes.data + b * xp.strides[0]
+        m0 = b * width
+        m_len = min(width, m_total - m0)
+        for n0 in range(r0, r1, TILE_ROWS):
+            n1 = min(n0 + TILE_ROWS, r1)
+            for n in range(n0, n1):
+                lo, hi = indptr[n], indptr[n + 1]
+                if lo < 0 or lo > hi or hi > nnz:
+                    return n
+                _vec_zero(acc0, width)
+                _vec_zero(acc1, width)
+                prev = -1  # indices must increase: each one is > prev >= -1, so >= 0
+                j = lo
+                while j + 1 < hi:
+                    c0, c1 = indices[j], indices[j + 1]
+                    if c0 <= prev or c1 <= c0 or c1 >= k_total:
+                        return n
+                    _vec_fma(acc0, np.float32(data[j]), block + np.intp(c0) * row_bytes, width)
+                    _vec_fma(acc1, np.float32(data[j + 1]), block + np.intp(c1) * row_bytes, width)
+                    prev = c1
+                    j += 2
+                if j < hi:
+                    c0 = indices[j]
+                    if c0 <= prev or c0 >= k_total:
+                        return n
+                    _vec_fma(acc0, np.float32(data[j]), block + np.intp(c0) * row_bytes, width)
+                _vec_add(acc0, acc1, width)
+                _vec_store(acc0, tile.ctypes.data + (n - n0) * width * 4, width)
+            # y rows are N floats apart: writing a tile keeps each store on a few cache lines
+            if transpose_out:
+                for t in range(m_len):
+                    for i in range(n1 - n0):
+                        out[m0 + t, n0 + i] = scale[n0 + i] * tile[i, t] + bias[n0 + i]
+            else:
+                for i in range(n1 - n0):
+                    for t in range(m_len):
+                        out[n0 + i, m0 + t] = scale[n0 + i] * tile[i, t] + bias[n0 + i]
+    return -1
+
+
+@njit(parallel=True, cache=True)
+def _spmm_w16(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, parts,
+              status):
+    for p in prange(parts.shape[0] - 1):
+        status[p] = _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
+                               m_total, parts[p], parts[p + 1], 16)
+
+
+@njit(parallel=True, cache=True)
+def _spmm_w32(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, parts,
+              status):
+    for p in prange(parts.shape[0] - 1):
+        status[p] = _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
+                               m_total, parts[p], parts[p + 1], 32)
+
+
+@njit(cache=True)
+def _spmv_part(indptr, indices, data, x, scale, bias, out, r0, r1):
+    """Rows r0:r1 of out[m, n] = scale[n] * sum_j data[j] * x[m, indices[j]] + bias[n];
+    returns the first bad row or -1.  x: float32 [M, K] (small M), out: float32 [M, N].
+
+    Scalar on purpose (no fastmath): vectorized, this loop becomes AVX-512 gathers, which
+    measured 4x slower here than four scalar chains.
+    """
+    nnz = indices.shape[0]
+    k_total = x.shape[1]
+    for n in range(r0, r1):
+        lo, hi = indptr[n], indptr[n + 1]
+        if lo < 0 or lo > hi or hi > nnz:
+            return n
+        prev = -1
+        for j in range(lo, hi):  # check the row first: the product loop stays branch-free
+            if indices[j] <= prev:
+                return n
+            prev = indices[j]
+        if prev >= k_total:
+            return n
+        for m in range(x.shape[0]):
+            xm = x[m]
+            s0 = s1 = s2 = s3 = np.float32(0.0)  # four independent add chains
+            j = lo
+            while j + 3 < hi:
+                s0 += np.float32(data[j]) * xm[indices[j]]
+                s1 += np.float32(data[j + 1]) * xm[indices[j + 1]]
+                s2 += np.float32(data[j + 2]) * xm[indices[j + 2]]
+                s3 += np.float32(data[j + 3]) * xm[indices[j + 3]]
+                j += 4
+            while j < hi:
+                s0 += np.float32(data[j]) * xm[indices[j]]
+                j += 1
+            out[m, n] = scale[n] * ((s0 + s1) + (s2 + s3)) + bias[n]
+    return -1
+
+
+@njit(parallel=True, cache=True)
+def _spmv(indptr, indices, data, x, scale, bias, out, parts, status):
+    for p in prange(parts.shape[0] - 1):
+        status[p] = _spmv_part(indptr, indices, data, x, scale, bias, out, parts[p],
+                               parts[p + 1])
+
+
+@njit(parallel=True, cache=True)
+def _count_nonzeros(a, counts):
+    """counts[r] = number of non-zeros of row r of a [R, C] (NaN counts, -0.0 does not)."""
+    for r in prange(a.shape[0]):
+        c = 0
+        for k in range(a.shape[1]):
+            if a[r, k] != 0:
+                c += 1
+        counts[r + 1] = c
+
+
+@njit(parallel=True, cache=True)
+def _fill_csr(a, indptr, indices, data):
+    """indices/data of row r = the columns/values of the non-zeros of a[r], in order."""
+    for r in prange(a.shape[0]):
+        p = indptr[r]
+        for k in range(a.shape[1]):
+            if a[r, k] != 0:
+                indices[p] = k
+                data[p] = a[r, k]
+                p += 1
+
+
+@njit(parallel=True, cache=True)
+def _scatter_csr(indptr, indices, data, out):
+    """out[r, indices[j]] = data[j] for the entries j of row r (out zeroed by the caller)."""
+    for r in prange(out.shape[0]):
+        for j in range(indptr[r], indptr[r + 1]):
+            out[r, indices[j]] = data[j]
+
+
+# ----------------------------------------------------------------------------------------
+# public functions
+# ----------------------------------------------------------------------------------------
+
+
+def dense_to_csr(a: np.ndarray, index_dtype: type = np.int32, *, path: str | None = None) -> CSR:
+    """CSR of a dense 2-D array, keeping its dtype (float32 or int8) and its non-zeros.
+
+    Same contract as ``reference.dense_to_csr``: a: float32 or int8 [R, C]  ->  CSR with
+    indices of ``index_dtype`` (int32, or int16 when C <= 32768), indptr int32 [R + 1].
+    Two parallel passes over the rows: count the non-zeros, then write them.
+    """
+    if csr_kernel_path(path) == "reference":
+        return reference.dense_to_csr(a, index_dtype)
+    check_array("a", a, (np.float32, np.int8), 2)
+    index_dtype = np.dtype(index_dtype)
+    if index_dtype not in (np.dtype(np.int32), np.dtype(np.int16)):
+        raise TypeError(f"index_dtype must be int32 or int16; got {index_dtype}")
+    if a.shape[1] - 1 > np.iinfo(index_dtype).max:
+        raise ValueError(
+            f"a has {a.shape[1]} columns: too many for index_dtype {index_dtype} "
+            f"(at most {np.iinfo(index_dtype).max + 1})"
+        )
+    a = np.ascontiguousarray(a)
+    counts = np.zeros(a.shape[0] + 1, dtype=np.int64)  # [R + 1], counts[0] = 0
+    _count_nonzeros(a, counts)
+    offsets = np.cumsum(counts)  # [R + 1] int64
+    if offsets[-1] > np.iinfo(np.int32).max:
+        raise ValueError(f"a has {offsets[-1]} non-zeros: too many for int32 indptr")
+    indptr = offsets.astype(np.int32)
+    indices = np.empty(int(offsets[-1]), dtype=index_dtype)  # [nnz]
+    data = np.empty(int(offsets[-1]), dtype=a.dtype)  # [nnz]
+    _fill_csr(a, indptr, indices, data)
+    return CSR(indptr, indices, data, (a.shape[0], a.shape[1]))
+
+
+def csr_to_dense(m: CSR, *, path: str | None = None) -> np.ndarray:
+    """The dense [R, C] array that a CSR matrix stands for (``reference.csr_to_dense``)."""
+    if csr_kernel_path(path) == "reference":
+        return reference.csr_to_dense(m)
+    m = _contiguous_csr(check_csr("m", m))
+    out = np.zeros(m.shape, dtype=m.data.dtype)  # [R, C]
+    _scatter_csr(m.indptr, m.indices, m.data, out)
+    return out
+
+
+def quantize_csr(w_t: CSR) -> tuple[CSR, np.ndarray]:
+    """Symmetric int8 values with one scale per row of ``w_t`` (= per output feature).
+
+    The formula is ``reference.quantize_weight_per_channel`` applied to w = w_t.T:
+    s_n = max_k |w_t[n, k]| / 127,  q = clip(round(w_t[n, k] / s_n), -127, 127).
+    The sparsity pattern is kept as it is (a value rounding to 0 stays stored).
+
+    w_t: CSR [N, K] with float32 data  ->  (CSR [N, K] with int8 data, scale float32 [N]).
+    """
+    check_csr("w_t", w_t)
+    if w_t.data.dtype != np.float32:
+        raise TypeError(f"w_t.data must be float32 to quantize; got {w_t.data.dtype}")
+    q, scale = reference.quantize_weight_per_channel(reference.csr_to_dense(w_t).T)  # [K, N]
+    rows = np.repeat(np.arange(w_t.shape[0]), np.diff(w_t.indptr))  # [nnz]
+    data = q.T[rows, w_t.indices.astype(np.int64)]  # [nnz] int8, the stored positions only
+    return CSR(w_t.indptr.copy(), w_t.indices.copy(), data, w_t.shape), scale
+
+
+def dequantize_csr(w_t: CSR, scale: np.ndarray) -> CSR:
+    """float32 CSR of ``v = scale[n] * q`` for each stored int8 value q of row n.
+
+    w_t: CSR [N, K] with int8 data; scale: float32 [N]  ->  CSR [N, K] with float32 data.
+    """
+    check_csr("w_t", w_t)
+    if w_t.data.dtype != np.int8:
+        raise TypeError(f"w_t.data must be int8 to dequantize; got {w_t.data.dtype}")
+    _check_vector("scale", scale, w_t.shape[0])
+    rows = np.repeat(np.arange(w_t.shape[0]), np.diff(w_t.indptr))  # [nnz]
+    data = (scale[rows] * w_t.data.astype(np.float32)).astype(np.float32)  # [nnz]
+    return CSR(w_t.indptr.copy(), w_t.indices.copy(), data, w_t.shape)
+
+
+def csr_matmul(a: CSR, b: np.ndarray, *, path: str | None = None) -> np.ndarray:
+    """CSR x dense: ``c = a @ b`` (contract of ``reference.csr_matmul_reference``).
+
+    a: CSR [R, C] with float32 data; b: float32 [C, M]  ->  c: float32 [R, M].
+    """
+    if csr_kernel_path(path) == "reference":
+        return reference.csr_matmul_reference(a, b)
+    _check_csr_cheap("a", a)
+    check_array("b", b, (np.float32,), 2)
+    if a.data.dtype != np.float32:
+        raise TypeError(f"a.data must be float32 for csr_matmul; got {a.data.dtype}")
+    if b.shape[0] != a.shape[1]:
+        raise ValueError(f"a is {a.shape} and b is {b.shape}: b.shape[0] must equal {a.shape[1]}")
+    r, m = a.shape[0], b.shape[1]
+    ones, zeros = np.ones(r, dtype=np.float32), np.zeros(r, dtype=np.float32)
+    return _run(a, np.ascontiguousarray(b), False, ones, zeros, (r, m), "a")
+
+
+def sparse_linear(
+    x: np.ndarray,
+    w_t: CSR,
+    bias: np.ndarray | None = None,
+    *,
+    scale: np.ndarray | None = None,
+    path: str | None = None,
+) -> np.ndarray:
+    """A linear layer with a sparse weight: ``y = x @ w + bias`` where ``w_t`` is CSR of w.T.
+
+    Contract of ``reference.sparse_linear_reference``, extended to int8 values:
+    x: float32 [M, K]; w_t: CSR [N, K]; bias: float32 [N] or None  ->  y: float32 [M, N].
+    float32 data: y[m, n] = sum_j v_j x[m, idx_j] + bias[n]  (``scale`` must be None).
+    int8 data (from ``quantize_csr``): ``scale`` float32 [N] is required and
+    y[m, n] = scale[n] * sum_j q_j x[m, idx_j] + bias[n], i.e. the float32 layer of
+    ``dequantize_csr(w_t, scale)``.
+    """
+    choice = csr_kernel_path(path)
+    _check_csr_cheap("w_t", w_t)
+    check_array("x", x, (np.float32,), 2)
+    n, k = w_t.shape
+    if x.shape[1] != k:
+        raise ValueError(f"x is {x.shape} and w_t is {w_t.shape}: x.shape[1] must equal K")
+    if w_t.data.dtype == np.int8 and scale is None:
+        raise ValueError("w_t has int8 data: pass its per-row float32 scale [N] as scale=")
+    if w_t.data.dtype == np.float32 and scale is not None:
+        raise ValueError("scale= is only for int8 data; w_t has float32 data")
+    if scale is not None:
+        _check_vector("scale", scale, n)
+    if bias is not None:
+        _check_vector("bias", bias, n)
+    if choice == "reference":
+        w_ref = w_t if scale is None else dequantize_csr(w_t, scale)
+        return reference.sparse_linear_reference(x, w_ref, bias)
+    scale_n = np.ones(n, dtype=np.float32) if scale is None else np.ascontiguousarray(scale)
+    bias_n = np.zeros(n, dtype=np.float32) if bias is None else np.ascontiguousarray(bias)
+    return _run(w_t, np.ascontiguousarray(x), True, scale_n, bias_n, (x.shape[0], n), "w_t")
+
+
+# ----------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------
+
+
+def _check_vector(name: str, v: object, n: int) -> None:
+    check_array(name, v, (np.float32,), 1)
+    if v.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},); got {v.shape}")
+
+
+def _contiguous_csr(m: CSR) -> CSR:
+    arrays = (m.indptr, m.indices, m.data)
+    if all(a.flags.c_contiguous for a in arrays):
+        return m
+    return CSR(*(np.ascontiguousarray(a) for a in arrays), m.shape)
+
+
+def _check_csr_cheap(name: str, m: object) -> None:
+    """The O(1) part of ``check_csr`` (types, dtypes, lengths, indptr ends); the kernels
+    check the rest as they read the entries."""
+    if not isinstance(m, CSR):
+        raise TypeError(f"{name} must be a minicompress.kernels.CSR, got {type(m).__name__}")
+    check_array(f"{name}.indptr", m.indptr, (np.int32,), 1)
+    check_array(f"{name}.indices", m.indices, (np.int32, np.int16), 1)
+    check_array(f"{name}.data", m.data, (np.float32, np.int8), 1)
+    r, c = m.shape
+    nnz = m.data.shape[0]
+    if (r < 0 or c < 0 or m.indptr.shape != (r + 1,) or m.indices.shape[0] != nnz
+            or m.indptr[0] != 0 or m.indptr[-1] != nnz):
+        check_csr(name, m)  # raises the full message
+
+
+def _run(m: CSR, dense: np.ndarray, transposed: bool, scale: np.ndarray, bias: np.ndarray,
+         out_shape: tuple[int, int], name: str) -> np.ndarray:
+    """Dispatch to SpMV or packed SpMM; raise ``check_csr``'s error if a kernel found one.
+
+    dense: x [M, K] (``transposed``, output [M, N]) or b [K, M] (output [R, M]).
+    """
+    m = _contiguous_csr(m)
+    n_rows = m.shape[0]
+    m_total = dense.shape[0] if transposed else dense.shape[1]
+    out = np.empty(out_shape, dtype=np.float32)
+    if n_rows == 0 or m_total == 0:
+        check_csr(name, m)  # nothing to compute, but a bad structure is still refused
+        return np.zeros(out_shape, dtype=np.float32)
+    n_parts = max(1, min(n_rows, PARTS_PER_THREAD * numba.get_num_threads()))
+    parts = _balanced_parts(m.indptr, n_parts)  # [n_parts + 1]
+    status = np.empty(n_parts, dtype=np.int64)  # first bad row of each part, or -1
+    if transposed and m_total < SPMV_MAX_M:
+        _spmv(m.indptr, m.indices, m.data, dense, scale, bias, out, parts, status)
+    else:
+        width = 16 if m_total <= 16 else 32
+        n_blocks = (m_total + width - 1) // width
+        xp = np.empty((n_blocks, m.shape[1], width), dtype=np.float32)  # [blocks, K, W]
+        _pack_blocks(dense, transposed, xp)
+        spmm = _spmm_w16 if width == 16 else _spmm_w32
+        spmm(m.indptr, m.indices, m.data, xp, scale, bias, out, transposed, m_total, parts,
+             status)
+    if (status >= 0).any():
+        bad_row = int(status[status >= 0].min())
+        check_csr(name, m)  # raises the message for the problem the kernel stopped at
+        raise AssertionError(f"kernel refused row {bad_row} of {name} but check_csr accepts it")
+    return out
