@@ -28,12 +28,12 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+import numba
 import numpy as np
-from numba import get_num_threads, njit, prange, set_num_threads
+from numba import njit, prange
 
 from minicompress.kernels import vnni
 from minicompress.kernels.int8_quant import dequantize_tile, quantize_rows
-from minicompress.kernels.vnni import M_CHUNK, MIN_ROWS_SPLIT_M, MIN_WORK_PARALLEL
 from minicompress.kernels.reference import (
     check_array,
     check_k_fits_int32,
@@ -41,6 +41,7 @@ from minicompress.kernels.reference import (
     quantize_weight_per_channel,
     quantized_linear_reference,
 )
+from minicompress.kernels.vnni import M_CHUNK, MIN_ROWS_SPLIT_M
 
 KERNEL_PATHS = ("reference", "portable", "vnni")
 KERNEL_CHOICES = ("auto", *KERNEL_PATHS)
@@ -121,7 +122,7 @@ def _portable_linear_rows(q, m0, m1, w_q, n_start, n_stop, s_x, z_x, col_sum, w_
 
 
 @njit(parallel=True, cache=True)
-def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y):
+def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y, threads):
     """``quantized_linear_reference`` on the portable path (same arguments as
     ``vnni.vnni_linear_kernel`` with ``w_q`` int8 [K, N] in place of the packed weights, and
     the same single parallel region: N split for few rows, M split for many).
@@ -131,9 +132,6 @@ def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y):
     q = np.empty((m_total, k), dtype=np.uint8)  # [M, K]
     s_x = np.empty(m_total, dtype=np.float32)
     z_x = np.empty(m_total, dtype=np.int32)
-    threads = get_num_threads()
-    if m_total * k * n < MIN_WORK_PARALLEL:
-        set_num_threads(1)
     finite = True
     if m_total < MIN_ROWS_SPLIT_M:
         finite = quantize_rows(x, q, s_x, z_x, 0, m_total)
@@ -142,7 +140,7 @@ def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y):
             _portable_linear_rows(q, 0, m_total, w_q, t * N_TILE, min(n, (t + 1) * N_TILE),
                                   s_x, z_x, col_sum, w_scale, bias, has_bias, y)
     else:
-        chunk = min(M_CHUNK, -(-m_total // get_num_threads()))
+        chunk = min(M_CHUNK, -(-m_total // threads))
         n_chunks = -(-m_total // chunk)
         chunk_finite = np.empty(n_chunks, dtype=np.bool_)
         for c in prange(n_chunks):
@@ -152,7 +150,6 @@ def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y):
                                   has_bias, y)
         for c in range(n_chunks):
             finite &= chunk_finite[c]
-    set_num_threads(threads)
     return finite
 
 
@@ -309,6 +306,7 @@ def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
     has_bias = packed.bias is not None
     bias = packed.bias if has_bias else packed.w_scale  # a float32 [N] that is never read
     kernel = vnni.vnni_linear_kernel if packed.path == "vnni" else portable_linear_kernel
-    if not kernel(x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y):
+    threads = numba.get_num_threads()
+    if not kernel(x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y, threads):
         raise ValueError("x must be finite; it holds NaN or inf")
     return y

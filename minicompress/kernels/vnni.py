@@ -30,7 +30,7 @@ import functools
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, prange, set_num_threads, types
+from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from minicompress.kernels.int8_quant import dequantize_tile, quantize_rows
@@ -39,7 +39,6 @@ MR = 4  # rows of a register tile
 NV = 4  # zmm vectors (16 int32 columns each) per row of a tile: 4 x 4 = 16 accumulators
 M_CHUNK = 64  # at most this many rows per parallel work item (a multiple of MR)
 MIN_ROWS_SPLIT_M = 8  # with fewer rows, the threads split N instead of M
-MIN_WORK_PARALLEL = 2**20  # M*K*N below this runs on one thread
 
 
 @functools.cache
@@ -354,12 +353,13 @@ def _linear_rows(q, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bia
 
 
 @njit(parallel=True, cache=True)
-def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y):
+def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y, threads):
     """The quantized linear layer of ``quantized_linear_reference`` on the VNNI path.
 
     x: float32 [M, K]; w_packed: int8 [Np/16, Kp/4, 16, 4]; col_sum: int32 [N];
-    w_scale: float32 [N]; bias: float32 [N] (read only if has_bias); y: float32 [M, N] out.
-    Returns False if x holds NaN or inf (y is then undefined), True otherwise.
+    w_scale: float32 [N]; bias: float32 [N] (read only if has_bias); y: float32 [M, N] out;
+    threads: ``numba.get_num_threads()`` of the caller (Numba cannot cache a kernel that asks
+    for it itself). Returns False if x holds NaN or inf (y is then undefined), True otherwise.
 
     One parallel region per call. Few rows (M < MIN_ROWS_SPLIT_M): quantize them on this
     thread, then split N across the threads (M = 1 still uses every core). More rows: split
@@ -372,9 +372,6 @@ def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y):
     q = np.empty((m_total, kq * 4), dtype=np.uint8)  # [M, Kp]
     s_x = np.empty(m_total, dtype=np.float32)
     z_x = np.empty(m_total, dtype=np.int32)
-    threads = get_num_threads()
-    if m_total * k * n < MIN_WORK_PARALLEL:
-        set_num_threads(1)  # waking the other core costs more than the whole product
     finite = True
     if m_total < MIN_ROWS_SPLIT_M:
         finite = quantize_rows(x, q, s_x, z_x, 0, m_total)
@@ -383,7 +380,7 @@ def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y):
             _linear_rows(q, 0, m_total, w_packed, t * NV, min(nb, (t + 1) * NV), n, s_x, z_x,
                          col_sum, w_scale, bias, has_bias, y)
     else:
-        chunk = min(M_CHUNK, -(-m_total // (get_num_threads() * MR)) * MR)
+        chunk = min(M_CHUNK, -(-m_total // (threads * MR)) * MR)
         n_chunks = -(-m_total // chunk)
         chunk_finite = np.empty(n_chunks, dtype=np.bool_)
         for c in prange(n_chunks):
@@ -393,5 +390,4 @@ def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y):
                          has_bias, y)
         for c in range(n_chunks):
             finite &= chunk_finite[c]
-    set_num_threads(threads)
     return finite
