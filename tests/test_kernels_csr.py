@@ -164,6 +164,19 @@ def test_sparse_linear_matches_dense(rng, path, m, k, n, with_bias, index_dtype)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5 * float(np.abs(y_ref).max()))
 
 
+@pytest.mark.parametrize("min_work", [0, 10**9])  # every product on all threads, or on one
+@pytest.mark.parametrize("m, k, n", [(1, 1024, 400), (3, 257, 129), (16, 512, 257),
+                                     (100, 300, 77)])
+def test_parallel_and_serial_kernels_agree(rng, monkeypatch, min_work, m, k, n):
+    monkeypatch.setattr(csr, "PARALLEL_MIN_WORK", min_work)
+    w = random_sparse(rng, (k, n), 0.8)
+    w[:, 5:40] = 0.0  # a run of empty rows: parts of unequal length
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    y = csr.sparse_linear(x, csr.dense_to_csr(np.ascontiguousarray(w.T)), bias, path="portable")
+    assert_close_to_dense(y, x, w, bias)
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("r, c, m", [(17, 33, 1), (40, 31, 5), (129, 300, 47)])
 def test_csr_matmul_matches_reference_and_dense(rng, path, r, c, m):
@@ -346,12 +359,13 @@ _SMALL_CHECK = textwrap.dedent(
     w_t = csr.dense_to_csr(np.ascontiguousarray(w.T), path="portable")
     assert all(np.array_equal(a, b) for a, b in zip(w_t[:3], ref.dense_to_csr(w.T.copy())[:3]))
     assert np.array_equal(csr.csr_to_dense(w_t, path="portable"), w.T)
-    for m in (1, 5, 20):
-        x = rng.standard_normal((m, 9)).astype(np.float32)
-        y = csr.sparse_linear(x, w_t, path="portable")
-        assert np.allclose(y, x @ w, rtol=1e-5, atol=1e-5), (m, y, x @ w)
-        c = csr.csr_matmul(w_t, np.ascontiguousarray(x.T), path="portable")
-        assert np.allclose(c, w.T @ x.T, rtol=1e-5, atol=1e-5)
+    for csr.PARALLEL_MIN_WORK in (0, 10**9):  # the parallel kernels, then the serial ones
+        for m in (1, 5, 20):
+            x = rng.standard_normal((m, 9)).astype(np.float32)
+            y = csr.sparse_linear(x, w_t, path="portable")
+            assert np.allclose(y, x @ w, rtol=1e-5, atol=1e-5), (m, y, x @ w)
+            c = csr.csr_matmul(w_t, np.ascontiguousarray(x.T), path="portable")
+            assert np.allclose(c, w.T @ x.T, rtol=1e-5, atol=1e-5)
     bad = w_t._replace(indices=np.where(w_t.indices == w_t.indices.max(), 11, w_t.indices)
                        .astype(np.int32))
     try:
@@ -384,6 +398,7 @@ def test_kernels_are_loaded_from_the_disk_cache():
     lines = [ln for ln in done.stdout.splitlines() if "csr." in ln]
     loaded = [ln for ln in lines if "data loaded" in ln]
     saved = [ln for ln in lines if "data saved" in ln]
-    for kernel in ("_spmm_w16", "_spmm_w32", "_spmv", "_pack_blocks", "_fill_csr"):
+    for kernel in ("_spmm_w16-", "_spmm_w32-", "_spmv-", "_pack_blocks-", "_spmm_w16_serial",
+                   "_spmm_w32_serial", "_spmv_serial", "_pack_blocks_serial", "_fill_csr"):
         assert any(kernel in ln for ln in loaded), f"{kernel} not loaded from cache:\n{lines}"
     assert not saved, f"second run compiled again:\n{saved}"

@@ -51,6 +51,8 @@ KERNEL_CHOICES = ("auto", "reference", "portable", "vnni")  # shared with the in
 SPMV_MAX_M = 4  # below this many rows of x, gathered dot products beat packing x
 PARTS_PER_THREAD = 4  # work items per thread: evens out rows of unequal length
 TILE_ROWS = 16  # output features summed before one transposed store: 64 contiguous bytes
+PACK_K_CHUNK = 64  # rows of x.T packed per work item
+PARALLEL_MIN_WORK = 2**16  # stored weights x blocks of x below which one thread is faster
 ROW_COST = 8  # cost of one output row in "stored weights": its zeroing and its W stores
 
 
@@ -236,26 +238,38 @@ def _balanced_parts(indptr, n_parts):
     return parts
 
 
+@njit(cache=True)
+def _pack_item(src, transposed, xp, item, k_chunk):
+    """Item ``item`` (a block b and a chunk of K) of ``_pack_blocks``."""
+    n_blocks, k_total, width = xp.shape
+    m_total = src.shape[0] if transposed else src.shape[1]
+    n_chunks = (k_total + k_chunk - 1) // k_chunk
+    b = item // n_chunks
+    k0 = (item % n_chunks) * k_chunk
+    m0 = b * width
+    for k in range(k0, min(k0 + k_chunk, k_total)):
+        for t in range(width):
+            m = m0 + t
+            if m < m_total:
+                xp[b, k, t] = src[m, k] if transposed else src[k, m]
+            else:
+                xp[b, k, t] = 0.0
+
+
 @njit(parallel=True, cache=True)
 def _pack_blocks(src, transposed, xp):
     """xp[b, k, t] = x[b*W + t, k] (``transposed``: src is x [M, K]) or b[k, b*W + t] (src is
     b [K, M]); zero where b*W + t >= M.  xp: float32 [n_blocks, K, W]."""
-    n_blocks, k_total, width = xp.shape
-    m_total = src.shape[0] if transposed else src.shape[1]
-    k_chunk = 64
-    n_chunks = (k_total + k_chunk - 1) // k_chunk
-    for item in prange(n_blocks * n_chunks):  # blocks x chunks of K: work even for one block
-        b = item // n_chunks
-        k0 = (item % n_chunks) * k_chunk
-        k1 = min(k0 + k_chunk, k_total)
-        m0 = b * width
-        for k in range(k0, k1):
-            for t in range(width):
-                m = m0 + t
-                if m < m_total:
-                    xp[b, k, t] = src[m, k] if transposed else src[k, m]
-                else:
-                    xp[b, k, t] = 0.0
+    n_chunks = (xp.shape[1] + PACK_K_CHUNK - 1) // PACK_K_CHUNK
+    for item in prange(xp.shape[0] * n_chunks):  # blocks x chunks of K: even for one block
+        _pack_item(src, transposed, xp, item, PACK_K_CHUNK)
+
+
+@njit(cache=True)
+def _pack_blocks_serial(src, transposed, xp):
+    n_chunks = (xp.shape[1] + PACK_K_CHUNK - 1) // PACK_K_CHUNK
+    for item in range(xp.shape[0] * n_chunks):
+        _pack_item(src, transposed, xp, item, PACK_K_CHUNK)
 
 
 @njit(cache=True)
@@ -331,6 +345,22 @@ def _spmm_w32(indptr, indices, data, xp, scale, bias, out, transpose_out, m_tota
 
 
 @njit(cache=True)
+def _spmm_w16_serial(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total,
+                     parts, status):
+    for p in range(parts.shape[0] - 1):
+        status[p] = _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
+                               m_total, parts[p], parts[p + 1], 16)
+
+
+@njit(cache=True)
+def _spmm_w32_serial(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total,
+                     parts, status):
+    for p in range(parts.shape[0] - 1):
+        status[p] = _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
+                               m_total, parts[p], parts[p + 1], 32)
+
+
+@njit(cache=True)
 def _spmv_part(indptr, indices, data, x, scale, bias, out, r0, r1):
     """Rows r0:r1 of out[m, n] = scale[n] * sum_j data[j] * x[m, indices[j]] + bias[n];
     returns the first bad row or -1.  x: float32 [M, K] (small M), out: float32 [M, N].
@@ -371,6 +401,13 @@ def _spmv_part(indptr, indices, data, x, scale, bias, out, r0, r1):
 @njit(parallel=True, cache=True)
 def _spmv(indptr, indices, data, x, scale, bias, out, parts, status):
     for p in prange(parts.shape[0] - 1):
+        status[p] = _spmv_part(indptr, indices, data, x, scale, bias, out, parts[p],
+                               parts[p + 1])
+
+
+@njit(cache=True)
+def _spmv_serial(indptr, indices, data, x, scale, bias, out, parts, status):
+    for p in range(parts.shape[0] - 1):
         status[p] = _spmv_part(indptr, indices, data, x, scale, bias, out, parts[p],
                                parts[p + 1])
 
@@ -587,19 +624,27 @@ def _run(m: CSR, dense: np.ndarray, transposed: bool, scale: np.ndarray, bias: n
     if n_rows == 0 or m_total == 0:
         check_csr(name, m)  # nothing to compute, but a bad structure is still refused
         return np.zeros(out_shape, dtype=np.float32)
-    n_parts = max(1, min(n_rows, PARTS_PER_THREAD * numba.get_num_threads()))
+    width = 16 if m_total <= 16 else 32
+    n_blocks = (m_total + width - 1) // width
+    spmv = transposed and m_total < SPMV_MAX_M
+    work = m.data.shape[0] * (m_total if spmv else n_blocks)
+    # waking the other threads costs tens of microseconds: not worth it for small products
+    parallel = numba.get_num_threads() > 1 and work >= PARALLEL_MIN_WORK
+    n_parts = max(1, min(n_rows, PARTS_PER_THREAD * numba.get_num_threads())) if parallel else 1
     parts = _balanced_parts(m.indptr, n_parts)  # [n_parts + 1]
     status = np.empty(n_parts, dtype=np.int64)  # first bad row of each part, or -1
-    if transposed and m_total < SPMV_MAX_M:
-        _spmv(m.indptr, m.indices, m.data, dense, scale, bias, out, parts, status)
+    if spmv:
+        kernel = _spmv if parallel else _spmv_serial
+        kernel(m.indptr, m.indices, m.data, dense, scale, bias, out, parts, status)
     else:
-        width = 16 if m_total <= 16 else 32
-        n_blocks = (m_total + width - 1) // width
         xp = np.empty((n_blocks, m.shape[1], width), dtype=np.float32)  # [blocks, K, W]
-        _pack_blocks(dense, transposed, xp)
-        spmm = _spmm_w16 if width == 16 else _spmm_w32
-        spmm(m.indptr, m.indices, m.data, xp, scale, bias, out, transposed, m_total, parts,
-             status)
+        (_pack_blocks if parallel else _pack_blocks_serial)(dense, transposed, xp)
+        if width == 16:
+            kernel = _spmm_w16 if parallel else _spmm_w16_serial
+        else:
+            kernel = _spmm_w32 if parallel else _spmm_w32_serial
+        kernel(m.indptr, m.indices, m.data, xp, scale, bias, out, transposed, m_total, parts,
+               status)
     if (status >= 0).any():
         bad_row = int(status[status >= 0].min())
         check_csr(name, m)  # raises the message for the problem the kernel stopped at

@@ -1,0 +1,151 @@
+"""Benchmark of the sparse linear layer: ``csr.sparse_linear`` against scipy.sparse and dense NumPy.
+
+``run_csr_bench`` times ``y = x @ w`` for a pruned weight w [K, N] three ways:
+
+- ours:   ``sparse_linear(x, w_t)`` with w_t = CSR of w.T (Numba, ``numba.set_num_threads``);
+- scipy:  the faster of ``(w_t_scipy @ x.T).T`` and ``x @ w_scipy`` (picked once by timing
+          both; scipy's CSR products run on one thread whatever the setting);
+- dense:  ``x @ w`` in float32 (the BLAS NumPy ships, limited by threadpoolctl).
+
+``storage_bytes`` counts the bytes of each way of storing the same weight, from real arrays.
+Nothing is printed here; the CLI and the tutorial format the records.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import scipy.sparse
+from threadpoolctl import threadpool_limits
+
+from minicompress.kernels.csr import dense_to_csr, quantize_csr, sparse_linear
+from minicompress.kernels.reference import quantize_weight_per_channel
+from minicompress.report.timing import blas_summary, median_ms
+
+FULL_M = (1, 32, 128, 512)  # tokens per call: one (decoding) to a batch of sequences
+FULL_SHAPES = ((256, 1024), (1024, 256), (768, 3072))  # (K, N): up, down, BERT-base MLP
+FULL_SPARSITY = (0.5, 0.8, 0.9, 0.95, 0.98)
+QUICK_M = (1, 32)
+QUICK_SHAPES = ((256, 1024),)
+QUICK_SPARSITY = (0.9,)
+
+
+def pruned_weight(rng: np.random.Generator, k: int, n: int, sparsity: float) -> np.ndarray:
+    """A float32 [K, N] weight with round(sparsity * K * N) zeros, unstructured.
+
+    Normal values with the smallest |w| set to zero: the pattern that magnitude pruning
+    leaves on a trained layer (no structure, every row a different length).
+    """
+    w = rng.standard_normal((k, n)).astype(np.float32)  # [K, N]
+    n_zero = round(sparsity * w.size)
+    if n_zero:
+        smallest = np.argpartition(np.abs(w), n_zero - 1, axis=None)[:n_zero]
+        w.flat[smallest] = 0.0
+    return w
+
+
+def storage_bytes(k: int, n: int, sparsity: float, seed: int = 0) -> list[dict]:
+    """Bytes needed to store one pruned [K, N] weight in each format, measured on real arrays.
+
+    Formats: fp32 dense; int8 dense + one float32 scale per output; CSR of w.T with float32
+    or int8 values (+ scales) and int32 or int16 column indices (indptr is always int32).
+    Each record: format, values, indices, bytes, ratio (fp32 dense bytes / bytes).
+    """
+    w = pruned_weight(np.random.default_rng(seed), k, n, sparsity)  # [K, N]
+    q, scale = quantize_weight_per_channel(w)  # int8 [K, N], float32 [N]
+    sizes = [("dense", "float32", None, w.nbytes),
+             ("dense", "int8", None, q.nbytes + scale.nbytes)]
+    for index_dtype in (np.int32, np.int16):
+        w_t = dense_to_csr(np.ascontiguousarray(w.T), index_dtype)  # [N, K]
+        q_t, q_scale = quantize_csr(w_t)
+        name = np.dtype(index_dtype).name
+        sizes.append(("csr", "float32", name, w_t.nbytes()))
+        sizes.append(("csr", "int8", name, q_t.nbytes() + q_scale.nbytes))
+    return [
+        {"K": k, "N": n, "sparsity": sparsity, "format": fmt, "values": values,
+         "indices": indices, "bytes": int(size), "ratio": w.nbytes / size}
+        for fmt, values, indices, size in sizes
+    ]
+
+
+def pick_scipy_form(w: np.ndarray, x: np.ndarray, repeat: int = 5) -> tuple[str, dict]:
+    """Time both scipy formulations of ``x @ w`` once; return the faster one's name and both
+    times in ms. ``wT@xT``: ``(csr(w.T) @ x.T).T``; ``x@w``: ``x @ csr(w)``."""
+    forms = _scipy_forms(w)
+    times = {name: median_ms(lambda f=f: f(x), repeat=repeat) for name, f in forms.items()}
+    return min(times, key=times.get), times
+
+
+def run_csr_bench(quick: bool, threads_list: tuple[int, ...] = (1, 2), seed: int = 0,
+                  repeat: int | None = None) -> list[dict]:
+    """Time ours / scipy / dense fp32 for each M, (K, N), sparsity and thread count.
+
+    Times are medians (``median_ms``) of ``repeat`` calls after warm-up; each is measured in
+    two rounds and the better round kept, so that a burst of load from another process on a
+    shared machine hits one round, not the figure. ``quick`` runs one shape (a few seconds
+    once the kernels are in Numba's disk cache).
+    Records: kernel ("csr_linear"), M, K, N, threads, sparsity, nnz, ms, scipy_ms, numpy_ms,
+    speedup_vs_scipy, speedup_vs_numpy, scipy_form, blas.
+    """
+    m_list = QUICK_M if quick else FULL_M
+    shapes = QUICK_SHAPES if quick else FULL_SHAPES
+    sparsities = QUICK_SPARSITY if quick else FULL_SPARSITY
+    repeat = repeat if repeat is not None else (5 if quick else 15)
+    rounds = 1 if quick else 2
+    rng = np.random.default_rng(seed)
+    saved_threads = numba.get_num_threads()
+
+    def best_median(fn) -> float:
+        return min(median_ms(fn, repeat=repeat, min_seconds=0.02) for _ in range(rounds))
+
+    # which scipy formulation is faster, on a mid-size case, one thread
+    k0, n0 = shapes[-1]
+    form, _ = pick_scipy_form(pruned_weight(rng, k0, n0, 0.9),
+                              rng.standard_normal((32, k0)).astype(np.float32))
+    records = []
+    try:
+        for threads in threads_list:
+            numba.set_num_threads(threads)
+            with threadpool_limits(limits=threads, user_api="blas"):
+                blas = blas_summary()
+                for k, n in shapes:
+                    xs = {m: rng.standard_normal((m, k)).astype(np.float32) for m in m_list}
+                    dense_ms = {}
+                    for sparsity in sparsities:
+                        w = pruned_weight(rng, k, n, sparsity)  # [K, N]
+                        w_t = dense_to_csr(np.ascontiguousarray(w.T))  # [N, K]
+                        scipy_fn = _scipy_forms(w)[form]
+                        for m in m_list:
+                            x = xs[m]  # [M, K]
+                            _check_same(sparse_linear(x, w_t), x @ w)
+                            ms = best_median(lambda x=x, w_t=w_t: sparse_linear(x, w_t))
+                            scipy_ms = best_median(lambda x=x, f=scipy_fn: f(x))
+                            if m not in dense_ms:  # dense time does not depend on sparsity
+                                dense_ms[m] = best_median(lambda x=x, w=w: x @ w)
+                            records.append({
+                                "kernel": "csr_linear", "M": m, "K": k, "N": n,
+                                "threads": threads, "sparsity": sparsity,
+                                "nnz": int(w_t.data.size), "ms": ms, "scipy_ms": scipy_ms,
+                                "numpy_ms": dense_ms[m], "speedup_vs_scipy": scipy_ms / ms,
+                                "speedup_vs_numpy": dense_ms[m] / ms, "scipy_form": form,
+                                "blas": blas,
+                            })
+    finally:
+        numba.set_num_threads(saved_threads)
+    return records
+
+
+def _scipy_forms(w: np.ndarray) -> dict:
+    w_t_scipy = scipy.sparse.csr_matrix(np.ascontiguousarray(w.T))  # [N, K]
+    w_scipy = scipy.sparse.csr_matrix(w)  # [K, N]
+    return {
+        "wT@xT": lambda x: (w_t_scipy @ x.T).T,  # CSR [N, K] @ [K, M] -> [N, M] -> [M, N]
+        "x@w": lambda x: x @ w_scipy,  # [M, K] @ CSR [K, N] -> [M, N]
+    }
+
+
+def _check_same(ours: np.ndarray, dense: np.ndarray) -> None:
+    """Never time a wrong answer: ours must match the dense product to float32 rounding."""
+    tol = 1e-4 * (float(np.abs(dense).max()) + 1.0)
+    if not np.allclose(ours, dense, rtol=1e-4, atol=tol):
+        raise AssertionError(f"sparse_linear differs from x @ w by {np.abs(ours - dense).max()}")
