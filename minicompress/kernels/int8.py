@@ -136,9 +136,10 @@ def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y, threads)
     if m_total < MIN_ROWS_SPLIT_M:
         finite = quantize_rows(x, q, s_x, z_x, 0, m_total)
         n_tiles = (n + N_TILE - 1) // N_TILE
-        for t in prange(n_tiles if finite else 0):
-            _portable_linear_rows(q, 0, m_total, w_q, t * N_TILE, min(n, (t + 1) * N_TILE),
-                                  s_x, z_x, col_sum, w_scale, bias, has_bias, y)
+        if finite:  # (a conditional inside prange's argument would make it a plain range)
+            for t in prange(n_tiles):
+                _portable_linear_rows(q, 0, m_total, w_q, t * N_TILE, min(n, (t + 1) * N_TILE),
+                                      s_x, z_x, col_sum, w_scale, bias, has_bias, y)
     else:
         chunk = min(M_CHUNK, -(-m_total // threads))
         n_chunks = -(-m_total // chunk)
@@ -261,8 +262,28 @@ def pack_int8_linear(
     return pack_quantized_int8_linear(w_q, w_scale, bias, path)
 
 
+def _packed_is_consistent(packed: PackedInt8Linear) -> bool:
+    """The fast check of every call: what ``pack_quantized_int8_linear`` makes passes it."""
+    w, col_sum, w_scale, bias = packed.weight, packed.col_sum, packed.w_scale, packed.bias
+    n, k = packed.n, packed.k
+    vnni_shape = (-(-n // 16), -(-k // 4), 16, 4)
+    return (
+        isinstance(w, np.ndarray) and w.dtype == np.int8 and w.flags.c_contiguous
+        and w.shape == (vnni_shape if packed.path == "vnni" else (k, n))
+        and packed.path in KERNEL_PATHS
+        and isinstance(col_sum, np.ndarray) and col_sum.dtype == np.int32
+        and col_sum.shape == (n,) and col_sum.flags.c_contiguous
+        and isinstance(w_scale, np.ndarray) and w_scale.dtype == np.float32
+        and w_scale.shape == (n,) and w_scale.flags.c_contiguous
+        and (bias is None or (isinstance(bias, np.ndarray) and bias.dtype == np.float32
+                              and bias.shape == (n,) and bias.flags.c_contiguous))
+    )
+
+
 def _check_packed(packed: PackedInt8Linear) -> None:
     """Refuse a PackedInt8Linear whose fields the kernels cannot read safely."""
+    if _packed_is_consistent(packed):
+        return
     if packed.path not in KERNEL_PATHS:
         raise ValueError(
             f"packed.path must be one of {', '.join(KERNEL_PATHS)}; got {packed.path!r}"
@@ -306,7 +327,8 @@ def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
     has_bias = packed.bias is not None
     bias = packed.bias if has_bias else packed.w_scale  # a float32 [N] that is never read
     kernel = vnni.vnni_linear_kernel if packed.path == "vnni" else portable_linear_kernel
-    threads = numba.get_num_threads()
+    # the thread count only sizes the row chunks of a many-row call (1 us to ask: skipped)
+    threads = numba.get_num_threads() if x.shape[0] >= MIN_ROWS_SPLIT_M else 1
     if not kernel(x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y, threads):
         raise ValueError("x must be finite; it holds NaN or inf")
     return y

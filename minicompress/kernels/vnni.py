@@ -376,9 +376,10 @@ def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y, threads
     if m_total < MIN_ROWS_SPLIT_M:
         finite = quantize_rows(x, q, s_x, z_x, 0, m_total)
         n_tiles = (nb + NV - 1) // NV
-        for t in prange(n_tiles if finite else 0):
-            _linear_rows(q, 0, m_total, w_packed, t * NV, min(nb, (t + 1) * NV), n, s_x, z_x,
-                         col_sum, w_scale, bias, has_bias, y)
+        if finite:  # (a conditional inside prange's argument would make it a plain range)
+            for t in prange(n_tiles):
+                _linear_rows(q, 0, m_total, w_packed, t * NV, min(nb, (t + 1) * NV), n, s_x,
+                             z_x, col_sum, w_scale, bias, has_bias, y)
     else:
         chunk = min(M_CHUNK, -(-m_total // (threads * MR)) * MR)
         n_chunks = -(-m_total // chunk)
