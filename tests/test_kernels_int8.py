@@ -376,13 +376,13 @@ def test_linear_refuses_inconsistent_packed_layer(path, rng):
 
 @pytest.mark.parametrize("path", FAST_PATHS)
 def test_linear_refuses_non_finite_input(path, rng):
-    x, w, bias = random_layer(rng, 9, 8, 5)
+    x, w, bias = random_layer(rng, 40, 8, 5)  # 40 rows: quantized in parallel blocks
     packed = pack_int8_linear(w, bias, path=path)
     for bad in (np.nan, np.inf):
         x_bad = x.copy()
-        x_bad[3, 2] = bad
+        x_bad[33, 2] = bad
         with pytest.raises(ValueError, match="x must be finite"):
-            int8_linear(x_bad[3:5], packed)  # few rows: N split across the threads
+            int8_linear(x_bad[33:35], packed)  # few rows: quantized on one thread
         with pytest.raises(ValueError, match="x must be finite"):
             int8_linear(x_bad, packed)
 
