@@ -32,6 +32,11 @@ from minicompress.nn.ops import GeluCache, LayerNormCache, gelu_backward, gelu_f
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
 
+# Reductions (row sums, means) may be reassociated so that LLVM vectorizes them; no flag
+# that assumes finite values, since the masks use -inf. Results then differ from a strict
+# left-to-right sum in the last bits, deterministically on a given CPU.
+_REASSOC = {"reassoc", "nsz", "contract"}
+
 
 @njit(cache=True)
 def _gelu_tanh_argument(x, u):  # x, u: [n]; u = sqrt(2/pi) (x + c x^3)
@@ -88,7 +93,7 @@ def gelu_backward_fused(dy: np.ndarray, cache: GeluCache) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=_REASSOC)
 def _layernorm_kernel(x, g, b, eps, y, xhat, rstd):  # x, y, xhat: [R, C]; rstd: [R]
     r, c = x.shape
     for i in range(r):
@@ -105,7 +110,7 @@ def _layernorm_kernel(x, g, b, eps, y, xhat, rstd):  # x, y, xhat: [R, C]; rstd:
             y[i, j] = h * g[j] + b[j]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=_REASSOC)
 def _layernorm_backward_kernel(dy, xhat, rstd, g, dx):  # dy, xhat, dx: [R, C]; rstd: [R]
     r, c = dy.shape
     for i in range(r):
@@ -149,7 +154,7 @@ def layernorm_backward_fused(dy: np.ndarray, cache: LayerNormCache) -> tuple:
 # ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=_REASSOC)
 def _shift_and_mask(att, scale, causal, pad):  # att: [B, H, T, T] in place; pad: [B, T]
     """att <- (att - max of the visible scores) * scale, and -inf where masked.
     A query that sees no key gets all zeros (uniform after exp), as the NumPy version."""
@@ -177,13 +182,20 @@ def _shift_and_mask(att, scale, causal, pad):  # att: [B, H, T, T] in place; pad
                     a[j] = -np.inf
 
 
-@njit(cache=True)
-def _normalize_rows(e):  # e: [R, T] in place
+@njit(cache=True, fastmath=_REASSOC)
+def _normalize_rows(e, causal):  # e: [B*H*T, T] in place; causal: rows end at the diagonal
+    t = e.shape[1]
     for r in range(e.shape[0]):
-        e[r] *= e.dtype.type(1.0) / e[r].sum()
+        end = r % t + 1 if causal else t
+        s = e.dtype.type(0.0)
+        for j in range(end):
+            s += e[r, j]
+        inv = e.dtype.type(1.0) / s
+        for j in range(end):
+            e[r, j] *= inv
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=_REASSOC)
 def _softmax_backward_kernel(dp, p, scale, causal, pad):  # dp (in place -> ds), p: [B,H,T,T]
     """ds = p * (dp - sum(dp * p)) * scale per row; zero past the diagonal (causal) and for a
     query that sees no key (its row is constant). pad: [B, T] or [0, 0] for none."""
@@ -225,7 +237,8 @@ def attention_forward_fused(q, k, v, causal: bool = True, pad_mask=None) -> tupl
     att = q @ kt  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
     _shift_and_mask(att, q.dtype.type(scale), causal, _pad_array(pad_mask))
     np.exp(att, out=att)  # NumPy's SIMD exp: 10x a scalar exp loop
-    _normalize_rows(att.reshape(-1, t))  # [B, H, T, T] probabilities
+    # with padding a query may see no key and get a full uniform row: normalise whole rows
+    _normalize_rows(att.reshape(-1, t), causal and pad_mask is None)  # [B, H, T, T]
     y = att @ v  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
     return y, AttentionCache(q, k, v, att, scale, causal, pad_mask)
 

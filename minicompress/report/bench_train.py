@@ -1,8 +1,9 @@
 """Benchmark of one training step: NumPy (this package) against the same model in PyTorch.
 
 A step is forward + backward + gradient clipping + AdamW on one batch of the default
-config. Both run in the same process on the same weights and batch, alternately, so that
-the machine's state affects both alike; the ratio numpy_ms / torch_ms is the figure.
+config. Both run in the same process on the same weights and batch, in two rounds of
+blocks, so that the machine's state affects both alike; the ratio numpy_ms / torch_ms is
+the figure.
 PyTorch is optional: without it only ``numpy_ms`` is reported.
 """
 
@@ -19,35 +20,42 @@ from minicompress.report.timing import blas_summary
 
 
 def torch_twin(params: dict, cfg: GPTConfig):
-    """The model of ``nn.model`` in PyTorch eager, with a copy of ``params`` (float32).
+    """The model of ``nn.model`` written as idiomatic PyTorch eager, with a copy of ``params``.
 
-    Same layers, same names, same layouts transposed to torch's ``[out, in]``; used as the
-    speed reference and by the tests as an independent implementation of the whole model.
+    Linear weights are transposed to torch's ``[out, in]`` and applied with ``F.linear``
+    (one fused addmm); attention is ``F.scaled_dot_product_attention``. Returns the torch
+    parameters (same names) and ``forward(idx) -> logits``.
     """
     import torch
     import torch.nn.functional as F
 
     if cfg.norm != "pre":
         raise ValueError(f"torch_twin supports norm='pre' only; got {cfg.norm!r}")
-    tp = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in params.items()}
+
+    def to_torch(name, a):
+        if name.endswith(".w"):  # linear weights: [in, out] -> [out, in]
+            a = a.T
+        return torch.nn.Parameter(torch.tensor(np.ascontiguousarray(a)))
+
+    tp = {k: to_torch(k, v) for k, v in params.items()}
     h, c = cfg.n_head, cfg.n_embd
 
     def forward(idx):  # idx: long [B, T] -> logits [B, T, V]
         b, t = idx.shape
-        x = tp["wte"][idx] + tp["wpe"][:t]
+        x = F.embedding(idx, tp["wte"]) + tp["wpe"][:t]
         for i in range(cfg.n_layer):
             p = f"blocks.{i}."
             a = F.layer_norm(x, (c,), tp[p + "ln1.g"], tp[p + "ln1.b"])
-            qkv = a @ tp[p + "attn.qkv.w"] + tp[p + "attn.qkv.b"]
+            qkv = F.linear(a, tp[p + "attn.qkv.w"], tp[p + "attn.qkv.b"])
             q, k, v = (z.view(b, t, h, c // h).transpose(1, 2) for z in qkv.split(c, dim=2))
             y = F.scaled_dot_product_attention(q, k, v, is_causal=cfg.causal)
             y = y.transpose(1, 2).reshape(b, t, c)
-            x = x + y @ tp[p + "attn.proj.w"] + tp[p + "attn.proj.b"]
+            x = x + F.linear(y, tp[p + "attn.proj.w"], tp[p + "attn.proj.b"])
             m = F.layer_norm(x, (c,), tp[p + "ln2.g"], tp[p + "ln2.b"])
-            m = F.gelu(m @ tp[p + "mlp.fc.w"] + tp[p + "mlp.fc.b"], approximate=cfg.gelu)
-            x = x + m @ tp[p + "mlp.proj.w"] + tp[p + "mlp.proj.b"]
+            m = F.gelu(F.linear(m, tp[p + "mlp.fc.w"], tp[p + "mlp.fc.b"]), approximate=cfg.gelu)
+            x = x + F.linear(m, tp[p + "mlp.proj.w"], tp[p + "mlp.proj.b"])
         x = F.layer_norm(x, (c,), tp["ln_f.g"], tp["ln_f.b"])
-        return x @ tp["head.w"]
+        return F.linear(x, tp["head.w"])
 
     return tp, forward
 
@@ -99,15 +107,17 @@ def run_train_bench(batch_size: int = 16, repeat: int = 10, seed: int = 0,
                 topt.step()
 
     steps = [("numpy", numpy_step)] + ([("torch", torch_step)] if torch_step else [])
-    for _, fn in steps:  # warm up: JIT compilation, allocator, thread pools
-        for _ in range(3):
-            fn()
     times: dict[str, list[float]] = {name: [] for name, _ in steps}
-    for _ in range(repeat):  # alternate, so both see the same machine
+    # Blocks of steps rather than alternating single steps: each library's thread pool
+    # spins for a while after its own calls and would slow the other one down. Two rounds,
+    # so that both see the machine early and late; the first steps of a block are warm-up.
+    for _ in range(2):
         for name, fn in steps:
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            for i in range(repeat // 2 + 2):
+                t0 = time.perf_counter()
+                fn()
+                if i >= 2:
+                    times[name].append((time.perf_counter() - t0) * 1e3)
     numpy_ms = float(np.median(times["numpy"]))
     torch_ms = float(np.median(times["torch"])) if "torch" in times else None
     return {
