@@ -45,7 +45,7 @@ from minicompress.kernels.reference import (
 KERNEL_PATHS = ("reference", "portable", "vnni")
 KERNEL_CHOICES = ("auto", *KERNEL_PATHS)
 N_TILE = 256  # int32 accumulators of the portable kernel per row: 1 KB, stays in L1
-MIN_ROWS_SPLIT_M = 8  # portable linear: with fewer rows, the threads split N instead of M
+MIN_ROWS_SPLIT_M = vnni.MIN_ROWS_SPLIT_M  # with fewer rows, the threads split N, else M
 
 
 # ----------------------------------------------------------------------------------------
@@ -124,14 +124,9 @@ def _portable_linear_rows(q, m0, m1, w_q, n_start, n_stop, s_x, z_x, col_sum, w_
 @njit(parallel=True, cache=True)
 def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y, threads):
     """``quantized_linear_reference`` on the portable path: the arguments of
-    ``vnni.vnni_linear_kernel`` with ``w_q`` int8 [K, N] in place of the packed weights, plus
-    ``threads`` (``numba.get_num_threads()``, which a cached kernel cannot ask itself).
-    Returns False if x holds NaN or inf.
-
-    One parallel region: few rows are quantized on this thread, then N is split across the
-    threads; many rows are split into one chunk per thread (this loop is compute-bound, so
-    each thread quantizes and multiplies its own rows against all of N).
-    """
+    ``vnni.vnni_linear_kernel`` with ``w_q`` int8 [K, N] in place of the packed weights, and
+    the same single parallel region (N split for few rows, one chunk of rows per thread for
+    many). Returns False if x holds NaN or inf."""
     m_total, k = x.shape
     n = w_q.shape[1]
     q = np.empty((m_total, k), dtype=np.uint8)  # [M, K]
@@ -332,10 +327,8 @@ def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
     has_bias = packed.bias is not None
     bias = packed.bias if has_bias else packed.w_scale  # a float32 [N] that is never read
     kernel = vnni.vnni_linear_kernel if packed.path == "vnni" else portable_linear_kernel
-    args = (x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y)
-    if packed.path == "portable":
-        # the thread count sizes the row chunks of a many-row call (1 us to ask: skipped)
-        args += (numba.get_num_threads() if x.shape[0] >= MIN_ROWS_SPLIT_M else 1,)
-    if not kernel(*args):
+    # the thread count sizes the row chunks of a many-row call (1 us to ask: skipped)
+    threads = numba.get_num_threads() if x.shape[0] >= MIN_ROWS_SPLIT_M else 1
+    if not kernel(x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y, threads):
         raise ValueError("x must be finite; it holds NaN or inf")
     return y

@@ -37,9 +37,8 @@ from minicompress.kernels.int8_quant import dequantize_tile, quantize_rows
 
 MR = 4  # rows of a register tile
 NV = 4  # zmm vectors (16 int32 columns each) per row of a tile: 4 x 4 = 16 accumulators
-M_CHUNK = 64  # at most this many rows per parallel work item (a multiple of MR)
-PARALLEL_QUANT_MIN_ROWS = 32  # fewer rows are quantized on one thread (no second region)
-QUANT_BLOCK_ROWS = 16  # rows quantized per parallel work item
+M_CHUNK = 64  # rows per parallel work item of ``vnni_gemm_kernel`` (a multiple of MR)
+MIN_ROWS_SPLIT_M = 8  # with fewer rows, the threads split N instead of M
 
 
 @functools.cache
@@ -354,42 +353,44 @@ def _linear_rows(q, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bia
 
 
 @njit(parallel=True, cache=True)
-def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y):
+def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y, threads):
     """The quantized linear layer of ``quantized_linear_reference`` on the VNNI path.
 
     x: float32 [M, K]; w_packed: int8 [Np/16, Kp/4, 16, 4]; col_sum: int32 [N];
-    w_scale: float32 [N]; bias: float32 [N] (read only if has_bias); y: float32 [M, N] out.
-    Returns False if x holds NaN or inf (y is then undefined), True otherwise.
+    w_scale: float32 [N]; bias: float32 [N] (read only if has_bias); y: float32 [M, N] out;
+    threads: ``numba.get_num_threads()`` of the caller (Numba cannot cache a kernel that asks
+    for it itself). Returns False if x holds NaN or inf (y is then undefined), True otherwise.
 
-    1. Quantize the rows: on this thread for few rows, else in parallel blocks of rows.
-    2. Work items are (64-column panel of N, chunk of up to 64 rows), the row chunk varying
-       fastest: the static schedule gives each thread a contiguous range of N, so each thread
-       reads its part of the weights once and M = 1 still uses every core.
+    One parallel region per call (on a busy machine each region can cost a scheduler time
+    slice; measured here, two regions lost to one). Few rows (M < MIN_ROWS_SPLIT_M):
+    quantize them on this thread, then split N across the threads (M = 1 still uses every
+    core). More rows: one chunk of rows per thread; each thread quantizes its rows and runs
+    them against all of N, panel by panel of 64 columns, so a panel of weights is reused by
+    every row tile of the chunk while it is in cache.
     """
-    m_total = x.shape[0]
+    m_total, k = x.shape
     n = y.shape[1]
     nb, kq = w_packed.shape[0], w_packed.shape[1]
     q = np.empty((m_total, kq * 4), dtype=np.uint8)  # [M, Kp]
     s_x = np.empty(m_total, dtype=np.float32)
     z_x = np.empty(m_total, dtype=np.int32)
-    if m_total < PARALLEL_QUANT_MIN_ROWS:
+    finite = True
+    if m_total < MIN_ROWS_SPLIT_M:
         finite = quantize_rows(x, q, s_x, z_x, 0, m_total)
-    else:
-        n_blocks = -(-m_total // QUANT_BLOCK_ROWS)
-        block_finite = np.empty(n_blocks, dtype=np.bool_)
-        for c in prange(n_blocks):
-            m0 = c * QUANT_BLOCK_ROWS
-            block_finite[c] = quantize_rows(x, q, s_x, z_x, m0,
-                                            min(m_total, m0 + QUANT_BLOCK_ROWS))
-        finite = True
-        for c in range(n_blocks):
-            finite &= block_finite[c]
-    if finite:  # (a conditional inside prange's argument would make it a plain range)
         n_tiles = (nb + NV - 1) // NV
-        m_chunks = (m_total + M_CHUNK - 1) // M_CHUNK
-        for t in prange(n_tiles * m_chunks):
-            j0 = (t // m_chunks) * NV
-            m0 = (t % m_chunks) * M_CHUNK
-            _linear_rows(q, m0, min(m_total, m0 + M_CHUNK), w_packed, j0, min(nb, j0 + NV), n,
-                         s_x, z_x, col_sum, w_scale, bias, has_bias, y)
+        if finite:  # (a conditional inside prange's argument would make it a plain range)
+            for t in prange(n_tiles):
+                _linear_rows(q, 0, m_total, w_packed, t * NV, min(nb, (t + 1) * NV), n, s_x,
+                             z_x, col_sum, w_scale, bias, has_bias, y)
+    else:
+        chunk = -(-m_total // (threads * MR)) * MR
+        n_chunks = -(-m_total // chunk)
+        chunk_finite = np.empty(n_chunks, dtype=np.bool_)
+        for c in prange(n_chunks):
+            m0, m1 = c * chunk, min(m_total, (c + 1) * chunk)
+            chunk_finite[c] = quantize_rows(x, q, s_x, z_x, m0, m1)
+            _linear_rows(q, m0, m1, w_packed, 0, nb, n, s_x, z_x, col_sum, w_scale, bias,
+                         has_bias, y)
+        for c in range(n_chunks):
+            finite &= chunk_finite[c]
     return finite
