@@ -468,3 +468,24 @@ def test_portable_kernels_run_as_plain_python():
     out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------
+# the benchmark's records (its speed is reported, never asserted)
+# ----------------------------------------------------------------------------------------
+
+
+def test_bench_records(monkeypatch):
+    from minicompress.kernels import bench_int8
+
+    monkeypatch.setattr(bench_int8, "_torch_dynamic_linear", lambda w, b: (None, None))
+    monkeypatch.setattr(bench_int8, "QUICK_KN_VALUES", ((64, 48),))  # keep the test short
+    records = bench_int8.run_int8_bench(quick=True, threads_list=(1,))
+    keys = {"kernel", "path", "M", "K", "N", "threads", "ms", "numpy_ms", "speedup_vs_numpy",
+            "torch_ms", "speedup_vs_torch"}
+    assert records and all(keys <= set(r) for r in records)
+    assert {r["path"] for r in records} == {int8_kernel_path(), "portable"}
+    assert all(r["ms"] > 0 and r["torch_ms"] is None and r["speedup_vs_torch"] is None
+               for r in records)
+    with pytest.raises(ValueError, match="threads_list entries must be ints"):
+        bench_int8.run_int8_bench(quick=True, threads_list=(0,))

@@ -10,6 +10,8 @@ the CLI formats the records.
 
 from __future__ import annotations
 
+import warnings
+
 import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -34,9 +36,11 @@ def _torch_dynamic_linear(w: np.ndarray, bias: np.ndarray):
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))  # [N, K] layout
         layer.bias.copy_(torch.from_numpy(bias))
-    qlayer = torch.ao.quantization.quantize_dynamic(
-        torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8
-    )
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
+        warnings.simplefilter("ignore")
+        qlayer = torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8
+        )
 
     def forward(x_t):
         with torch.inference_mode():
