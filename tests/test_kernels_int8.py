@@ -36,8 +36,9 @@ FAST_PATHS = PATHS[1:]
 
 # (M, K, N): M = 1, odd K, N not a multiple of 16, edges of the VNNI tiles (MR = 4, 64 columns)
 # and M >= 8 (rows quantized in parallel), with several row tiles over a longer K
+# and M*K*N above SERIAL_MAX_WORK (parallel kernels): N split (M < 8) and M split
 SHAPES = [(1, 1, 1), (1, 7, 33), (3, 5, 17), (4, 64, 64), (5, 131, 70), (8, 128, 64),
-          (9, 36, 130), (12, 100, 80), (64, 100, 256), (67, 257, 129)]
+          (9, 36, 130), (12, 100, 80), (64, 100, 256), (67, 257, 129), (2, 520, 1030)]
 
 
 @pytest.fixture
@@ -375,16 +376,18 @@ def test_linear_refuses_inconsistent_packed_layer(path, rng):
 
 
 @pytest.mark.parametrize("path", FAST_PATHS)
-def test_linear_refuses_non_finite_input(path, rng):
-    x, w, bias = random_layer(rng, 40, 8, 5)  # 40 rows: quantized in parallel blocks
+@pytest.mark.parametrize("m,k,n", [(40, 8, 5), (40, 128, 130), (3, 1024, 300)])
+def test_linear_refuses_non_finite_input(path, m, k, n, rng):
+    # serial kernel; parallel with M split; parallel with N split (M < 8)
+    x, w, bias = random_layer(rng, m, k, n)
     packed = pack_int8_linear(w, bias, path=path)
-    for bad in (np.nan, np.inf):
+    for bad in (np.nan, np.inf, -np.inf):
         x_bad = x.copy()
-        x_bad[33, 2] = bad
-        with pytest.raises(ValueError, match="x must be finite"):
-            int8_linear(x_bad[33:35], packed)  # few rows: quantized on one thread
+        x_bad[-2, k // 2] = bad
         with pytest.raises(ValueError, match="x must be finite"):
             int8_linear(x_bad, packed)
+        with pytest.raises(ValueError, match="x must be finite"):
+            int8_linear(x_bad[-2:-1], packed)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -426,7 +429,7 @@ def test_cached_kernels_load_in_a_second_process(tmp_path):
     script = (
         "import numpy as np\n"
         "from minicompress.kernels import int8 as g, vnni\n"
-        "x = np.ones((2, 8), np.float32); w = np.ones((8, 16), np.float32)\n"
+        "x = np.ones((2, 512), np.float32); w = np.ones((512, 1024), np.float32)\n"
         "path = 'vnni' if vnni.vnni_supported() else 'portable'\n"
         "g.int8_linear(x, g.pack_int8_linear(w, None, path=path))\n"
         "k = vnni.vnni_linear_kernel if path == 'vnni' else g.portable_linear_kernel\n"

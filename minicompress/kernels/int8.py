@@ -46,6 +46,9 @@ KERNEL_PATHS = ("reference", "portable", "vnni")
 KERNEL_CHOICES = ("auto", *KERNEL_PATHS)
 N_TILE = 256  # int32 accumulators of the portable kernel per row: 1 KB, stays in L1
 MIN_ROWS_SPLIT_M = vnni.MIN_ROWS_SPLIT_M  # with fewer rows, the threads split N, else M
+# M*K*N below which a layer runs on the calling thread: waking another core (a few us, a
+# whole time slice on a busy machine) costs more than the product (256 KB of weights at M=1)
+SERIAL_MAX_WORK = 2**19
 
 
 # ----------------------------------------------------------------------------------------
@@ -119,6 +122,20 @@ def _portable_linear_rows(q, m0, m1, w_q, n_start, n_stop, s_x, z_x, col_sum, w_
                 for j in range(n1 - n0):
                     acc_row[j] += a_mk * w_row[j]
             dequantize_tile(acc, m, 1, n0, n1, s_x, z_x, col_sum, w_scale, bias, has_bias, y)
+
+
+@njit(cache=True)
+def portable_linear_serial(x, w_q, col_sum, w_scale, bias, has_bias, y):
+    """``portable_linear_kernel`` on the calling thread only (same arguments, no ``threads``)."""
+    m_total, k = x.shape
+    q = np.empty((m_total, k), dtype=np.uint8)  # [M, K]
+    s_x = np.empty(m_total, dtype=np.float32)
+    z_x = np.empty(m_total, dtype=np.int32)
+    if not quantize_rows(x, q, s_x, z_x, 0, m_total):
+        return False
+    _portable_linear_rows(q, 0, m_total, w_q, 0, w_q.shape[1], s_x, z_x, col_sum, w_scale,
+                          bias, has_bias, y)
+    return True
 
 
 @njit(parallel=True, cache=True)
@@ -326,9 +343,14 @@ def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
     y = np.empty((x.shape[0], packed.n), dtype=np.float32)  # [M, N]
     has_bias = packed.bias is not None
     bias = packed.bias if has_bias else packed.w_scale  # a float32 [N] that is never read
-    kernel = vnni.vnni_linear_kernel if packed.path == "vnni" else portable_linear_kernel
-    # the thread count sizes the row chunks of a many-row call (1 us to ask: skipped)
-    threads = numba.get_num_threads() if x.shape[0] >= MIN_ROWS_SPLIT_M else 1
-    if not kernel(x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y, threads):
+    args = (x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y)
+    vnni_path = packed.path == "vnni"
+    if x.shape[0] * packed.k * packed.n <= SERIAL_MAX_WORK:
+        finite = (vnni.vnni_linear_serial if vnni_path else portable_linear_serial)(*args)
+    else:
+        kernel = vnni.vnni_linear_kernel if vnni_path else portable_linear_kernel
+        # the thread count sizes the row chunks of a many-row call (1 us to ask: skipped)
+        finite = kernel(*args, numba.get_num_threads() if x.shape[0] >= MIN_ROWS_SPLIT_M else 1)
+    if not finite:
         raise ValueError("x must be finite; it holds NaN or inf")
     return y

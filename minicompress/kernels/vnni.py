@@ -352,6 +352,22 @@ def _linear_rows(q, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bia
                                 has_bias, y)
 
 
+@njit(cache=True)
+def vnni_linear_serial(x, w_packed, col_sum, w_scale, bias, has_bias, y):
+    """``vnni_linear_kernel`` on the calling thread only, for products too small to be worth
+    waking another core (the arguments and the result are the same, without ``threads``)."""
+    m_total = x.shape[0]
+    nb, kq = w_packed.shape[0], w_packed.shape[1]
+    q = np.empty((m_total, kq * 4), dtype=np.uint8)  # [M, Kp]
+    s_x = np.empty(m_total, dtype=np.float32)
+    z_x = np.empty(m_total, dtype=np.int32)
+    if not quantize_rows(x, q, s_x, z_x, 0, m_total):
+        return False
+    _linear_rows(q, 0, m_total, w_packed, 0, nb, y.shape[1], s_x, z_x, col_sum, w_scale, bias,
+                 has_bias, y)
+    return True
+
+
 @njit(parallel=True, cache=True)
 def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y, threads):
     """The quantized linear layer of ``quantized_linear_reference`` on the VNNI path.
