@@ -342,8 +342,10 @@ def _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out, m_tot
     literally(width)
     if not _rows_are_valid(indptr, indices, xp.shape[1], r0, r1):
         return r0
-    acc0 = _vec_alloc(width)  # two accumulators: two independent FMA chains
+    acc0 = _vec_alloc(width)  # four accumulators: four independent chains of FMAs
     acc1 = _vec_alloc(width)
+    acc2 = _vec_alloc(width)
+    acc3 = _vec_alloc(width)
     tile = np.empty((TILE_ROWS, width), dtype=np.float32)  # [Nb, W] sums of TILE_ROWS rows
     row_bytes = xp.strides[1]
     for b in range(xp.shape[0]):
@@ -358,17 +360,24 @@ def _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out, m_tot
                     return n
                 _vec_zero(acc0, width)
                 _vec_zero(acc1, width)
+                _vec_zero(acc2, width)
+                _vec_zero(acc3, width)
                 j = lo
-                while j + 1 < hi:
-                    c0, c1 = np.uint32(indices[j]), np.uint32(indices[j + 1])  # >= 0: checked
-                    _vec_fma(acc0, np.float32(data[j]), block + np.intp(c0) * row_bytes, width)
-                    _vec_fma(acc1, np.float32(data[j + 1]), block + np.intp(c1) * row_bytes,
-                             width)
-                    j += 2
-                if j < hi:
-                    c0 = np.uint32(indices[j])
-                    _vec_fma(acc0, np.float32(data[j]), block + np.intp(c0) * row_bytes, width)
+                while j + 3 < hi:  # columns are >= 0 (checked): unsigned, no wrap code
+                    c0, c1 = np.intp(np.uint32(indices[j])), np.intp(np.uint32(indices[j + 1]))
+                    c2, c3 = np.intp(np.uint32(indices[j + 2])), np.intp(np.uint32(indices[j + 3]))
+                    _vec_fma(acc0, np.float32(data[j]), block + c0 * row_bytes, width)
+                    _vec_fma(acc1, np.float32(data[j + 1]), block + c1 * row_bytes, width)
+                    _vec_fma(acc2, np.float32(data[j + 2]), block + c2 * row_bytes, width)
+                    _vec_fma(acc3, np.float32(data[j + 3]), block + c3 * row_bytes, width)
+                    j += 4
+                while j < hi:
+                    c0 = np.intp(np.uint32(indices[j]))
+                    _vec_fma(acc0, np.float32(data[j]), block + c0 * row_bytes, width)
+                    j += 1
                 _vec_add(acc0, acc1, width)
+                _vec_add(acc2, acc3, width)
+                _vec_add(acc0, acc2, width)
                 _vec_store(acc0, tile.ctypes.data + (n - n0) * width * 4, width)
             _store_tile(tile, out, scale, bias, transpose_out, m0, m_len, n0, n1)
     return -1
