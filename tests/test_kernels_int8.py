@@ -376,9 +376,9 @@ def test_linear_refuses_inconsistent_packed_layer(path, rng):
 
 
 @pytest.mark.parametrize("path", FAST_PATHS)
-@pytest.mark.parametrize("m,k,n", [(40, 8, 5), (40, 128, 130), (3, 1024, 300)])
+@pytest.mark.parametrize("m,k,n", [(40, 8, 5), (40, 128, 130), (3, 1024, 300), (16, 256, 300)])
 def test_linear_refuses_non_finite_input(path, m, k, n, rng):
-    # serial kernel; parallel with M split; parallel with N split (M < 8)
+    # serial kernel; parallel kernel with M split; parallel kernel with N split (M < 8)
     x, w, bias = random_layer(rng, m, k, n)
     packed = pack_int8_linear(w, bias, path=path)
     for bad in (np.nan, np.inf, -np.inf):
