@@ -14,7 +14,13 @@ No loop form makes Numba's auto-vectorizer emit it, so ``_dpbusd_tile`` below is
 - 4 bytes of an activation row (4 consecutive k) are broadcast as one int32 to all 16 lanes
   (``vpbroadcastd``) and form the ``a`` operand;
 - a tile of MR rows x NV*16 columns keeps MR*NV int32 accumulators in zmm registers for the
-  whole K loop and stores them once at the end.
+  whole K loop and stores them once at the end (``_dpbusd_tile``), or first applies the
+  zero-point correction, the scales and the bias in registers and stores float32
+  (``_dpbusd_tile_dequantize``, the int8 linear layer).
+
+The intrinsics take raw addresses; the Numba functions that call them take the arrays, so
+that Numba keeps the arrays alive while the IR reads them (an array whose address was
+taken but that is not used afterwards is freed early, and its memory reused).
 
 Padding: K is padded to a multiple of 4 and N to a multiple of 16 with zero weights, so the
 padded k contribute 0 whatever the activation byte there, and padded columns are dropped.
