@@ -13,6 +13,8 @@ Nothing is printed here; the CLI and the tutorial format the records.
 
 from __future__ import annotations
 
+import time
+
 import numba
 import numpy as np
 import scipy.sparse
@@ -28,6 +30,7 @@ FULL_SPARSITY = (0.5, 0.8, 0.9, 0.95, 0.98)
 QUICK_M = (1, 32)
 QUICK_SHAPES = ((256, 1024),)
 QUICK_SPARSITY = (0.9,)
+PAUSE_S = 0.2  # lets idle BLAS / Numba worker threads stop spinning between passes
 
 
 def pruned_weight(rng: np.random.Generator, k: int, n: int, sparsity: float) -> np.ndarray:
@@ -82,7 +85,8 @@ def run_csr_bench(quick: bool, threads_list: tuple[int, ...] = (1, 2), seed: int
 
     Times are medians (``median_ms``) of ``repeat`` calls after warm-up; each is measured in
     two rounds and the better round kept, so that a burst of load from another process on a
-    shared machine hits one round, not the figure. ``quick`` runs one shape (a few seconds
+    shared machine hits one round, not the figure. Ours, scipy and dense are timed in
+    separate passes (see ``_sweep``). ``quick`` runs one shape (a few seconds
     once the kernels are in Numba's disk cache).
     Records: kernel ("csr_linear"), M, K, N, threads, sparsity, nnz, ms, scipy_ms, numpy_ms,
     speedup_vs_scipy, speedup_vs_numpy, scipy_form, blas.
@@ -107,32 +111,48 @@ def run_csr_bench(quick: bool, threads_list: tuple[int, ...] = (1, 2), seed: int
         for threads in threads_list:
             numba.set_num_threads(threads)
             with threadpool_limits(limits=threads, user_api="blas"):
-                blas = blas_summary()
-                for k, n in shapes:
-                    xs = {m: rng.standard_normal((m, k)).astype(np.float32) for m in m_list}
-                    dense_ms = {}
-                    for sparsity in sparsities:
-                        w = pruned_weight(rng, k, n, sparsity)  # [K, N]
-                        w_t = dense_to_csr(np.ascontiguousarray(w.T))  # [N, K]
-                        scipy_fn = _scipy_forms(w)[form]
-                        for m in m_list:
-                            x = xs[m]  # [M, K]
-                            _check_same(sparse_linear(x, w_t), x @ w)
-                            ms = best_median(lambda x=x, w_t=w_t: sparse_linear(x, w_t))
-                            scipy_ms = best_median(lambda x=x, f=scipy_fn: f(x))
-                            if m not in dense_ms:  # dense time does not depend on sparsity
-                                dense_ms[m] = best_median(lambda x=x, w=w: x @ w)
-                            records.append({
-                                "kernel": "csr_linear", "M": m, "K": k, "N": n,
-                                "threads": threads, "sparsity": sparsity,
-                                "nnz": int(w_t.data.size), "ms": ms, "scipy_ms": scipy_ms,
-                                "numpy_ms": dense_ms[m], "speedup_vs_scipy": scipy_ms / ms,
-                                "speedup_vs_numpy": dense_ms[m] / ms, "scipy_form": form,
-                                "blas": blas,
-                            })
+                records += _sweep(rng, m_list, shapes, sparsities, threads, form, best_median)
     finally:
         numba.set_num_threads(saved_threads)
     return records
+
+
+def _sweep(rng, m_list, shapes, sparsities, threads, form, best_median) -> list[dict]:
+    """One thread count: every case timed ours, then scipy, then dense, in separate passes.
+
+    OpenBLAS's worker threads keep spinning for a while after a matmul, and Numba's after a
+    parallel region; timing the three back to back would make each fight the other's idle
+    threads for the two cores (measured: 8-16 ms per call instead of 0.1-1 ms). Hence the
+    passes, and a pause before each.
+    """
+    blas = blas_summary()
+    cases = []  # (m, k, n, sparsity, x, w, w_t, scipy_fn)
+    for k, n in shapes:
+        xs = {m: rng.standard_normal((m, k)).astype(np.float32) for m in m_list}  # [M, K]
+        for sparsity in sparsities:
+            w = pruned_weight(rng, k, n, sparsity)  # [K, N]
+            w_t = dense_to_csr(np.ascontiguousarray(w.T))  # [N, K]
+            scipy_fn = _scipy_forms(w)[form]
+            for m in m_list:
+                _check_same(sparse_linear(xs[m], w_t), xs[m] @ w)
+                cases.append((m, k, n, sparsity, xs[m], w, w_t, scipy_fn))
+    time.sleep(PAUSE_S)
+    ours = [best_median(lambda c=c: sparse_linear(c[4], c[6])) for c in cases]
+    time.sleep(PAUSE_S)
+    scipy_ms = [best_median(lambda c=c: c[7](c[4])) for c in cases]
+    time.sleep(PAUSE_S)
+    dense_ms = {}  # the dense time does not depend on the sparsity
+    for m, k, n, _, x, w, _, _ in cases:
+        if (m, k, n) not in dense_ms:
+            dense_ms[m, k, n] = best_median(lambda x=x, w=w: x @ w)
+    return [
+        {"kernel": "csr_linear", "M": m, "K": k, "N": n, "threads": threads,
+         "sparsity": sparsity, "nnz": int(w_t.data.size), "ms": t, "scipy_ms": t_scipy,
+         "numpy_ms": dense_ms[m, k, n], "speedup_vs_scipy": t_scipy / t,
+         "speedup_vs_numpy": dense_ms[m, k, n] / t, "scipy_form": form, "blas": blas}
+        for (m, k, n, sparsity, _, _, w_t, _), t, t_scipy in zip(cases, ours, scipy_ms,
+                                                                 strict=True)
+    ]
 
 
 def _scipy_forms(w: np.ndarray) -> dict:

@@ -8,29 +8,38 @@ are bit for bit equal; products agree to float32 rounding (a different summation
 
 How ``sparse_linear`` computes ``y = x @ w + bias`` from ``w_t`` = CSR of w.T ([N, K]):
 
-1. pack x into blocks of W columns of x.T:  ``xp[b, k, t] = x[b*W + t, k]``  (W = 16 or 32,
-   the last block zero-padded), so that one weight entry (n, k, v) multiplies W contiguous
-   floats: one or two AVX-512 registers.
+1. pack x into blocks of W columns of x.T:  ``xp[b, k, t] = x[b*W + t, k]``  (W = 16 for
+   M <= 16, else 32; the last block zero-padded), so that one weight entry (n, k, v)
+   multiplies W contiguous floats: one or two AVX-512 registers.
 2. for each block b and each output feature n (the rows of ``w_t``, split across threads into
-   parts of equal work):
-       acc[0:W] = sum_{j in row n} v_j * xp[b, idx_j, 0:W]          (W accumulators in registers)
-       y[b*W + t, n] = scale[n] * acc[t] + bias[n]                   (t < W, the tail trimmed)
+   parts of about equal work, ``_balanced_parts``):
+       acc[0:W] = sum_{j in row n} v_j * xp[b, idx_j, 0:W]      (in registers, 4 FMA chains)
+       y[b*W + t, n] = scale[n] * acc[t] + bias[n]               (t < W, the tail trimmed)
    A packed block is K*W*4 bytes (96 KB for K = 768, W = 32): it stays in L2 while a thread
-   streams its rows of ``w_t`` over it.
-3. M < ``SPMV_MAX_M``: no packing; each output is a gathered dot product (SpMV).
+   streams its rows of ``w_t`` over it. Sums of 16 output features are stored together
+   (``_store_tile``), so each cache line of y [M, N] is written in full.
+3. M < ``SPMV_MAX_M``: no packing; each output is a dot product gathered from x (SpMV),
+   four scalar chains (AVX-512 gathers measured 4x slower on this CPU).
+Small products (``PARALLEL_MIN_WORK``) run on one thread: waking the others costs more.
+int8 values (``quantize_csr``) are converted to float32 as they are read; the per-row scale
+is applied once per output.
 
 Why the ``_vec_*`` helpers: written as a plain ``for t in range(W)`` loop, LLVM unrolls the
 W accumulations into W scalar FMAs and does not regroup them into vectors (checked with
 ``inspect_asm``: ``vfmadd231ss`` x 16). The helpers emit ``<W x float>`` LLVM operations on
 a stack slot, which LLVM keeps in registers: one ``vbroadcastss`` and one or two
-``vfmadd231ps zmm`` per stored weight.
+``vfmadd231ps zmm`` per stored weight. With ``NUMBA_DISABLE_JIT=1`` they are plain NumPy.
 
 The structure checks of ``reference.check_csr`` that cost a pass over the arrays (indptr
 never decreasing, indices increasing within a row and inside [0, K)) run inside the kernels,
-on each thread's rows just before it reads them (``_rows_are_valid``, vectorized), so a bad
-CSR never reads out of bounds; the kernel then reports it and ``check_csr`` raises its usual
-error. Non-contiguous arrays are copied
-to contiguous ones (the result is the same; only the copy costs).
+on each part's rows just before they are read (``_rows_are_valid``, vectorized), so a bad
+CSR never reads out of bounds; ``check_csr`` then raises its usual error. Non-contiguous
+arrays are copied to contiguous ones (same result; only the copy costs).
+
+Threads: the parallel kernels use ``numba.get_num_threads()`` threads. On a machine whose
+cores are busy with other processes, every parallel call waits for its last thread to be
+scheduled (measured here: 8-16 ms instead of 0.1-1 ms, for OpenBLAS as for these kernels);
+``numba.set_num_threads(1)`` avoids it.
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ SPMV_MAX_M = 4  # below this many rows of x, gathered dot products beat packing 
 PARTS_PER_THREAD = 4  # work items per thread: evens out rows of unequal length
 TILE_ROWS = 16  # output features summed before one transposed store: 64 contiguous bytes
 PACK_K_CHUNK = 64  # rows of x.T packed per work item
-PARALLEL_MIN_WORK = 2**16  # stored weights x blocks of x below which one thread is faster
+PARALLEL_MIN_WORK = 2**14  # stored weights x blocks of x below which one thread wins
 ROW_COST = 8  # cost of one output row in "stored weights": its zeroing and its W stores
 
 
