@@ -201,12 +201,14 @@ print(f"all paths agree; int8 vs float32 layer: max |error| {err.max():.4f}, "
 #
 # `run_int8_bench` times the layer end to end (activation quantization included) against
 # NumPy's fp32 `x @ w + b` and, when PyTorch is installed, its dynamic int8 `nn.Linear`.
-# Medians in milliseconds, on this machine's current thread count.
+# Medians in milliseconds, on one thread: a fair comparison (every library gets one core)
+# and a stable one on a busy machine, where a parallel call can wait a whole scheduler
+# time slice for its second thread. `run_int8_bench(quick, threads_list=(1, 2))` times both.
 
 # %%
-threads = numba.get_num_threads()
+threads = 1
 records = run_int8_bench(quick=FAST, threads_list=(threads,))
-print(f"BLAS: {blas_summary()}; Numba threads: {threads}")
+print(f"BLAS: {blas_summary()}; threads: {threads}")
 print(f"{'path':>9} {'M':>4} {'K':>5} {'N':>5} {'ms':>8} {'numpy ms':>9} {'x numpy':>8} "
       f"{'torch ms':>9}")
 for r in records:
