@@ -259,16 +259,16 @@ def _tile(rows, vecs, a, m, w_packed, j0, c, c_row, c_col):
     c_addr = np.intp(c.ctypes.data) + c_row * ldc + c_col * 4
     if rows == MR:
         if vecs == NV:
-            _dpbusd_tile(4, 4, a_addr, lda, b_addr, b_stride, kq, c_addr, ldc)  # MR, NV
+            _dpbusd_tile(MR, NV, a_addr, lda, b_addr, b_stride, kq, c_addr, ldc)
         else:
             for v in range(vecs):
-                _dpbusd_tile(4, 1, a_addr, lda, b_addr + v * b_stride, b_stride, kq,
+                _dpbusd_tile(MR, 1, a_addr, lda, b_addr + v * b_stride, b_stride, kq,
                              c_addr + v * 64, ldc)
         return
     for r in range(rows):
         a_r, c_r = a_addr + r * lda, c_addr + r * ldc
         if vecs == NV:
-            _dpbusd_tile(1, 4, a_r, lda, b_addr, b_stride, kq, c_r, ldc)
+            _dpbusd_tile(1, NV, a_r, lda, b_addr, b_stride, kq, c_r, ldc)
         else:
             for v in range(vecs):
                 _dpbusd_tile(1, 1, a_r, lda, b_addr + v * b_stride, b_stride, kq,
@@ -296,18 +296,18 @@ def _tile_dequantize(rows, vecs, q, m, w_packed, j0, s_x, z_x, col_sum, w_scale,
     hb = np.intp(1) if has_bias else np.intp(0)
     if rows == MR:
         if vecs == NV:
-            _dpbusd_tile_dequantize(4, 4, a_addr, lda, b_addr, b_stride, kq, s_addr, z_addr,
-                                    cs_addr, ws_addr, bias_addr, hb, y_addr, ldy)  # MR, NV
+            _dpbusd_tile_dequantize(MR, NV, a_addr, lda, b_addr, b_stride, kq, s_addr, z_addr,
+                                    cs_addr, ws_addr, bias_addr, hb, y_addr, ldy)
         else:
             for v in range(vecs):
-                _dpbusd_tile_dequantize(4, 1, a_addr, lda, b_addr + v * b_stride, b_stride, kq,
+                _dpbusd_tile_dequantize(MR, 1, a_addr, lda, b_addr + v * b_stride, b_stride, kq,
                                         s_addr, z_addr, cs_addr + 64 * v, ws_addr + 64 * v,
                                         bias_addr + 64 * v, hb, y_addr + 64 * v, ldy)
         return
     for r in range(rows):
         a_r, s_r, z_r, y_r = a_addr + r * lda, s_addr + 4 * r, z_addr + 4 * r, y_addr + r * ldy
         if vecs == NV:
-            _dpbusd_tile_dequantize(1, 4, a_r, lda, b_addr, b_stride, kq, s_r, z_r, cs_addr,
+            _dpbusd_tile_dequantize(1, NV, a_r, lda, b_addr, b_stride, kq, s_r, z_r, cs_addr,
                                     ws_addr, bias_addr, hb, y_r, ldy)
         else:
             for v in range(vecs):
