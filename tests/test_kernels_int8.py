@@ -89,6 +89,15 @@ def test_vnni_refused_without_the_cpu_feature(monkeypatch):
     assert int8_kernel_path() == "portable"
 
 
+@pytest.mark.skipif(not HAS_VNNI, reason="CPU lacks AVX-512 VNNI")
+def test_vnni_layer_refused_on_a_cpu_without_vnni(monkeypatch, rng):
+    x, w, bias = random_layer(rng, 2, 8, 5)
+    packed = pack_int8_linear(w, bias, path="vnni")  # e.g. packed here, unpickled elsewhere
+    monkeypatch.setattr(vnni_module, "vnni_supported", lambda: False)
+    with pytest.raises(ValueError, match="AVX-512 VNNI"):
+        int8_linear(x, packed)
+
+
 # ----------------------------------------------------------------------------------------
 # int8 GEMM: exact
 # ----------------------------------------------------------------------------------------

@@ -338,12 +338,13 @@ def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
     """
     if not isinstance(packed, PackedInt8Linear):
         raise TypeError(f"packed must be a PackedInt8Linear; got {type(packed).__name__}")
-    check_array("x", x, (np.float32,), 2)
+    if not (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2):
+        check_array("x", x, (np.float32,), 2)  # raises, naming what is wrong
     if x.shape[1] != packed.k:
         raise ValueError(f"x is {x.shape}: x.shape[1] must equal the layer's K={packed.k}")
     _check_packed(packed)
-    if packed.path == "vnni":
-        int8_kernel_path("vnni")  # refuses clearly if this CPU lacks VNNI
+    if packed.path == "vnni" and not vnni.vnni_supported():
+        int8_kernel_path("vnni")  # raises: this CPU lacks VNNI
     elif packed.path == "reference":
         return quantized_linear_reference(x, packed.weight, packed.w_scale, packed.bias)
     x = np.ascontiguousarray(x)
