@@ -393,35 +393,43 @@ def _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out, m_tot
 
 
 @njit(parallel=True, cache=True)
-def _spmm_w16(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, parts,
-              status):
-    for p in prange(parts.shape[0] - 1):
-        status[p] = _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
-                               m_total, parts[p], parts[p + 1], 16)
+def _spmm_w16(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, n_parts):
+    parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
+    n_bad = 0  # parts whose rows are not a valid CSR
+    for p in prange(n_parts):
+        n_bad += np.int64(_spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
+                                     m_total, parts[p], parts[p + 1], 16) >= 0)
+    return n_bad
 
 
 @njit(parallel=True, cache=True)
-def _spmm_w32(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, parts,
-              status):
-    for p in prange(parts.shape[0] - 1):
-        status[p] = _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
-                               m_total, parts[p], parts[p + 1], 32)
+def _spmm_w32(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, n_parts):
+    parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
+    n_bad = 0  # parts whose rows are not a valid CSR
+    for p in prange(n_parts):
+        n_bad += np.int64(_spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
+                                     m_total, parts[p], parts[p + 1], 32) >= 0)
+    return n_bad
 
 
 @njit(cache=True)
-def _spmm_w16_serial(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total,
-                     parts, status):
-    for p in range(parts.shape[0] - 1):
-        status[p] = _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
-                               m_total, parts[p], parts[p + 1], 16)
+def _spmm_w16_serial(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, n_parts):
+    parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
+    n_bad = 0  # parts whose rows are not a valid CSR
+    for p in range(n_parts):
+        n_bad += np.int64(_spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
+                                     m_total, parts[p], parts[p + 1], 16) >= 0)
+    return n_bad
 
 
 @njit(cache=True)
-def _spmm_w32_serial(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total,
-                     parts, status):
-    for p in range(parts.shape[0] - 1):
-        status[p] = _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
-                               m_total, parts[p], parts[p + 1], 32)
+def _spmm_w32_serial(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, n_parts):
+    parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
+    n_bad = 0  # parts whose rows are not a valid CSR
+    for p in range(n_parts):
+        n_bad += np.int64(_spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
+                                     m_total, parts[p], parts[p + 1], 32) >= 0)
+    return n_bad
 
 
 @njit(cache=True)
@@ -457,17 +465,23 @@ def _spmv_part(indptr, indices, data, x, scale, bias, out, r0, r1):
 
 
 @njit(parallel=True, cache=True)
-def _spmv(indptr, indices, data, x, scale, bias, out, parts, status):
-    for p in prange(parts.shape[0] - 1):
-        status[p] = _spmv_part(indptr, indices, data, x, scale, bias, out, parts[p],
-                               parts[p + 1])
+def _spmv(indptr, indices, data, x, scale, bias, out, n_parts):
+    parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
+    n_bad = 0  # parts whose rows are not a valid CSR
+    for p in prange(n_parts):
+        n_bad += np.int64(_spmv_part(indptr, indices, data, x, scale, bias, out, parts[p],
+                                     parts[p + 1]) >= 0)
+    return n_bad
 
 
 @njit(cache=True)
-def _spmv_serial(indptr, indices, data, x, scale, bias, out, parts, status):
-    for p in range(parts.shape[0] - 1):
-        status[p] = _spmv_part(indptr, indices, data, x, scale, bias, out, parts[p],
-                               parts[p + 1])
+def _spmv_serial(indptr, indices, data, x, scale, bias, out, n_parts):
+    parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
+    n_bad = 0  # parts whose rows are not a valid CSR
+    for p in range(n_parts):
+        n_bad += np.int64(_spmv_part(indptr, indices, data, x, scale, bias, out, parts[p],
+                                     parts[p + 1]) >= 0)
+    return n_bad
 
 
 @njit(parallel=True, cache=True)
@@ -687,13 +701,12 @@ def _run(m: CSR, dense: np.ndarray, transposed: bool, scale: np.ndarray, bias: n
     spmv = transposed and m_total < SPMV_MAX_M
     work = m.data.shape[0] * (m_total if spmv else n_blocks)
     # waking the other threads costs tens of microseconds: not worth it for small products
-    parallel = numba.get_num_threads() > 1 and work >= PARALLEL_MIN_WORK
-    n_parts = max(1, min(n_rows, PARTS_PER_THREAD * numba.get_num_threads())) if parallel else 1
-    parts = _balanced_parts(m.indptr, n_parts)  # [n_parts + 1]
-    status = np.empty(n_parts, dtype=np.int64)  # first row of each invalid part, or -1
+    threads = numba.get_num_threads()
+    parallel = threads > 1 and work >= PARALLEL_MIN_WORK
+    n_parts = max(1, min(n_rows, PARTS_PER_THREAD * threads)) if parallel else 1
     if spmv:
         kernel = _spmv if parallel else _spmv_serial
-        kernel(m.indptr, m.indices, m.data, dense, scale, bias, out, parts, status)
+        n_bad = kernel(m.indptr, m.indices, m.data, dense, scale, bias, out, n_parts)
     else:
         xp = np.empty((n_blocks, m.shape[1], width), dtype=np.float32)  # [blocks, K, W]
         (_pack_blocks if parallel else _pack_blocks_serial)(dense, transposed, xp)
@@ -701,9 +714,9 @@ def _run(m: CSR, dense: np.ndarray, transposed: bool, scale: np.ndarray, bias: n
             kernel = _spmm_w16 if parallel else _spmm_w16_serial
         else:
             kernel = _spmm_w32 if parallel else _spmm_w32_serial
-        kernel(m.indptr, m.indices, m.data, xp, scale, bias, out, transposed, m_total, parts,
-               status)
-    if (status >= 0).any():
+        n_bad = kernel(m.indptr, m.indices, m.data, xp, scale, bias, out, transposed, m_total,
+                       n_parts)
+    if n_bad:
         check_csr(name, m)  # raises the message for the problem the kernel found
         raise AssertionError(f"a kernel refused {name}, which check_csr accepts")
     return out
