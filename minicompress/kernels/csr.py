@@ -74,6 +74,8 @@ def csr_kernel_path(path: str | None = None) -> str:
     (CSR has no VNNI variant: the Numba kernel is the portable path).
     """
     choice = path if path is not None else os.environ.get("MINICOMPRESS_KERNEL", "auto")
+    if choice in ("auto", "portable", "vnni"):  # the common case, without string work
+        return "portable"
     if not isinstance(choice, str) or choice.strip().lower() not in KERNEL_CHOICES:
         source = "path" if path is not None else "MINICOMPRESS_KERNEL"
         raise ValueError(f"{source} must be one of {', '.join(KERNEL_CHOICES)}; got {choice!r}")
@@ -630,7 +632,8 @@ def sparse_linear(
     """
     choice = csr_kernel_path(path)
     _check_csr_cheap("w_t", w_t)
-    check_array("x", x, (np.float32,), 2)
+    if not _is(x, _FLOAT32, 2):
+        check_array("x", x, (np.float32,), 2)
     n, k = w_t.shape
     if x.shape[1] != k:
         raise ValueError(f"x is {x.shape} and w_t is {w_t.shape}: x.shape[1] must equal K")
@@ -656,7 +659,8 @@ def sparse_linear(
 
 
 def _check_vector(name: str, v: object, n: int) -> None:
-    check_array(name, v, (np.float32,), 1)
+    if not _is(v, _FLOAT32):
+        check_array(name, v, (np.float32,), 1)
     if v.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},); got {v.shape}")
 
@@ -670,17 +674,27 @@ def _contiguous_csr(m: CSR) -> CSR:
 
 def _check_csr_cheap(name: str, m: object) -> None:
     """The O(1) part of ``check_csr`` (types, dtypes, lengths, indptr ends); the kernels
-    check the rest as they read the entries."""
-    if not isinstance(m, CSR):
-        raise TypeError(f"{name} must be a minicompress.kernels.CSR, got {type(m).__name__}")
-    check_array(f"{name}.indptr", m.indptr, (np.int32,), 1)
-    check_array(f"{name}.indices", m.indices, (np.int32, np.int16), 1)
-    check_array(f"{name}.data", m.data, (np.float32, np.int8), 1)
-    r, c = m.shape
-    nnz = m.data.shape[0]
-    if (r < 0 or c < 0 or m.indptr.shape != (r + 1,) or m.indices.shape[0] != nnz
-            or m.indptr[0] != 0 or m.indptr[-1] != nnz):
-        check_csr(name, m)  # raises the full message
+    check the rest as they read the entries. Silent and fast when all is well; on any doubt
+    ``check_csr`` runs and raises its message."""
+    if (isinstance(m, CSR) and _is(m.indptr, _INDPTR_DTYPES) and _is(m.indices, _INDEX_DTYPES)
+            and _is(m.data, _VALUE_DTYPES) and len(m.shape) == 2):
+        r, c = m.shape
+        nnz = m.data.shape[0]
+        if (r >= 0 and c >= 0 and m.indptr.shape[0] == r + 1 and m.indices.shape[0] == nnz
+                and m.indptr[0] == 0 and m.indptr[-1] == nnz):
+            return
+    check_csr(name, m)  # raises the full message
+
+
+_INDPTR_DTYPES = (np.dtype(np.int32),)
+_INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int16))
+_VALUE_DTYPES = (np.dtype(np.float32), np.dtype(np.int8))
+_FLOAT32 = (np.dtype(np.float32),)
+
+
+def _is(a: object, dtypes: tuple, ndim: int = 1) -> bool:
+    """A fast yes for ``check_array``: an ndarray of one of ``dtypes`` with ``ndim`` axes."""
+    return isinstance(a, np.ndarray) and a.dtype in dtypes and a.ndim == ndim
 
 
 def _run(m: CSR, dense: np.ndarray, transposed: bool, scale: np.ndarray, bias: np.ndarray,
@@ -701,8 +715,8 @@ def _run(m: CSR, dense: np.ndarray, transposed: bool, scale: np.ndarray, bias: n
     spmv = transposed and m_total < SPMV_MAX_M
     work = m.data.shape[0] * (m_total if spmv else n_blocks)
     # waking the other threads costs tens of microseconds: not worth it for small products
-    threads = numba.get_num_threads()
-    parallel = threads > 1 and work >= PARALLEL_MIN_WORK
+    threads = numba.get_num_threads() if work >= PARALLEL_MIN_WORK else 1  # the call costs 2 us
+    parallel = threads > 1
     n_parts = max(1, min(n_rows, PARTS_PER_THREAD * threads)) if parallel else 1
     if spmv:
         kernel = _spmv if parallel else _spmv_serial
