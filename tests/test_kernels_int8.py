@@ -41,11 +41,6 @@ SHAPES = [(1, 1, 1), (1, 7, 33), (3, 5, 17), (4, 64, 64), (5, 131, 70), (8, 128,
           (9, 36, 130), (12, 100, 80), (64, 100, 256), (67, 257, 129), (2, 520, 1030)]
 
 
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(1234)
-
-
 def assert_same_integers(ours: np.ndarray, ref: np.ndarray) -> None:
     assert ours.dtype == ref.dtype == np.int32, (ours.dtype, ref.dtype)
     assert ours.shape == ref.shape, (ours.shape, ref.shape)
@@ -325,10 +320,8 @@ def test_linear_is_close_to_float_matmul(path, rng):
     assert np.max(err) > 0  # the bound is not vacuous: the layer does quantize
 
 
-@pytest.mark.torch
 @pytest.mark.parametrize("path", FAST_PATHS)
-def test_linear_close_to_torch_dynamic_quantization(path, rng):
-    torch = pytest.importorskip("torch")
+def test_linear_close_to_torch_dynamic_quantization(path, rng, torch):
     m, k, n = 8, 128, 64
     x, w, bias = random_layer(rng, m, k, n)
     layer = torch.nn.Linear(k, n)
