@@ -357,6 +357,8 @@ def test_linear_refuses_bad_inputs(path, rng):
     w_q, w_scale = quantize_weight_per_channel(w)
     with pytest.raises(ValueError, match=r"w_scale must have shape \(5,\)"):
         pack_quantized_int8_linear(w_q, w_scale[:3], path=path)
+    with pytest.raises(ValueError, match=r"w must have K >= 1 rows .*got shape \(0, 5\)"):
+        pack_int8_linear(w[:0], bias, path=path)
     with pytest.raises(ValueError, match="K=65794 is too large"):
         pack_quantized_int8_linear(np.zeros((MAX_K_INT32 + 1, 1), np.int8),
                                    np.ones(1, np.float32), path=path)

@@ -248,6 +248,12 @@ class PackedInt8Linear(NamedTuple):
         return self.weight
 
 
+def _check_k_positive(name: str, shape: tuple) -> None:
+    """A layer needs K >= 1 in-features (per-row activation ranges are undefined for K = 0)."""
+    if shape[0] < 1:
+        raise ValueError(f"{name} must have K >= 1 rows (in-features); got shape {shape}")
+
+
 def pack_quantized_int8_linear(
     w_q: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None = None,
     path: str | None = None,
@@ -261,6 +267,7 @@ def pack_quantized_int8_linear(
     check_array("w_q", w_q, (np.int8,), 2)
     check_array("w_scale", w_scale, (np.float32,), 1)
     k, n = w_q.shape
+    _check_k_positive("w_q", w_q.shape)
     check_k_fits_int32(k)
     if w_scale.shape != (n,):
         raise ValueError(f"w_scale must have shape ({n},); got {w_scale.shape}")
@@ -282,6 +289,8 @@ def pack_int8_linear(
 
     w: float32 [K, N]; bias: float32 [N] or None  ->  PackedInt8Linear.
     """
+    check_array("w", w, (np.float32,), 2)
+    _check_k_positive("w", w.shape)
     w_q, w_scale = quantize_weight_per_channel(w)  # int8 [K, N], float32 [N]
     return pack_quantized_int8_linear(w_q, w_scale, bias, path)
 
