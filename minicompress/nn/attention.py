@@ -106,6 +106,14 @@ def attention_backward(dy: np.ndarray, cache: AttentionCache, dp_extra=None) -> 
     return dq, dk, dv
 
 
+def split_qkv(qkv: np.ndarray, n_head: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[B, T, 3C] -> q, k, v, each [B, H, T, D] (one copy for the three, each contiguous)."""
+    b, t, c3 = qkv.shape
+    x = qkv.reshape(b, t, 3, n_head, c3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)
+    q, k, v = np.ascontiguousarray(x)  # [3, B, H, T, D]
+    return q, k, v
+
+
 def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
     """[B, T, C] -> [B, H, T, D] (a copy, contiguous for the batched matmuls)."""
     b, t, c = x.shape

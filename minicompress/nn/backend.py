@@ -2,7 +2,7 @@
 
 ``MINICOMPRESS_KERNEL`` (shared with ``minicompress.kernels``) chooses: ``reference`` runs
 the readable NumPy ops of ``ops.py``/``attention.py``; ``auto`` (default), ``portable`` and
-``vnni`` run the fused Numba ops of ``fused.py`` (layer norm, GELU and the attention
+``vnni`` run the Numba ops of ``fused.py`` (embedding backward, layer norm, GELU, attention
 softmax), which have the same contracts.
 """
 
@@ -17,6 +17,7 @@ KERNEL_CHOICES = ("auto", "reference", "portable", "vnni")
 
 
 class TrainingOps(NamedTuple):
+    embedding_backward: object
     layernorm_forward: object
     layernorm_backward: object
     gelu_forward: object
@@ -26,6 +27,7 @@ class TrainingOps(NamedTuple):
 
 
 REFERENCE_OPS = TrainingOps(
+    ops.embedding_backward,
     ops.layernorm_forward,
     ops.layernorm_backward,
     ops.gelu_forward,
@@ -35,6 +37,7 @@ REFERENCE_OPS = TrainingOps(
 )
 
 FUSED_OPS = TrainingOps(
+    fused.embedding_backward_fused,
     fused.layernorm_forward_fused,
     fused.layernorm_backward_fused,
     fused.gelu_forward_fused,

@@ -23,7 +23,13 @@ import numpy as np
 from numba import njit
 
 from minicompress.nn.attention import AttentionCache, check_pad_mask
-from minicompress.nn.ops import GeluCache, LayerNormCache, gelu_backward, gelu_forward
+from minicompress.nn.ops import (
+    EmbeddingCache,
+    GeluCache,
+    LayerNormCache,
+    gelu_backward,
+    gelu_forward,
+)
 
 # ----------------------------------------------------------------------------------------
 # GELU, tanh form: the polynomial parts fused, tanh left to NumPy's SIMD version
@@ -86,6 +92,26 @@ def gelu_backward_fused(dy: np.ndarray, cache: GeluCache) -> np.ndarray:
         dy.reshape(-1), cache.x.reshape(-1), cache.t.reshape(-1), dx.reshape(-1)
     )
     return dx
+
+
+# ----------------------------------------------------------------------------------------
+# embedding backward: a scatter-add of rows
+# ----------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _scatter_add_rows(table, idx, rows):  # table[idx[i]] += rows[i]; idx: [M], rows: [M, C]
+    for i in range(idx.shape[0]):
+        table[idx[i]] += rows[i]
+
+
+def embedding_backward_fused(dout: np.ndarray, cache: EmbeddingCache) -> np.ndarray:
+    """``ops.embedding_backward`` (``np.add.at``) as a plain loop, in the same order."""
+    idx, vocab_size = cache
+    c = dout.shape[-1]
+    dtable = np.zeros((vocab_size, c), dtype=dout.dtype)
+    _scatter_add_rows(dtable, idx.reshape(-1), np.ascontiguousarray(dout).reshape(-1, c))
+    return dtable
 
 
 # ----------------------------------------------------------------------------------------

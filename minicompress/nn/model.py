@@ -23,12 +23,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minicompress.nn.attention import check_pad_mask, merge_heads, split_heads
+from minicompress.nn.attention import check_pad_mask, merge_heads, split_heads, split_qkv
 from minicompress.nn.backend import TrainingOps, select_ops
 from minicompress.nn.ops import (
     cross_entropy_backward,
     cross_entropy_forward,
-    embedding_backward,
     embedding_forward,
     linear_backward,
     linear_forward,
@@ -178,8 +177,7 @@ def _block_forward(p, pre, x, cfg, linear, ops, pad_mask):
     qkv, qkv_c = linear.forward(
         pre + "attn.qkv", a_in, p[pre + "attn.qkv.w"], p[pre + "attn.qkv.b"]
     )  # [B, T, C] -> [B, T, 3C]
-    c = x.shape[-1]
-    q, k, v = (split_heads(qkv[..., i * c : (i + 1) * c], h) for i in range(3))  # [B, H, T, D]
+    q, k, v = split_qkv(qkv, h)  # [B, T, 3C] -> 3 x [B, H, T, D]
     y, att_c = ops.attention_forward(q, k, v, cfg.causal, pad_mask)  # [B, H, T, D]
     a, proj_c = linear.forward(
         pre + "attn.proj", merge_heads(y), p[pre + "attn.proj.w"], p[pre + "attn.proj.b"]
@@ -226,7 +224,7 @@ def _block_backward(dx, bc, pre, cfg, linear, ops, grads, dp_extra):
     )  # [B, T, C]
     b, t, c = dmerged.shape
     h = cfg.n_head
-    dy = split_heads(dmerged, h)  # [B, H, T, D]
+    dy = split_heads(dmerged, h)  # [B, T, C] -> [B, H, T, D]
     dq, dk, dv = ops.attention_backward(dy, bc.att, dp_extra)
     dqkv = np.empty((b, t, 3, h, c // h), dtype=dx.dtype)  # [B, T, 3, H, D]
     for i, d in enumerate((dq, dk, dv)):
@@ -300,8 +298,8 @@ def backward(
     if dhidden is not None and dhidden[0] is not None:
         dx = dx + dhidden[0]
     tok_c, pos_c = cache.emb
-    grads["wte"] = embedding_backward(dx, tok_c)
-    dpos = embedding_backward(dx.sum(axis=0), pos_c)  # [T, C] -> [block_used, C]
+    grads["wte"] = ops.embedding_backward(dx, tok_c)
+    dpos = ops.embedding_backward(dx.sum(axis=0), pos_c)  # [T, C] -> [block_used, C]
     grads["wpe"] = np.zeros((cfg.block_size, dx.shape[-1]), dtype=dx.dtype)
     grads["wpe"][: dpos.shape[0]] = dpos
     return grads

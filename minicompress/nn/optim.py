@@ -10,6 +10,21 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def _adamw_kernel(p, g, m, v, decay, b1, b2, step_size, bias2_sqrt, eps):  # p, g, m, v: [n]
+    """The AdamW update of one flat parameter, in place, in the parameter's dtype
+    (one pass over memory instead of one per NumPy operator)."""
+    dt = p.dtype.type
+    decay, b1, b2 = dt(decay), dt(b1), dt(b2)
+    step_size, bias2_sqrt, eps = dt(step_size), dt(bias2_sqrt), dt(eps)
+    for i in range(p.size):
+        p[i] *= decay
+        m[i] = b1 * m[i] + (dt(1.0) - b1) * g[i]
+        v[i] = b2 * v[i] + (dt(1.0) - b2) * (g[i] * g[i])
+        p[i] -= step_size * m[i] / (math.sqrt(v[i]) / bias2_sqrt + eps)
 
 
 def decays(name: str, param: np.ndarray) -> bool:
@@ -53,20 +68,25 @@ class AdamW:
         bias2_sqrt = math.sqrt(1.0 - b2**self.t)
         for name, g in grads.items():
             p = params[name]
-            dt = p.dtype.type
             if name not in self.m:
+                if not p.flags.c_contiguous:
+                    raise ValueError(
+                        f"params[{name!r}] must be C-contiguous to be updated in place"
+                    )
                 self.m[name], self.v[name] = np.zeros_like(p), np.zeros_like(p)
-            m, v = self.m[name], self.v[name]
-            if self.weight_decay and decays(name, p):
-                p *= dt(1.0 - lr * self.weight_decay)
-            m *= dt(b1)
-            m += dt(1.0 - b1) * g
-            v *= dt(b2)
-            v += dt(1.0 - b2) * (g * g)
-            denom = np.sqrt(v)
-            denom /= dt(bias2_sqrt)
-            denom += dt(self.eps)
-            p -= dt(step_size) * (m / denom)
+            decay = 1.0 - lr * self.weight_decay if decays(name, p) else 1.0
+            _adamw_kernel(
+                p.reshape(-1),
+                np.ascontiguousarray(g).reshape(-1),
+                self.m[name].reshape(-1),
+                self.v[name].reshape(-1),
+                decay,
+                b1,
+                b2,
+                step_size,
+                bias2_sqrt,
+                self.eps,
+            )
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Moments as flat arrays (``m.<name>``, ``v.<name>``) plus the step count."""
