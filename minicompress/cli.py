@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -41,16 +40,23 @@ def _add_dataclass_flags(parser, cls, skip=()):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
         if isinstance(default, bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"),
-                                default=None, help=f"(default {default})")
+            parser.add_argument(
+                flag,
+                type=lambda s: s.lower() in ("1", "true", "yes"),
+                default=None,
+                help=f"(default {default})",
+            )
         elif default is None or isinstance(default, (int, float, str)):
             kind = type(default) if default is not None else float
             parser.add_argument(flag, type=kind, default=None, help=f"(default {default})")
 
 
 def _dataclass_from_args(cls, args, **fixed):
-    kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-              if getattr(args, f.name, None) is not None}
+    kwargs = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(args, f.name, None) is not None
+    }
     kwargs.update(fixed)
     return cls(**kwargs)
 
@@ -65,29 +71,39 @@ def _text(args) -> str:
 
 
 def _metrics(loss: float, params: dict) -> dict:
-    return {"val_loss": loss, "val_ppl": math.exp(loss), "bpc": loss / math.log(2),
-            "params": count_params(params)}
+    return {
+        "val_loss": loss,
+        "val_ppl": math.exp(loss),
+        "bpc": loss / math.log(2),
+        "params": count_params(params),
+    }
 
 
 def cmd_train(args) -> int:
     out = Path(args.out)
     if (out / CONFIG_FILE).exists() and not args.overwrite:
-        raise UserError(f"--out {str(out)!r} already holds a checkpoint; pass --overwrite to "
-                        f"replace it or choose another folder")
+        raise UserError(
+            f"--out {str(out)!r} already holds a checkpoint; pass --overwrite to "
+            f"replace it or choose another folder"
+        )
     text = _text(args)
     block = args.block_size or GPTConfig.__dataclass_fields__["block_size"].default
     data = make_dataset(text, block)
     cfg = _dataclass_from_args(GPTConfig, args, vocab_size=data.tokenizer.vocab_size)
     tc = _dataclass_from_args(TrainConfig, args)
     params = init_params(cfg, np.random.default_rng([tc.seed, 0]))
-    print(f"model: {count_params(params):,} parameters, {cfg.n_layer} layers, width "
-          f"{cfg.n_embd}, {cfg.n_head} heads, context {cfg.block_size}; corpus "
-          f"{len(text):,} characters, vocabulary {cfg.vocab_size}")
+    print(
+        f"model: {count_params(params):,} parameters, {cfg.n_layer} layers, width "
+        f"{cfg.n_embd}, {cfg.n_head} heads, context {cfg.block_size}; corpus "
+        f"{len(text):,} characters, vocabulary {cfg.vocab_size}"
+    )
     hist = train(params, cfg, data, tc, out_dir=out, progress=not args.no_progress)
     m = _metrics(hist.val_loss[-1], params)
-    print(f"trained {hist.steps[-1] if hist.steps else 0} steps in {hist.seconds:.0f} s "
-          f"({hist.tokens_per_second:,.0f} tokens/s): val ppl {m['val_ppl']:.3f}, "
-          f"{m['bpc']:.3f} bits/char -> {out}")
+    print(
+        f"trained {hist.steps[-1] if hist.steps else 0} steps in {hist.seconds:.0f} s "
+        f"({hist.tokens_per_second:,.0f} tokens/s): val ppl {m['val_ppl']:.3f}, "
+        f"{m['bpc']:.3f} bits/char -> {out}"
+    )
     if not args.no_plot:
         from minicompress.report.plots import plot_loss_curve
 
@@ -110,8 +126,15 @@ def cmd_generate(args) -> int:
     tok = CharTokenizer(vocab)
     if not args.prompt:
         raise UserError("--prompt must not be empty")
-    ids = generate(params, cfg, tok.encode(args.prompt, "--prompt"), args.tokens,
-                   np.random.default_rng(args.seed), args.temperature, args.top_k)
+    ids = generate(
+        params,
+        cfg,
+        tok.encode(args.prompt, "--prompt"),
+        args.tokens,
+        np.random.default_rng(args.seed),
+        args.temperature,
+        args.top_k,
+    )
     print(tok.decode(ids))
     return 0
 
@@ -133,20 +156,23 @@ def cmd_demo(args) -> int:
     cfg = GPTConfig(vocab_size=data.tokenizer.vocab_size, **cfg_kw)
     tc = TrainConfig(steps=40, eval_every=0, warmup=10) if quick else TrainConfig(seed=args.seed)
     params = init_params(cfg, np.random.default_rng([tc.seed, 0]))
-    print(f"minicompress demo: training the teacher ({count_params(params):,} parameters) on "
-          f"Python's documentation ({len(text):,} characters)"
-          + (" [quick mode]" if quick else ""))
+    print(
+        f"minicompress demo: training the teacher ({count_params(params):,} parameters) on "
+        f"Python's documentation ({len(text):,} characters)" + (" [quick mode]" if quick else "")
+    )
     hist = train(params, cfg, data, tc, out_dir=out / "teacher", progress=not args.no_progress)
     m = _metrics(hist.val_loss[-1], params)
-    rows = [{
-        "model": "teacher fp32",
-        "params": m["params"],
-        "size_MB": sum(a.nbytes for a in params.values()) / 1e6,
-        "ratio": 1.0,
-        "val_ppl": m["val_ppl"],
-        "bpc": m["bpc"],
-        "latency_ms": _latency_ms(params, cfg, 5 if quick else 20),
-    }]
+    rows = [
+        {
+            "model": "teacher fp32",
+            "params": m["params"],
+            "size_MB": sum(a.nbytes for a in params.values()) / 1e6,
+            "ratio": 1.0,
+            "val_ppl": m["val_ppl"],
+            "bpc": m["bpc"],
+            "latency_ms": _latency_ms(params, cfg, 5 if quick else 20),
+        }
+    ]
     print()
     print(format_table(rows))
     print("(latency: one forward pass over a full context of one sequence)")
@@ -154,8 +180,15 @@ def cmd_demo(args) -> int:
 
     print(f"\nloss curve: {plot_loss_curve(hist, out / 'teacher_loss.png', 'teacher')}")
     save_json(out / "results.json", {"rows": rows, "train_seconds": hist.seconds})
-    sample = generate(params, cfg, data.tokenizer.encode("The "), 200 if not quick else 40,
-                      np.random.default_rng(0), temperature=0.8, top_k=20)
+    sample = generate(
+        params,
+        cfg,
+        data.tokenizer.encode("The "),
+        200 if not quick else 40,
+        np.random.default_rng(0),
+        temperature=0.8,
+        top_k=20,
+    )
     print("\nsample:\n" + data.tokenizer.decode(sample))
     return 0
 
@@ -169,8 +202,16 @@ def cmd_bench(args) -> int:
 
         r = run_train_bench(batch_size=args.batch_size, repeat=3 if args.quick else 10)
         print(f"NumPy BLAS: {r['blas']}")
-        print(format_table([{k: r[k] for k in ("batch_size", "tokens_per_step", "numpy_ms",
-                                                "torch_ms", "ratio")}]))
+        print(
+            format_table(
+                [
+                    {
+                        k: r[k]
+                        for k in ("batch_size", "tokens_per_step", "numpy_ms", "torch_ms", "ratio")
+                    }
+                ]
+            )
+        )
         if r["torch_ms"] is None:
             print("(PyTorch not installed: no torch_ms; pip install torch==2.13.0)")
         result = r
@@ -194,13 +235,33 @@ def _bench_kernels(args) -> dict:
     print(f"NumPy BLAS: {blas_summary()}")
     int8 = run_int8_bench(args.quick, threads)
     print("\nint8 linear (float in, float out) vs NumPy fp32 and torch dynamic int8:")
-    cols = ["path", "M", "K", "N", "threads", "ms", "numpy_ms", "speedup_vs_numpy",
-            "torch_ms", "speedup_vs_torch"]
+    cols = [
+        "path",
+        "M",
+        "K",
+        "N",
+        "threads",
+        "ms",
+        "numpy_ms",
+        "speedup_vs_numpy",
+        "torch_ms",
+        "speedup_vs_torch",
+    ]
     print(format_table(int8, [c for c in cols if c in int8[0]]))
     csr = run_csr_bench(args.quick, threads)
     print("\nCSR linear vs scipy.sparse and dense NumPy fp32:")
-    cols = ["M", "K", "N", "threads", "sparsity", "ms", "scipy_ms", "numpy_ms",
-            "speedup_vs_scipy", "speedup_vs_numpy"]
+    cols = [
+        "M",
+        "K",
+        "N",
+        "threads",
+        "sparsity",
+        "ms",
+        "scipy_ms",
+        "numpy_ms",
+        "speedup_vs_scipy",
+        "speedup_vs_numpy",
+    ]
     print(format_table(csr, [c for c in cols if c in csr[0]]))
     sizes = storage_bytes(768, 3072, 0.9)
     print("\nstorage of a 768 x 3072 weight at 90% sparsity:")

@@ -15,9 +15,26 @@ import pytest
 from minicompress.cli import main
 from minicompress.fileio import load_arrays
 
-TINY = ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "16",
-        "--steps", "6", "--batch-size", "4", "--warmup", "2", "--eval-every", "0",
-        "--no-progress", "--no-plot"]
+TINY = [
+    "--n-layer",
+    "1",
+    "--n-embd",
+    "16",
+    "--n-head",
+    "2",
+    "--block-size",
+    "16",
+    "--steps",
+    "6",
+    "--batch-size",
+    "4",
+    "--warmup",
+    "2",
+    "--eval-every",
+    "0",
+    "--no-progress",
+    "--no-plot",
+]
 
 
 @pytest.fixture
@@ -29,8 +46,13 @@ def text_file(tmp_path) -> Path:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MINICOMPRESS_DEBUG": ""}
-    return subprocess.run([sys.executable, "-m", "minicompress", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "minicompress", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_train_eval_generate(tmp_path, text_file, capsys):
@@ -56,13 +78,30 @@ def test_train_eval_generate(tmp_path, text_file, capsys):
 
 def test_same_seed_same_checkpoint(tmp_path, text_file):
     for name in ("a", "b"):
-        assert main(["train", *TINY, "--seed", "3", "--text", str(text_file),
-                     "--out", str(tmp_path / name)]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    *TINY,
+                    "--seed",
+                    "3",
+                    "--text",
+                    str(text_file),
+                    "--out",
+                    str(tmp_path / name),
+                ]
+            )
+            == 0
+        )
     a, b = load_arrays(tmp_path / "a" / "model.npz"), load_arrays(tmp_path / "b" / "model.npz")
     assert a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert main(["train", *TINY, "--seed", "4", "--text", str(text_file),
-                 "--out", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            ["train", *TINY, "--seed", "4", "--text", str(text_file), "--out", str(tmp_path / "c")]
+        )
+        == 0
+    )
     c = load_arrays(tmp_path / "c" / "model.npz")
     assert not np.array_equal(a["head.w"], c["head.w"])
 

@@ -60,8 +60,9 @@ def torch_twin(params: dict, cfg: GPTConfig):
     return tp, forward
 
 
-def run_train_bench(batch_size: int = 16, repeat: int = 10, seed: int = 0,
-                    with_torch: bool = True) -> dict:
+def run_train_bench(
+    batch_size: int = 16, repeat: int = 10, seed: int = 0, with_torch: bool = True
+) -> dict:
     """Median milliseconds of a training step in NumPy and (if installed) PyTorch.
 
     ->  {"numpy_ms", "torch_ms", "ratio", "batch_size", "block_size", "params", "blas",
@@ -94,8 +95,10 @@ def run_train_bench(batch_size: int = 16, repeat: int = 10, seed: int = 0,
             tp, tforward = torch_twin(params, cfg)
             decay = [p for p in tp.values() if p.ndim >= 2]
             no_decay = [p for p in tp.values() if p.ndim < 2]
-            topt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
+            topt = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                lr=1e-4,
+            )
             tx, ty = torch.tensor(x), torch.tensor(y)
 
             def torch_step():

@@ -25,7 +25,7 @@ def plot_loss_curve(history, path: str | Path, title: str = "training") -> Path:
     if len(loss) >= 20:
         k = max(1, len(loss) // 50)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1:], smooth, color="C0", lw=1.5, label=f"train ({k}-step mean)")
+        ax.plot(steps[k - 1 :], smooth, color="C0", lw=1.5, label=f"train ({k}-step mean)")
     if history.val_loss:
         ax.plot(history.val_steps, history.val_loss, "o-", color="C3", label="validation")
     ax.set_xlabel("step")

@@ -18,7 +18,9 @@ def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: s
 
     body = [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(columns)]
-    line = "  ".join(c.rjust(w) for c, w in zip(columns, widths))
+    line = "  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))
     sep = "  ".join("-" * w for w in widths)
-    out = [line, sep] + ["  ".join(v.rjust(w) for v, w in zip(b, widths)) for b in body]
+    out = [line, sep] + [
+        "  ".join(v.rjust(w) for v, w in zip(b, widths, strict=True)) for b in body
+    ]
     return "\n".join(out)

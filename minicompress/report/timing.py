@@ -8,8 +8,9 @@ from collections.abc import Callable
 import numpy as np
 
 
-def median_ms(fn: Callable[[], object], repeat: int = 20, warmup: int = 2,
-              min_seconds: float = 0.0) -> float:
+def median_ms(
+    fn: Callable[[], object], repeat: int = 20, warmup: int = 2, min_seconds: float = 0.0
+) -> float:
     """Median wall time of ``fn()`` in milliseconds over ``repeat`` runs after ``warmup`` runs.
 
     With ``min_seconds`` > 0 the run continues past ``repeat`` until that much time has passed,
@@ -29,7 +30,7 @@ def median_ms(fn: Callable[[], object], repeat: int = 20, warmup: int = 2,
 
 
 def blas_info() -> list[dict]:
-    """Which BLAS NumPy runs: library, version, kernel (architecture) and threads (threadpoolctl)."""
+    """The BLAS libraries loaded: library, version, kernel (architecture), threads."""
     from threadpoolctl import threadpool_info
 
     keys = ("internal_api", "version", "architecture", "num_threads", "filepath")
