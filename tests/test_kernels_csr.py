@@ -51,8 +51,9 @@ def assert_close_to_dense(ours: np.ndarray, x: np.ndarray, w: np.ndarray, bias=N
     bound = 1e-5 * size  # exact zeros (an empty row, no bias) must come out exactly zero
     if not np.all(err <= bound):
         i = np.unravel_index(np.argmax(err - bound), err.shape)
-        raise AssertionError(f"at {i}: ours {ours[i]!r}, float64 dense {truth[i]!r}, "
-                             f"allowed error {bound[i]:.3g}")
+        raise AssertionError(
+            f"at {i}: ours {ours[i]!r}, float64 dense {truth[i]!r}, allowed error {bound[i]:.3g}"
+        )
 
 
 # ----------------------------------------------------------------------------------------
@@ -62,8 +63,13 @@ def assert_close_to_dense(ours: np.ndarray, x: np.ndarray, w: np.ndarray, bias=N
 
 @pytest.mark.parametrize(
     "env, expected",
-    [("reference", "reference"), ("portable", "portable"), ("vnni", "portable"),
-     ("auto", "portable"), (" Reference ", "reference")],
+    [
+        ("reference", "reference"),
+        ("portable", "portable"),
+        ("vnni", "portable"),
+        ("auto", "portable"),
+        (" Reference ", "reference"),
+    ],
 )
 def test_kernel_path_follows_environment(monkeypatch, env, expected):
     monkeypatch.setenv("MINICOMPRESS_KERNEL", env)
@@ -144,8 +150,16 @@ def test_int16_indices_refused_when_columns_do_not_fit(path):
 
 # (M, K, N): M = 1 and tiny M (SpMV), M <= 16 (16-wide blocks), M > 16 with a partial last
 # 32-wide block, odd K, N not a multiple of 16 (the tile of output features)
-SHAPES = [(1, 33, 17), (2, 7, 5), (3, 100, 50), (5, 129, 31), (16, 64, 40), (17, 300, 129),
-          (33, 31, 1), (70, 768, 300)]
+SHAPES = [
+    (1, 33, 17),
+    (2, 7, 5),
+    (3, 100, 50),
+    (5, 129, 31),
+    (16, 64, 40),
+    (17, 300, 129),
+    (33, 31, 1),
+    (70, 768, 300),
+]
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -165,8 +179,7 @@ def test_sparse_linear_matches_dense(rng, path, m, k, n, with_bias, index_dtype)
 
 
 @pytest.mark.parametrize("min_work", [0, 10**9])  # every product on all threads, or on one
-@pytest.mark.parametrize("m, k, n", [(1, 1024, 400), (3, 257, 129), (16, 512, 257),
-                                     (100, 300, 77)])
+@pytest.mark.parametrize("m, k, n", [(1, 1024, 400), (3, 257, 129), (16, 512, 257), (100, 300, 77)])
 def test_parallel_and_serial_kernels_agree(rng, monkeypatch, min_work, m, k, n):
     monkeypatch.setattr(csr, "PARALLEL_MIN_WORK", min_work)
     w = random_sparse(rng, (k, n), 0.8)
@@ -196,8 +209,9 @@ def test_all_zero_weight_gives_the_bias(rng, path, m):
     x = rng.standard_normal((m, 10)).astype(np.float32)
     bias = rng.standard_normal(24).astype(np.float32)
     np.testing.assert_array_equal(csr.sparse_linear(x, w_t, path=path), np.zeros((m, 24)))
-    np.testing.assert_array_equal(csr.sparse_linear(x, w_t, bias, path=path),
-                                  np.broadcast_to(bias, (m, 24)))
+    np.testing.assert_array_equal(
+        csr.sparse_linear(x, w_t, bias, path=path), np.broadcast_to(bias, (m, 24))
+    )
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -218,8 +232,9 @@ def test_non_contiguous_inputs_are_copied_not_refused(rng, path):
     spread = CSR(*(np.repeat(a, 2)[::2] for a in w_t[:3]), w_t.shape)  # strided arrays
     assert not spread.data.flags.c_contiguous
     y = csr.sparse_linear(x, spread, path=path)
-    np.testing.assert_allclose(y, csr.sparse_linear(np.ascontiguousarray(x), w_t, path=path),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        y, csr.sparse_linear(np.ascontiguousarray(x), w_t, path=path), rtol=1e-6, atol=1e-6
+    )
     assert_close_to_dense(y, x, w)
 
 
@@ -279,35 +294,75 @@ def test_int8_scale_is_required_and_only_for_int8(rng, path):
 
 def _valid() -> CSR:
     # [[1, 0, 2, 0], [0, 0, 0, 0], [0, 3, 0, 4], [5, 0, 0, 0]]: 5 entries, K = 4
-    return CSR(np.array([0, 2, 2, 4, 5], np.int32), np.array([0, 2, 1, 3, 0], np.int32),
-               np.array([1, 2, 3, 4, 5], np.float32), (4, 4))
+    return CSR(
+        np.array([0, 2, 2, 4, 5], np.int32),
+        np.array([0, 2, 1, 3, 0], np.int32),
+        np.array([1, 2, 3, 4, 5], np.float32),
+        (4, 4),
+    )
 
 
 BROKEN = {
-    "indptr decreasing": (_valid()._replace(indptr=np.array([0, 2, 1, 4, 5], np.int32)),
-                          ValueError, "never decrease"),
-    "indptr past nnz inside": (_valid()._replace(indptr=np.array([0, 9, 2, 4, 5], np.int32)),
-                               ValueError, "never decrease"),
-    "indptr too short": (_valid()._replace(indptr=np.array([0, 2, 4, 5], np.int32)),
-                         ValueError, "length R"),
-    "indptr not ending at nnz": (_valid()._replace(indptr=np.array([0, 2, 2, 4, 4], np.int32)),
-                                 ValueError, "end at nnz"),
-    "index too large": (_valid()._replace(indices=np.array([0, 2, 1, 4, 0], np.int32)),
-                        ValueError, r"lie in \[0, 4\)"),
-    "index negative": (_valid()._replace(indices=np.array([0, 2, 1, 3, -1], np.int32)),
-                       ValueError, r"lie in \[0, 4\)"),
-    "index repeated": (_valid()._replace(indices=np.array([2, 2, 1, 3, 0], np.int32)),
-                       ValueError, "increase strictly"),
-    "indices unsorted": (_valid()._replace(indices=np.array([0, 2, 3, 1, 0], np.int32)),
-                         ValueError, "increase strictly"),
-    "indices int64": (_valid()._replace(indices=np.array([0, 2, 1, 3, 0], np.int64)),
-                      TypeError, "indices must have dtype"),
-    "indptr int64": (_valid()._replace(indptr=np.array([0, 2, 2, 4, 5], np.int64)),
-                     TypeError, "indptr must have dtype"),
-    "data float64": (_valid()._replace(data=np.arange(5, dtype=np.float64)), TypeError,
-                     "data must have dtype"),
-    "data shorter than indices": (_valid()._replace(data=np.ones(4, np.float32)), ValueError,
-                                  "indices has 5 entries"),
+    "indptr decreasing": (
+        _valid()._replace(indptr=np.array([0, 2, 1, 4, 5], np.int32)),
+        ValueError,
+        "never decrease",
+    ),
+    "indptr past nnz inside": (
+        _valid()._replace(indptr=np.array([0, 9, 2, 4, 5], np.int32)),
+        ValueError,
+        "never decrease",
+    ),
+    "indptr too short": (
+        _valid()._replace(indptr=np.array([0, 2, 4, 5], np.int32)),
+        ValueError,
+        "length R",
+    ),
+    "indptr not ending at nnz": (
+        _valid()._replace(indptr=np.array([0, 2, 2, 4, 4], np.int32)),
+        ValueError,
+        "end at nnz",
+    ),
+    "index too large": (
+        _valid()._replace(indices=np.array([0, 2, 1, 4, 0], np.int32)),
+        ValueError,
+        r"lie in \[0, 4\)",
+    ),
+    "index negative": (
+        _valid()._replace(indices=np.array([0, 2, 1, 3, -1], np.int32)),
+        ValueError,
+        r"lie in \[0, 4\)",
+    ),
+    "index repeated": (
+        _valid()._replace(indices=np.array([2, 2, 1, 3, 0], np.int32)),
+        ValueError,
+        "increase strictly",
+    ),
+    "indices unsorted": (
+        _valid()._replace(indices=np.array([0, 2, 3, 1, 0], np.int32)),
+        ValueError,
+        "increase strictly",
+    ),
+    "indices int64": (
+        _valid()._replace(indices=np.array([0, 2, 1, 3, 0], np.int64)),
+        TypeError,
+        "indices must have dtype",
+    ),
+    "indptr int64": (
+        _valid()._replace(indptr=np.array([0, 2, 2, 4, 5], np.int64)),
+        TypeError,
+        "indptr must have dtype",
+    ),
+    "data float64": (
+        _valid()._replace(data=np.arange(5, dtype=np.float64)),
+        TypeError,
+        "data must have dtype",
+    ),
+    "data shorter than indices": (
+        _valid()._replace(data=np.ones(4, np.float32)),
+        ValueError,
+        "indices has 5 entries",
+    ),
     "not a CSR": ((np.zeros(5), np.zeros(5), np.zeros(5), (4, 4)), TypeError, "CSR"),
 }
 
@@ -381,8 +436,14 @@ _SMALL_CHECK = textwrap.dedent(
 def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **env}
     full_env.pop("MINICOMPRESS_KERNEL", None)
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_kernels_run_as_plain_python_with_jit_disabled():
@@ -398,7 +459,16 @@ def test_kernels_are_loaded_from_the_disk_cache():
     lines = [ln for ln in done.stdout.splitlines() if "csr." in ln]
     loaded = [ln for ln in lines if "data loaded" in ln]
     saved = [ln for ln in lines if "data saved" in ln]
-    for kernel in ("_spmm_w16-", "_spmm_w32-", "_spmv-", "_pack_blocks-", "_spmm_w16_serial",
-                   "_spmm_w32_serial", "_spmv_serial", "_pack_blocks_serial", "_fill_csr"):
+    for kernel in (
+        "_spmm_w16-",
+        "_spmm_w32-",
+        "_spmv-",
+        "_pack_blocks-",
+        "_spmm_w16_serial",
+        "_spmm_w32_serial",
+        "_spmv_serial",
+        "_pack_blocks_serial",
+        "_fill_csr",
+    ):
         assert any(kernel in ln for ln in loaded), f"{kernel} not loaded from cache:\n{lines}"
     assert not saved, f"second run compiled again:\n{saved}"

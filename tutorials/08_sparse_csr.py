@@ -62,8 +62,10 @@ REPEAT = 5 if FAST else 20
 # machine does not distort (a parallel call waits for its last thread to get a core).
 numba.set_num_threads(1)
 threadpool_limits(limits=1, user_api="blas")
-print(f"layer {K} -> {N}, M = {M} tokens; BLAS: {blas_summary()}; "
-      f"Numba threads: {numba.get_num_threads()}; CSR path: {csr_kernel_path()}")
+print(
+    f"layer {K} -> {N}, M = {M} tokens; BLAS: {blas_summary()}; "
+    f"Numba threads: {numba.get_num_threads()}; CSR path: {csr_kernel_path()}"
+)
 
 # %% [markdown]
 # ## 1. A mask on a dense matrix speeds nothing up
@@ -91,10 +93,10 @@ assert w_pruned.nbytes == w_full.nbytes  # same storage: the zeros are stored
 # output `y[:, n]` is the sum of `v_j * x[:, k_j]` over the entries of row n.
 
 # %%
-tiny = np.array([[0, 2, 0, 0, 1, 0],
-                 [0, 0, 0, 0, 0, 0],
-                 [3, 0, 0, 4, 0, 5],
-                 [0, 0, 6, 0, 0, 0]], dtype=np.float32)  # [R, C] = [4, 6]
+tiny = np.array(
+    [[0, 2, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0], [3, 0, 0, 4, 0, 5], [0, 0, 6, 0, 0, 0]],
+    dtype=np.float32,
+)  # [R, C] = [4, 6]
 tiny_csr = dense_to_csr(tiny)
 print(tiny)
 print("indptr :", tiny_csr.indptr, " (row 1 is empty: indptr[1] == indptr[2])")
@@ -121,9 +123,16 @@ assert np.allclose(sparse_linear(x_tiny, tiny_csr), x_tiny @ tiny.T, rtol=1e-6, 
 rows = []
 for sparsity in (0.5, 0.9, 0.98):
     for rec in storage_bytes(K, N, sparsity):
-        rows.append({"sparsity": sparsity, "format": rec["format"], "values": rec["values"],
-                     "indices": rec["indices"] or "-", "KiB": rec["bytes"] / 1024,
-                     "x smaller": rec["ratio"]})
+        rows.append(
+            {
+                "sparsity": sparsity,
+                "format": rec["format"],
+                "values": rec["values"],
+                "indices": rec["indices"] or "-",
+                "KiB": rec["bytes"] / 1024,
+                "x smaller": rec["ratio"],
+            }
+        )
 print(format_table(rows))
 by_key = {(r["sparsity"], r["format"], r["values"], r["indices"]): r["KiB"] for r in rows}
 assert by_key[(0.5, "csr", "float32", "int32")] > by_key[(0.5, "dense", "float32", "-")]
@@ -151,11 +160,21 @@ for sparsity in sparsities:
     q_t, scale = quantize_csr(w_t)  # int8 values, float32 scale [N]
     assert np.allclose(sparse_linear(x, w_t), x @ w, rtol=1e-4, atol=1e-3)
     t_csr.append(median_ms(lambda w_t=w_t: sparse_linear(x, w_t), repeat=REPEAT))
-    t_csr_int8.append(median_ms(lambda q=q_t, s=scale: sparse_linear(x, q, scale=s),
-                                repeat=REPEAT))
-print(format_table([{"sparsity": s, "csr fp32 ms": a, "csr int8 ms": b, "dense fp32 ms": t_dense,
-                     "dense int8 ms": t_int8} for s, a, b in zip(sparsities, t_csr, t_csr_int8,
-                                                                   strict=True)]))
+    t_csr_int8.append(median_ms(lambda q=q_t, s=scale: sparse_linear(x, q, scale=s), repeat=REPEAT))
+print(
+    format_table(
+        [
+            {
+                "sparsity": s,
+                "csr fp32 ms": a,
+                "csr int8 ms": b,
+                "dense fp32 ms": t_dense,
+                "dense int8 ms": t_int8,
+            }
+            for s, a, b in zip(sparsities, t_csr, t_csr_int8, strict=True)
+        ]
+    )
+)
 
 
 def break_even(times: list[float], line: float) -> str:
@@ -164,8 +183,10 @@ def break_even(times: list[float], line: float) -> str:
     return f">= {faster[0]:.0%}" if faster else "not reached"
 
 
-print(f"CSR fp32 beats dense fp32 from sparsity {break_even(t_csr, t_dense)}, "
-      f"dense int8 from {break_even(t_csr, t_int8)}")
+print(
+    f"CSR fp32 beats dense fp32 from sparsity {break_even(t_csr, t_dense)}, "
+    f"dense int8 from {break_even(t_csr, t_int8)}"
+)
 
 fig, ax = plt.subplots(figsize=(6.5, 4))
 ax.plot(sparsities, t_csr, "o-", label="CSR, float32 values (sparse_linear)")

@@ -56,8 +56,7 @@ def storage_bytes(k: int, n: int, sparsity: float, seed: int = 0) -> list[dict]:
     """
     w = pruned_weight(np.random.default_rng(seed), k, n, sparsity)  # [K, N]
     q, scale = quantize_weight_per_channel(w)  # int8 [K, N], float32 [N]
-    sizes = [("dense", "float32", None, w.nbytes),
-             ("dense", "int8", None, q.nbytes + scale.nbytes)]
+    sizes = [("dense", "float32", None, w.nbytes), ("dense", "int8", None, q.nbytes + scale.nbytes)]
     for index_dtype in (np.int32, np.int16):
         w_t = dense_to_csr(np.ascontiguousarray(w.T), index_dtype)  # [N, K]
         q_t, q_scale = quantize_csr(w_t)
@@ -65,8 +64,16 @@ def storage_bytes(k: int, n: int, sparsity: float, seed: int = 0) -> list[dict]:
         sizes.append(("csr", "float32", name, w_t.nbytes()))
         sizes.append(("csr", "int8", name, q_t.nbytes() + q_scale.nbytes))
     return [
-        {"K": k, "N": n, "sparsity": sparsity, "format": fmt, "values": values,
-         "indices": indices, "bytes": int(size), "ratio": w.nbytes / size}
+        {
+            "K": k,
+            "N": n,
+            "sparsity": sparsity,
+            "format": fmt,
+            "values": values,
+            "indices": indices,
+            "bytes": int(size),
+            "ratio": w.nbytes / size,
+        }
         for fmt, values, indices, size in sizes
     ]
 
@@ -79,8 +86,9 @@ def pick_scipy_form(w: np.ndarray, x: np.ndarray, repeat: int = 5) -> tuple[str,
     return min(times, key=times.get), times
 
 
-def run_csr_bench(quick: bool, threads_list: tuple[int, ...] = (1, 2), seed: int = 0,
-                  repeat: int | None = None) -> list[dict]:
+def run_csr_bench(
+    quick: bool, threads_list: tuple[int, ...] = (1, 2), seed: int = 0, repeat: int | None = None
+) -> list[dict]:
     """Time ours / scipy / dense fp32 for each M, (K, N), sparsity and thread count.
 
     Times are medians (``median_ms``) of ``repeat`` calls after warm-up; each is measured in
@@ -104,8 +112,9 @@ def run_csr_bench(quick: bool, threads_list: tuple[int, ...] = (1, 2), seed: int
 
     # which scipy formulation is faster, on a mid-size case, one thread
     k0, n0 = shapes[-1]
-    form, _ = pick_scipy_form(pruned_weight(rng, k0, n0, 0.9),
-                              rng.standard_normal((32, k0)).astype(np.float32))
+    form, _ = pick_scipy_form(
+        pruned_weight(rng, k0, n0, 0.9), rng.standard_normal((32, k0)).astype(np.float32)
+    )
     records = []
     try:
         for threads in threads_list:
@@ -146,12 +155,23 @@ def _sweep(rng, m_list, shapes, sparsities, threads, form, best_median) -> list[
         if (m, k, n) not in dense_ms:
             dense_ms[m, k, n] = best_median(lambda x=x, w=w: x @ w)
     return [
-        {"kernel": "csr_linear", "M": m, "K": k, "N": n, "threads": threads,
-         "sparsity": sparsity, "nnz": int(w_t.data.size), "ms": t, "scipy_ms": t_scipy,
-         "numpy_ms": dense_ms[m, k, n], "speedup_vs_scipy": t_scipy / t,
-         "speedup_vs_numpy": dense_ms[m, k, n] / t, "scipy_form": form, "blas": blas}
-        for (m, k, n, sparsity, _, _, w_t, _), t, t_scipy in zip(cases, ours, scipy_ms,
-                                                                 strict=True)
+        {
+            "kernel": "csr_linear",
+            "M": m,
+            "K": k,
+            "N": n,
+            "threads": threads,
+            "sparsity": sparsity,
+            "nnz": int(w_t.data.size),
+            "ms": t,
+            "scipy_ms": t_scipy,
+            "numpy_ms": dense_ms[m, k, n],
+            "speedup_vs_scipy": t_scipy / t,
+            "speedup_vs_numpy": dense_ms[m, k, n] / t,
+            "scipy_form": form,
+            "blas": blas,
+        }
+        for (m, k, n, sparsity, _, _, w_t, _), t, t_scipy in zip(cases, ours, scipy_ms, strict=True)
     ]
 
 

@@ -336,14 +336,13 @@ def _store_tile(tile, out, scale, bias, transpose_out, m0, m_len, n0, n1):
                 row[i] = s[i] * tile[i, t] + b[i]
     else:
         for i in range(n1 - n0):
-            row = out[n0 + i, m0:m0 + m_len]
+            row = out[n0 + i, m0 : m0 + m_len]
             for t in range(m_len):
                 row[t] = s[i] * tile[i, t] + b[i]
 
 
 @njit(cache=True)
-def _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, r0, r1,
-               width):
+def _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, r0, r1, width):
     """Rows r0:r1 of the product for every block of xp; returns r0 if those rows are not a
     valid CSR (nothing is computed then), else -1.
 
@@ -399,8 +398,23 @@ def _spmm_w16(indptr, indices, data, xp, scale, bias, out, transpose_out, m_tota
     parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
     n_bad = 0  # parts whose rows are not a valid CSR
     for p in prange(n_parts):
-        n_bad += np.int64(_spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
-                                     m_total, parts[p], parts[p + 1], 16) >= 0)
+        n_bad += np.int64(
+            _spmm_part(
+                indptr,
+                indices,
+                data,
+                xp,
+                scale,
+                bias,
+                out,
+                transpose_out,
+                m_total,
+                parts[p],
+                parts[p + 1],
+                16,
+            )
+            >= 0
+        )
     return n_bad
 
 
@@ -409,8 +423,23 @@ def _spmm_w32(indptr, indices, data, xp, scale, bias, out, transpose_out, m_tota
     parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
     n_bad = 0  # parts whose rows are not a valid CSR
     for p in prange(n_parts):
-        n_bad += np.int64(_spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
-                                     m_total, parts[p], parts[p + 1], 32) >= 0)
+        n_bad += np.int64(
+            _spmm_part(
+                indptr,
+                indices,
+                data,
+                xp,
+                scale,
+                bias,
+                out,
+                transpose_out,
+                m_total,
+                parts[p],
+                parts[p + 1],
+                32,
+            )
+            >= 0
+        )
     return n_bad
 
 
@@ -419,8 +448,23 @@ def _spmm_w16_serial(indptr, indices, data, xp, scale, bias, out, transpose_out,
     parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
     n_bad = 0  # parts whose rows are not a valid CSR
     for p in range(n_parts):
-        n_bad += np.int64(_spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
-                                     m_total, parts[p], parts[p + 1], 16) >= 0)
+        n_bad += np.int64(
+            _spmm_part(
+                indptr,
+                indices,
+                data,
+                xp,
+                scale,
+                bias,
+                out,
+                transpose_out,
+                m_total,
+                parts[p],
+                parts[p + 1],
+                16,
+            )
+            >= 0
+        )
     return n_bad
 
 
@@ -429,8 +473,23 @@ def _spmm_w32_serial(indptr, indices, data, xp, scale, bias, out, transpose_out,
     parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
     n_bad = 0  # parts whose rows are not a valid CSR
     for p in range(n_parts):
-        n_bad += np.int64(_spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out,
-                                     m_total, parts[p], parts[p + 1], 32) >= 0)
+        n_bad += np.int64(
+            _spmm_part(
+                indptr,
+                indices,
+                data,
+                xp,
+                scale,
+                bias,
+                out,
+                transpose_out,
+                m_total,
+                parts[p],
+                parts[p + 1],
+                32,
+            )
+            >= 0
+        )
     return n_bad
 
 
@@ -471,8 +530,9 @@ def _spmv(indptr, indices, data, x, scale, bias, out, n_parts):
     parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
     n_bad = 0  # parts whose rows are not a valid CSR
     for p in prange(n_parts):
-        n_bad += np.int64(_spmv_part(indptr, indices, data, x, scale, bias, out, parts[p],
-                                     parts[p + 1]) >= 0)
+        n_bad += np.int64(
+            _spmv_part(indptr, indices, data, x, scale, bias, out, parts[p], parts[p + 1]) >= 0
+        )
     return n_bad
 
 
@@ -481,8 +541,9 @@ def _spmv_serial(indptr, indices, data, x, scale, bias, out, n_parts):
     parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
     n_bad = 0  # parts whose rows are not a valid CSR
     for p in range(n_parts):
-        n_bad += np.int64(_spmv_part(indptr, indices, data, x, scale, bias, out, parts[p],
-                                     parts[p + 1]) >= 0)
+        n_bad += np.int64(
+            _spmv_part(indptr, indices, data, x, scale, bias, out, parts[p], parts[p + 1]) >= 0
+        )
     return n_bad
 
 
@@ -676,12 +737,23 @@ def _check_csr_cheap(name: str, m: object) -> None:
     """The O(1) part of ``check_csr`` (types, dtypes, lengths, indptr ends); the kernels
     check the rest as they read the entries. Silent and fast when all is well; on any doubt
     ``check_csr`` runs and raises its message."""
-    if (isinstance(m, CSR) and _is(m.indptr, _INDPTR_DTYPES) and _is(m.indices, _INDEX_DTYPES)
-            and _is(m.data, _VALUE_DTYPES) and len(m.shape) == 2):
+    if (
+        isinstance(m, CSR)
+        and _is(m.indptr, _INDPTR_DTYPES)
+        and _is(m.indices, _INDEX_DTYPES)
+        and _is(m.data, _VALUE_DTYPES)
+        and len(m.shape) == 2
+    ):
         r, c = m.shape
         nnz = m.data.shape[0]
-        if (r >= 0 and c >= 0 and m.indptr.shape[0] == r + 1 and m.indices.shape[0] == nnz
-                and m.indptr[0] == 0 and m.indptr[-1] == nnz):
+        if (
+            r >= 0
+            and c >= 0
+            and m.indptr.shape[0] == r + 1
+            and m.indices.shape[0] == nnz
+            and m.indptr[0] == 0
+            and m.indptr[-1] == nnz
+        ):
             return
     check_csr(name, m)  # raises the full message
 
@@ -697,8 +769,15 @@ def _is(a: object, dtypes: tuple, ndim: int = 1) -> bool:
     return isinstance(a, np.ndarray) and a.dtype in dtypes and a.ndim == ndim
 
 
-def _run(m: CSR, dense: np.ndarray, transposed: bool, scale: np.ndarray, bias: np.ndarray,
-         out_shape: tuple[int, int], name: str) -> np.ndarray:
+def _run(
+    m: CSR,
+    dense: np.ndarray,
+    transposed: bool,
+    scale: np.ndarray,
+    bias: np.ndarray,
+    out_shape: tuple[int, int],
+    name: str,
+) -> np.ndarray:
     """Dispatch to SpMV or packed SpMM; raise ``check_csr``'s error if a kernel found one.
 
     dense: x [M, K] (``transposed``, output [M, N]) or b [K, M] (output [R, M]).
@@ -728,8 +807,9 @@ def _run(m: CSR, dense: np.ndarray, transposed: bool, scale: np.ndarray, bias: n
             kernel = _spmm_w16 if parallel else _spmm_w16_serial
         else:
             kernel = _spmm_w32 if parallel else _spmm_w32_serial
-        n_bad = kernel(m.indptr, m.indices, m.data, xp, scale, bias, out, transposed, m_total,
-                       n_parts)
+        n_bad = kernel(
+            m.indptr, m.indices, m.data, xp, scale, bias, out, transposed, m_total, n_parts
+        )
     if n_bad:
         check_csr(name, m)  # raises the message for the problem the kernel found
         raise AssertionError(f"a kernel refused {name}, which check_csr accepts")
