@@ -55,7 +55,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from minicompress.kernels import reference
-from minicompress.kernels.reference import CSR, check_array, check_csr
+from minicompress.kernels.reference import CSR, check_array, check_csr, check_index_dtype
 
 KERNEL_CHOICES = ("auto", "reference", "portable", "vnni")  # shared with the int8 kernels
 SPMV_MAX_M = 4  # below this many rows of x, gathered dot products beat packing x
@@ -593,14 +593,7 @@ def dense_to_csr(a: np.ndarray, index_dtype: type = np.int32, *, path: str | Non
     if csr_kernel_path(path) == "reference":
         return reference.dense_to_csr(a, index_dtype)
     check_array("a", a, (np.float32, np.int8), 2)
-    index_dtype = np.dtype(index_dtype)
-    if index_dtype not in (np.dtype(np.int32), np.dtype(np.int16)):
-        raise TypeError(f"index_dtype must be int32 or int16; got {index_dtype}")
-    if a.shape[1] - 1 > np.iinfo(index_dtype).max:
-        raise ValueError(
-            f"a has {a.shape[1]} columns: too many for index_dtype {index_dtype} "
-            f"(at most {np.iinfo(index_dtype).max + 1})"
-        )
+    index_dtype = check_index_dtype(index_dtype, a.shape[1])
     a = np.ascontiguousarray(a)
     counts = np.zeros(a.shape[0] + 1, dtype=np.int64)  # [R + 1], counts[0] = 0
     _count_nonzeros(a, counts)

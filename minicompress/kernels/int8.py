@@ -44,6 +44,7 @@ from minicompress.kernels.int8_quant import dequantize_tile, quantize_rows
 from minicompress.kernels.reference import (
     check_array,
     check_k_fits_int32,
+    check_vector,
     int8_gemm_reference,
     quantize_weight_per_channel,
     quantized_linear_reference,
@@ -106,15 +107,16 @@ def portable_gemm_kernel(a, w, c):
         acc = np.zeros(N_TILE, dtype=np.int32)  # [N_TILE]
         for i in range(k):
             a_mk = np.int32(a[m, i])
-            w_row = w[i, n0:n0 + width]  # [width], contiguous: the loop below vectorizes
+            w_row = w[i, n0 : n0 + width]  # [width], contiguous: the loop below vectorizes
             for j in range(width):
                 acc[j] += a_mk * w_row[j]
-        c[m, n0:n0 + width] = acc[:width]
+        c[m, n0 : n0 + width] = acc[:width]
 
 
 @njit(cache=True)
-def _portable_linear_rows(q, m0, m1, w_q, n_start, n_stop, s_x, z_x, col_sum, w_scale, bias,
-                          has_bias, y):
+def _portable_linear_rows(
+    q, m0, m1, w_q, n_start, n_stop, s_x, z_x, col_sum, w_scale, bias, has_bias, y
+):
     """y[m0:m1, n_start:n_stop] from the quantized rows, 256 columns at a time."""
     k = w_q.shape[0]
     acc = np.empty((1, N_TILE), dtype=np.int32)  # [1, N_TILE]
@@ -140,8 +142,9 @@ def portable_linear_serial(x, w_q, col_sum, w_scale, bias, has_bias, y):
     z_x = np.empty(m_total, dtype=np.int32)
     if not quantize_rows(x, q, s_x, z_x, 0, m_total):
         return False
-    _portable_linear_rows(q, 0, m_total, w_q, 0, w_q.shape[1], s_x, z_x, col_sum, w_scale,
-                          bias, has_bias, y)
+    _portable_linear_rows(
+        q, 0, m_total, w_q, 0, w_q.shape[1], s_x, z_x, col_sum, w_scale, bias, has_bias, y
+    )
     return True
 
 
@@ -162,8 +165,21 @@ def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y, threads)
         n_tiles = (n + N_TILE - 1) // N_TILE
         if finite:  # (a conditional inside prange's argument would make it a plain range)
             for t in prange(n_tiles):
-                _portable_linear_rows(q, 0, m_total, w_q, t * N_TILE, min(n, (t + 1) * N_TILE),
-                                      s_x, z_x, col_sum, w_scale, bias, has_bias, y)
+                _portable_linear_rows(
+                    q,
+                    0,
+                    m_total,
+                    w_q,
+                    t * N_TILE,
+                    min(n, (t + 1) * N_TILE),
+                    s_x,
+                    z_x,
+                    col_sum,
+                    w_scale,
+                    bias,
+                    has_bias,
+                    y,
+                )
     else:
         chunk = -(-m_total // threads)
         n_chunks = -(-m_total // chunk)
@@ -171,8 +187,9 @@ def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y, threads)
         for c in prange(n_chunks):
             m0, m1 = c * chunk, min(m_total, (c + 1) * chunk)
             chunk_finite[c] = quantize_rows(x, q, s_x, z_x, m0, m1)
-            _portable_linear_rows(q, m0, m1, w_q, 0, n, s_x, z_x, col_sum, w_scale, bias,
-                                  has_bias, y)
+            _portable_linear_rows(
+                q, m0, m1, w_q, 0, n, s_x, z_x, col_sum, w_scale, bias, has_bias, y
+            )
         for c in range(n_chunks):
             finite &= chunk_finite[c]
     return finite
@@ -255,7 +272,9 @@ def _check_k_positive(name: str, shape: tuple) -> None:
 
 
 def pack_quantized_int8_linear(
-    w_q: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None = None,
+    w_q: np.ndarray,
+    w_scale: np.ndarray,
+    bias: np.ndarray | None = None,
     path: str | None = None,
 ) -> PackedInt8Linear:
     """Lay out already-quantized weights for ``int8_linear``.
@@ -265,16 +284,12 @@ def pack_quantized_int8_linear(
     """
     path = int8_kernel_path(path)
     check_array("w_q", w_q, (np.int8,), 2)
-    check_array("w_scale", w_scale, (np.float32,), 1)
     k, n = w_q.shape
     _check_k_positive("w_q", w_q.shape)
     check_k_fits_int32(k)
-    if w_scale.shape != (n,):
-        raise ValueError(f"w_scale must have shape ({n},); got {w_scale.shape}")
+    check_vector("w_scale", w_scale, n)
     if bias is not None:
-        check_array("bias", bias, (np.float32,), 1)
-        if bias.shape != (n,):
-            raise ValueError(f"bias must have shape ({n},); got {bias.shape}")
+        check_vector("bias", bias, n)
         bias = bias.copy()
     col_sum = w_q.sum(axis=0, dtype=np.int32)  # [K, N] -> [N]; exact, as K <= MAX_K_INT32
     weight = vnni.pack_vnni_weight(w_q) if path == "vnni" else np.array(w_q, order="C")
@@ -301,15 +316,28 @@ def _packed_is_consistent(packed: PackedInt8Linear) -> bool:
     n, k = packed.n, packed.k
     vnni_shape = (-(-n // 16), -(-k // 4), 16, 4)
     return (
-        isinstance(w, np.ndarray) and w.dtype == np.int8 and w.flags.c_contiguous
+        isinstance(w, np.ndarray)
+        and w.dtype == np.int8
+        and w.flags.c_contiguous
         and w.shape == (vnni_shape if packed.path == "vnni" else (k, n))
         and packed.path in KERNEL_PATHS
-        and isinstance(col_sum, np.ndarray) and col_sum.dtype == np.int32
-        and col_sum.shape == (n,) and col_sum.flags.c_contiguous
-        and isinstance(w_scale, np.ndarray) and w_scale.dtype == np.float32
-        and w_scale.shape == (n,) and w_scale.flags.c_contiguous
-        and (bias is None or (isinstance(bias, np.ndarray) and bias.dtype == np.float32
-                              and bias.shape == (n,) and bias.flags.c_contiguous))
+        and isinstance(col_sum, np.ndarray)
+        and col_sum.dtype == np.int32
+        and col_sum.shape == (n,)
+        and col_sum.flags.c_contiguous
+        and isinstance(w_scale, np.ndarray)
+        and w_scale.dtype == np.float32
+        and w_scale.shape == (n,)
+        and w_scale.flags.c_contiguous
+        and (
+            bias is None
+            or (
+                isinstance(bias, np.ndarray)
+                and bias.dtype == np.float32
+                and bias.shape == (n,)
+                and bias.flags.c_contiguous
+            )
+        )
     )
 
 
@@ -325,11 +353,15 @@ def _check_packed(packed: PackedInt8Linear) -> None:
     shape = (-(-n // 16), -(-k // 4), 16, 4) if packed.path == "vnni" else (k, n)
     check_array("packed.weight", packed.weight, (np.int8,), len(shape))
     if packed.weight.shape != shape or not packed.weight.flags.c_contiguous:
-        raise ValueError(f"packed.weight must be C-contiguous of shape {shape} for path "
-                         f"{packed.path!r}; got {packed.weight.shape}")
-    for name, a, dtype in (("col_sum", packed.col_sum, np.int32),
-                           ("w_scale", packed.w_scale, np.float32),
-                           ("bias", packed.bias, np.float32)):
+        raise ValueError(
+            f"packed.weight must be C-contiguous of shape {shape} for path "
+            f"{packed.path!r}; got {packed.weight.shape}"
+        )
+    for name, a, dtype in (
+        ("col_sum", packed.col_sum, np.int32),
+        ("w_scale", packed.w_scale, np.float32),
+        ("bias", packed.bias, np.float32),
+    ):
         if name == "bias" and a is None:
             continue
         check_array(f"packed.{name}", a, (dtype,), 1)

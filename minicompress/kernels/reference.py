@@ -42,6 +42,27 @@ def check_array(name: str, a: object, dtypes: tuple, ndim: int) -> np.ndarray:
     return a
 
 
+def check_vector(name: str, v: object, n: int) -> np.ndarray:
+    """Refuse a per-output-channel vector (scale, bias) that is not float32 [n]."""
+    check_array(name, v, (np.float32,), 1)
+    if v.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},); got {v.shape}")
+    return v
+
+
+def check_index_dtype(index_dtype, n_cols: int) -> np.dtype:
+    """The CSR column-index dtype: int32, or int16 when the columns fit."""
+    index_dtype = np.dtype(index_dtype)
+    if index_dtype not in (np.dtype(np.int32), np.dtype(np.int16)):
+        raise TypeError(f"index_dtype must be int32 or int16; got {index_dtype}")
+    if n_cols - 1 > np.iinfo(index_dtype).max:
+        raise ValueError(
+            f"a has {n_cols} columns: too many for index_dtype {index_dtype} "
+            f"(at most {np.iinfo(index_dtype).max + 1})"
+        )
+    return index_dtype
+
+
 def check_k_fits_int32(k: int) -> None:
     """Refuse a reduction length whose int32 accumulation could overflow."""
     if k > MAX_K_INT32:
@@ -128,16 +149,12 @@ def quantized_linear_reference(
     """
     check_array("x", x, (np.float32,), 2)
     check_array("w_q", w_q, (np.int8,), 2)
-    check_array("w_scale", w_scale, (np.float32,), 1)
     k, n = w_q.shape
     if x.shape[1] != k:
         raise ValueError(f"x is {x.shape} and w_q is {w_q.shape}: x.shape[1] must equal K={k}")
-    if w_scale.shape != (n,):
-        raise ValueError(f"w_scale must have shape ({n},); got {w_scale.shape}")
+    check_vector("w_scale", w_scale, n)
     if bias is not None:
-        check_array("bias", bias, (np.float32,), 1)
-        if bias.shape != (n,):
-            raise ValueError(f"bias must have shape ({n},); got {bias.shape}")
+        check_vector("bias", bias, n)
     q_x, s_x, z_x = quantize_rows_uint8(x)  # [M, K] uint8, [M], [M]
     acc = int8_gemm_reference(q_x, w_q)  # [M, N] int32
     col_sum = w_q.astype(np.int32).sum(axis=0)  # [K, N] -> [N]
@@ -179,14 +196,7 @@ def dense_to_csr(a: np.ndarray, index_dtype: type = np.int32) -> CSR:
     when C <= 32767, which halves the index bytes).
     """
     check_array("a", a, (np.float32, np.int8), 2)
-    index_dtype = np.dtype(index_dtype)
-    if index_dtype not in (np.dtype(np.int32), np.dtype(np.int16)):
-        raise TypeError(f"index_dtype must be int32 or int16; got {index_dtype}")
-    if a.shape[1] - 1 > np.iinfo(index_dtype).max:
-        raise ValueError(
-            f"a has {a.shape[1]} columns: too many for index_dtype {index_dtype} "
-            f"(at most {np.iinfo(index_dtype).max + 1})"
-        )
+    index_dtype = check_index_dtype(index_dtype, a.shape[1])
     rows, cols = np.nonzero(a)  # row-major order: rows increasing, columns within a row
     counts = np.bincount(rows, minlength=a.shape[0])  # [R]
     indptr = np.zeros(a.shape[0] + 1, dtype=np.int32)
@@ -268,9 +278,7 @@ def csr_matmul_reference(a: CSR, b: np.ndarray) -> np.ndarray:
     return c
 
 
-def sparse_linear_reference(
-    x: np.ndarray, w_t: CSR, bias: np.ndarray | None = None
-) -> np.ndarray:
+def sparse_linear_reference(x: np.ndarray, w_t: CSR, bias: np.ndarray | None = None) -> np.ndarray:
     """A linear layer with a sparse weight: ``y = x @ w + bias`` where ``w_t`` is CSR of w.T.
 
     x: float32 [M, K]; w_t: CSR [N, K] (float32 data); bias: float32 [N] or None
