@@ -275,7 +275,11 @@ def _bench_kernels(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minicompress", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="minicompress",
+        description="Transformer compression from scratch in NumPy: train a teacher, "
+        "evaluate, sample, benchmark.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train a teacher and print size / quality / latency")
