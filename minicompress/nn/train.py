@@ -102,6 +102,7 @@ def train(
         disable=not progress,
         unit="step" if budget is None else "s",
         dynamic_ncols=True,
+        mininterval=0.5,
     )
     start = time.perf_counter()
     step = 0
@@ -132,6 +133,7 @@ def train(
             lr=f"{lr:.1e}",
             val=f"{hist.val_loss[-1]:.3f}" if hist.val_loss else "-",
             tok_s=f"{step * tokens / now:,.0f}",
+            refresh=False,  # the bar redraws at most every mininterval, not every step
         )
         bar.update(1 if budget is None else int(now) - bar.n)
     bar.close()
