@@ -1,90 +1,13 @@
-"""Test utilities: float64 central differences, and "ours beside theirs" comparisons.
-
-Relative error of a gradient, as used throughout the tests:
-
-    rel_error(a, n) = max_i |a_i - n_i| / max(max_i |a_i|, max_i |n_i|)
-
-i.e. the worst absolute difference measured against the tensor's largest entry. (Dividing
-entry by entry is ill-conditioned: an entry that is 1e-12 by cancellation would report a
-huge "relative" error from finite-difference noise alone, and forcing a floor there is
-the kind of loose tolerance that hides bugs.) Check each parameter tensor separately, so
-a small bias gradient is not measured against a large weight gradient.
-"""
+"""Test utilities: "ours beside theirs" comparisons; the finite-difference gradient check
+itself is the package's (``minicompress.nn.gradcheck``), re-exported here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
+from minicompress.nn.gradcheck import check_grads, numerical_grad, rel_error
 
-def numerical_grad(
-    f: Callable[[], float],
-    x: np.ndarray,
-    h: float = 1e-6,
-    entries: np.ndarray | None = None,
-) -> np.ndarray:
-    """Central differences (f(x + h e_i) - f(x - h e_i)) / 2h of the scalar ``f()`` w.r.t.
-    the float64 array ``x``, which ``f`` reads; ``x`` is perturbed in place and restored.
-
-    ``entries``: flat indices to evaluate (default all); the others are left at 0.
-    ->  array shaped like ``x``.
-    """
-    if x.dtype != np.float64:
-        raise TypeError(f"finite differences need float64; got {x.dtype}")
-    flat = x.reshape(-1)  # a view: perturbing it perturbs x
-    if not np.shares_memory(flat, x):
-        raise ValueError("x must be contiguous so that it can be perturbed in place")
-    grad = np.zeros(x.size)
-    for i in range(x.size) if entries is None else entries:
-        old = flat[i]
-        flat[i] = old + h
-        f_plus = f()
-        flat[i] = old - h
-        f_minus = f()
-        flat[i] = old
-        grad[i] = (f_plus - f_minus) / (2.0 * h)
-    return grad.reshape(x.shape)
-
-
-def rel_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
-    """max |a - n| / max(max |a|, max |n|)   (0 when both are exactly zero)."""
-    analytic, numeric = np.asarray(analytic, np.float64), np.asarray(numeric, np.float64)
-    if analytic.shape != numeric.shape:
-        raise ValueError(f"shapes differ: {analytic.shape} vs {numeric.shape}")
-    scale = max(np.abs(analytic).max(initial=0.0), np.abs(numeric).max(initial=0.0))
-    diff = np.abs(analytic - numeric).max(initial=0.0)
-    return 0.0 if diff == 0.0 else float(diff / scale)
-
-
-def check_grads(
-    f: Callable[[], float],
-    inputs: dict[str, np.ndarray],
-    analytic: dict[str, np.ndarray],
-    h: float = 1e-6,
-    max_entries: int | None = None,
-    rng: np.random.Generator | None = None,
-) -> dict[str, float]:
-    """Relative error of ``analytic[name]`` against central differences of ``f`` w.r.t.
-    each ``inputs[name]`` (float64 arrays that ``f`` reads).
-
-    ``max_entries``: check at most this many randomly chosen entries per array (``rng``
-    chooses), to keep large checks fast; the error is then measured on those entries only.
-    ->  {name: relative error}.
-    """
-    errors = {}
-    for name, x in inputs.items():
-        a = np.asarray(analytic[name], np.float64)
-        if a.shape != x.shape:
-            raise ValueError(f"gradient of {name!r} has shape {a.shape}; input has {x.shape}")
-        entries = None
-        if max_entries is not None and x.size > max_entries:
-            entries = np.sort(rng.choice(x.size, size=max_entries, replace=False))
-        n = numerical_grad(f, x, h, entries)
-        if entries is not None:
-            a, n = a.reshape(-1)[entries], n.reshape(-1)[entries]
-        errors[name] = rel_error(a, n)
-    return errors
+__all__ = ["assert_close", "assert_grads_ok", "check_grads", "numerical_grad", "rel_error"]
 
 
 def assert_grads_ok(errors: dict[str, float], tol: float = 1e-6) -> None:

@@ -52,36 +52,21 @@ rng = np.random.default_rng(0)
 TOL = 1e-6  # the largest relative error we accept from a float64 gradient check
 
 # %% [markdown]
-# ## The checking tools (teaching code, written here on purpose)
+# ## The checking tools
 #
-# `numerical_grad` perturbs one entry at a time, in place, and restores it. The relative
+# `minicompress.nn.gradcheck.numerical_grad` (printed below: it is short) perturbs one
+# entry at a time, in place, and restores it; the tests use the same function. The relative
 # error compares the worst absolute difference with the tensor's largest entry:
 # $$\mathrm{err}(a, n) = \frac{\max_i |a_i - n_i|}{\max(\max_i |a_i|, \max_i |n_i|)}.$$
 # (Dividing entry by entry would blow up on entries that are $\approx 0$ by cancellation.)
 
 
 # %%
-def numerical_grad(f, x, h=1e-6, entries=None):
-    """Central differences of the scalar f() w.r.t. the float64 array x (which f reads).
-    entries: flat indices to evaluate (default all); the others stay 0."""
-    assert x.dtype == np.float64 and x.flags.c_contiguous
-    flat = x.reshape(-1)  # a view: perturbing it perturbs x
-    grad = np.zeros(x.size)
-    for i in range(x.size) if entries is None else entries:
-        old = flat[i]
-        flat[i] = old + h
-        f_plus = f()
-        flat[i] = old - h
-        f_minus = f()
-        flat[i] = old
-        grad[i] = (f_plus - f_minus) / (2 * h)
-    return grad.reshape(x.shape)
+import inspect
 
+from minicompress.nn.gradcheck import numerical_grad, rel_error
 
-def rel_error(a, n):
-    scale = max(np.abs(a).max(), np.abs(n).max())
-    return float(np.abs(a - n).max() / scale) if scale > 0 else 0.0
-
+print(inspect.getsource(numerical_grad))
 
 errors = {}  # "op: input" -> relative error, for the figure at the end
 
