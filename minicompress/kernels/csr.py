@@ -55,7 +55,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from minicompress.kernels import reference
-from minicompress.kernels.reference import CSR, check_array, check_csr, check_index_dtype
+from minicompress.kernels.reference import (
+    CSR,
+    check_array,
+    check_csr,
+    check_index_dtype,
+    check_matmul_operands,
+)
 
 KERNEL_CHOICES = ("auto", "reference", "portable", "vnni")  # shared with the int8 kernels
 SPMV_MAX_M = 4  # below this many rows of x, gathered dot products beat packing x
@@ -657,11 +663,7 @@ def csr_matmul(a: CSR, b: np.ndarray, *, path: str | None = None) -> np.ndarray:
     if csr_kernel_path(path) == "reference":
         return reference.csr_matmul_reference(a, b)
     _check_csr_cheap("a", a)
-    check_array("b", b, (np.float32,), 2)
-    if a.data.dtype != np.float32:
-        raise TypeError(f"a.data must be float32 for csr_matmul; got {a.data.dtype}")
-    if b.shape[0] != a.shape[1]:
-        raise ValueError(f"a is {a.shape} and b is {b.shape}: b.shape[0] must equal {a.shape[1]}")
+    check_matmul_operands(a, b)
     r, m = a.shape[0], b.shape[1]
     ones, zeros = np.ones(r, dtype=np.float32), np.zeros(r, dtype=np.float32)
     return _run(a, np.ascontiguousarray(b), False, ones, zeros, (r, m), "a")

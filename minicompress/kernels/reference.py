@@ -257,6 +257,16 @@ def check_csr(name: str, m: object) -> CSR:
     return m
 
 
+def check_matmul_operands(a: CSR, b: object) -> None:
+    """Refuse operands of ``a @ b`` (a CSR, structure already checked) that do not fit:
+    a's data must be float32, b float32 [C, M] with C = a.shape[1]."""
+    check_array("b", b, (np.float32,), 2)
+    if a.data.dtype != np.float32:
+        raise TypeError(f"a.data must be float32 for csr_matmul; got {a.data.dtype}")
+    if b.shape[0] != a.shape[1]:
+        raise ValueError(f"a is {a.shape} and b is {b.shape}: b.shape[0] must equal {a.shape[1]}")
+
+
 def csr_matmul_reference(a: CSR, b: np.ndarray) -> np.ndarray:
     """CSR x dense: ``c = a @ b``.
 
@@ -265,11 +275,7 @@ def csr_matmul_reference(a: CSR, b: np.ndarray) -> np.ndarray:
     gives zeros.
     """
     check_csr("a", a)
-    check_array("b", b, (np.float32,), 2)
-    if a.data.dtype != np.float32:
-        raise TypeError(f"a.data must be float32 for csr_matmul; got {a.data.dtype}")
-    if b.shape[0] != a.shape[1]:
-        raise ValueError(f"a is {a.shape} and b is {b.shape}: b.shape[0] must equal {a.shape[1]}")
+    check_matmul_operands(a, b)
     c = np.zeros((a.shape[0], b.shape[1]), dtype=np.float32)
     for r in range(a.shape[0]):
         lo, hi = a.indptr[r], a.indptr[r + 1]
