@@ -408,14 +408,14 @@ _SMALL_CHECK = textwrap.dedent(
     import numpy as np
     from minicompress.kernels import csr, reference as ref
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((9, 11)).astype(np.float32)  # [K, N]
+    w = rng.standard_normal((9, 21)).astype(np.float32)  # [K, N]: one full tile of 16 outputs
     w[rng.random(w.shape) < 0.6] = 0.0
     w[:, 2] = 0.0
     w_t = csr.dense_to_csr(np.ascontiguousarray(w.T), path="portable")
     assert all(np.array_equal(a, b) for a, b in zip(w_t[:3], ref.dense_to_csr(w.T.copy())[:3]))
     assert np.array_equal(csr.csr_to_dense(w_t, path="portable"), w.T)
     for csr.PARALLEL_MIN_WORK in (0, 10**9):  # the parallel kernels, then the serial ones
-        for m in (1, 5, 20):
+        for m in (1, 5, 16, 20, 32):  # SpMV, partial and full 16- and 32-wide blocks
             x = rng.standard_normal((m, 9)).astype(np.float32)
             y = csr.sparse_linear(x, w_t, path="portable")
             assert np.allclose(y, x @ w, rtol=1e-5, atol=1e-5), (m, y, x @ w)

@@ -34,11 +34,21 @@ PATHS = [
 ]
 FAST_PATHS = PATHS[1:]
 
-# (M, K, N): M = 1, odd K, N not a multiple of 16, edges of the VNNI tiles (MR = 4, 64 columns)
-# and M >= 8 (rows quantized in parallel), with several row tiles over a longer K
-# and M*K*N above SERIAL_MAX_WORK (parallel kernels): N split (M < 8) and M split
+# (M, K, N): M = 1, odd K, N not a multiple of 16, edges of the VNNI tiles (MR = 8 rows,
+# NV = 3 vectors: 48 columns) and M >= 8 (rows quantized in parallel), with several row tiles
+# over a longer K and M*K*N above SERIAL_MAX_WORK (parallel kernels): N split (M < 8, and
+# M <= 32 with weights of 1 MB or more) and M split (M = 33 past that limit)
 SHAPES = [(1, 1, 1), (1, 7, 33), (3, 5, 17), (4, 64, 64), (5, 131, 70), (8, 128, 64),
-          (9, 36, 130), (12, 100, 80), (64, 100, 256), (67, 257, 129), (2, 520, 1030)]
+          (9, 36, 130), (12, 100, 80), (64, 100, 256), (67, 257, 129), (2, 520, 1030),
+          (20, 1024, 1030), (33, 1024, 1030)]
+
+
+def test_shapes_reach_every_thread_split():
+    """SHAPES above must keep covering the N split for large weights and its limits."""
+    big = [(m, k, n) for m, k, n in SHAPES
+           if -(-n // 16) * -(-k // 4) * 64 >= vnni_module.SPLIT_N_MIN_WEIGHT_BYTES]
+    assert any(vnni_module.MIN_ROWS_SPLIT_M <= m <= vnni_module.SPLIT_N_MAX_ROWS for m, _, _ in big)
+    assert any(m > vnni_module.SPLIT_N_MAX_ROWS for m, _, _ in big)
 
 
 def assert_same_integers(ours: np.ndarray, ref: np.ndarray) -> None:

@@ -91,11 +91,12 @@ def run_csr_bench(
 ) -> list[dict]:
     """Time ours / scipy / dense fp32 for each M, (K, N), sparsity and thread count.
 
-    Times are medians (``median_ms``) of ``repeat`` calls after warm-up; each is measured in
-    two rounds and the better round kept, so that a burst of load from another process on a
-    shared machine hits one round, not the figure. Ours, scipy and dense are timed in
-    separate passes (see ``_sweep``). ``quick`` runs one shape (a few seconds
-    once the kernels are in Numba's disk cache).
+    Times are medians (``median_ms``) of ``repeat`` calls after warm-up. Ours, scipy and
+    dense are timed in separate passes (see ``_sweep``), and the three passes are repeated
+    in ``rounds`` rounds (3; 1 when ``quick``), each case keeping its best round: the speed
+    of a shared machine drifts over seconds, and alternating puts the three contenders
+    through the same drift. ``quick`` runs one shape (a few seconds once the kernels are in
+    Numba's disk cache).
     Records: kernel ("csr_linear"), M, K, N, threads, sparsity, nnz, ms, scipy_ms, numpy_ms,
     speedup_vs_scipy, speedup_vs_numpy, scipy_form, blas.
     """
@@ -103,12 +104,12 @@ def run_csr_bench(
     shapes = QUICK_SHAPES if quick else FULL_SHAPES
     sparsities = QUICK_SPARSITY if quick else FULL_SPARSITY
     repeat = repeat if repeat is not None else (5 if quick else 15)
-    rounds = 1 if quick else 2
+    rounds = 1 if quick else 3
     rng = np.random.default_rng(seed)
     saved_threads = numba.get_num_threads()
 
-    def best_median(fn) -> float:
-        return min(median_ms(fn, repeat=repeat, min_seconds=0.02) for _ in range(rounds))
+    def timed(fn) -> float:
+        return median_ms(fn, repeat=repeat, min_seconds=0.02)
 
     # which scipy formulation is faster, on a mid-size case, one thread
     k0, n0 = shapes[-1]
@@ -120,14 +121,15 @@ def run_csr_bench(
         for threads in threads_list:
             numba.set_num_threads(threads)
             with threadpool_limits(limits=threads, user_api="blas"):
-                records += _sweep(rng, m_list, shapes, sparsities, threads, form, best_median)
+                records += _sweep(rng, m_list, shapes, sparsities, threads, form, timed, rounds)
     finally:
         numba.set_num_threads(saved_threads)
     return records
 
 
-def _sweep(rng, m_list, shapes, sparsities, threads, form, best_median) -> list[dict]:
-    """One thread count: every case timed ours, then scipy, then dense, in separate passes.
+def _sweep(rng, m_list, shapes, sparsities, threads, form, timed, rounds) -> list[dict]:
+    """One thread count: every case timed ours, then scipy, then dense, in separate passes,
+    ``rounds`` times over; each case keeps its best time of each contender.
 
     OpenBLAS's worker threads keep spinning for a while after a matmul, and Numba's after a
     parallel region; timing the three back to back would make each fight the other's idle
@@ -145,15 +147,21 @@ def _sweep(rng, m_list, shapes, sparsities, threads, form, best_median) -> list[
             for m in m_list:
                 _check_same(sparse_linear(xs[m], w_t), xs[m] @ w)
                 cases.append((m, k, n, sparsity, xs[m], w, w_t, scipy_fn))
-    time.sleep(PAUSE_S)
-    ours = [best_median(lambda c=c: sparse_linear(c[4], c[6])) for c in cases]
-    time.sleep(PAUSE_S)
-    scipy_ms = [best_median(lambda c=c: c[7](c[4])) for c in cases]
-    time.sleep(PAUSE_S)
-    dense_ms = {}  # the dense time does not depend on the sparsity
+    dense_cases = {}  # the dense time does not depend on the sparsity
     for m, k, n, _, x, w, _, _ in cases:
-        if (m, k, n) not in dense_ms:
-            dense_ms[m, k, n] = best_median(lambda x=x, w=w: x @ w)
+        dense_cases.setdefault((m, k, n), (x, w))
+    ours, scipy_ms = [np.inf] * len(cases), [np.inf] * len(cases)
+    dense_ms = dict.fromkeys(dense_cases, np.inf)
+    for _ in range(rounds):
+        time.sleep(PAUSE_S)
+        ours = [min(t, timed(lambda c=c: sparse_linear(c[4], c[6])))
+                for t, c in zip(ours, cases, strict=True)]
+        time.sleep(PAUSE_S)
+        scipy_ms = [min(t, timed(lambda c=c: c[7](c[4])))
+                    for t, c in zip(scipy_ms, cases, strict=True)]
+        time.sleep(PAUSE_S)
+        for key, (x, w) in dense_cases.items():
+            dense_ms[key] = min(dense_ms[key], timed(lambda x=x, w=w: x @ w))
     return [
         {
             "kernel": "csr_linear",

@@ -17,12 +17,14 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from minicompress.kernels.int8 import int8_kernel_path, int8_linear, pack_int8_linear
-from minicompress.report.timing import median_ms
+from minicompress.report.timing import best_of_rounds
 
 M_VALUES = (1, 32, 128, 512)
 KN_VALUES = ((256, 1024), (1024, 256), (768, 3072))
 QUICK_M_VALUES = (1, 128)
 QUICK_KN_VALUES = ((768, 3072),)
+ROUNDS = 3  # rounds of the full benchmark: NumPy, torch and ours in turn (``best_of_rounds``)
+PAUSE_S = 0.05  # before each timing: idle BLAS / OpenMP / Numba threads stop spinning
 
 
 def _torch_dynamic_linear(w: np.ndarray, bias: np.ndarray):
@@ -57,7 +59,8 @@ def run_int8_bench(quick: bool, threads_list: tuple[int, ...] = (1, 2)) -> list[
 
     Returns one dict per (path, M, K, N, threads) with keys kernel, path, M, K, N, threads,
     ms, numpy_ms, speedup_vs_numpy, torch_ms, speedup_vs_torch (the last two None without
-    torch). Times are medians in milliseconds.
+    torch). Times are medians in milliseconds, the best of ROUNDS rounds in which every
+    contender is timed in turn (one round when ``quick``).
     """
     for t in threads_list:
         if not isinstance(t, int) or not 1 <= t <= numba.config.NUMBA_NUM_THREADS:
@@ -66,7 +69,11 @@ def run_int8_bench(quick: bool, threads_list: tuple[int, ...] = (1, 2)) -> list[
                 f"got {t!r}"
             )
     m_values, kn_values = (QUICK_M_VALUES, QUICK_KN_VALUES) if quick else (M_VALUES, KN_VALUES)
-    repeat, min_seconds = (5, 0.02) if quick else (20, 0.2)
+    timing = (
+        {"rounds": 1, "repeat": 5, "min_seconds": 0.02, "pause_s": 0.0}
+        if quick
+        else {"rounds": ROUNDS, "repeat": 20, "min_seconds": 0.1, "pause_s": PAUSE_S}
+    )
     paths = list(dict.fromkeys([int8_kernel_path(), "portable"]))  # auto first, no duplicate
     rng = np.random.default_rng(0)
     records = []
@@ -82,43 +89,46 @@ def run_int8_bench(quick: bool, threads_list: tuple[int, ...] = (1, 2)) -> list[
                 x_t = torch.from_numpy(x) if torch is not None else None
                 for threads in threads_list:
                     records += _time_one(x, w, bias, packed, torch, torch_forward, x_t,
-                                         threads, repeat, min_seconds)
+                                         threads, timing)
     finally:
         numba.set_num_threads(old_numba_threads)
     return records
 
 
-def _time_one(x, w, bias, packed, torch, torch_forward, x_t, threads, repeat, min_seconds):
-    """Records of every path for one shape on ``threads`` threads."""
+def _time_one(x, w, bias, packed, torch, torch_forward, x_t, threads, timing):
+    """Records of every path for one shape on ``threads`` threads: NumPy, torch and each of
+    our paths timed in alternation (``best_of_rounds``), each figure its best round."""
     m, k = x.shape
     n = w.shape[1]
-    numba.set_num_threads(threads)
-    with threadpool_limits(limits=threads):
-        numpy_ms = median_ms(lambda: x @ w + bias, repeat=repeat, min_seconds=min_seconds)
-    torch_ms = None
+    fns = {"numpy": lambda: x @ w + bias}
     if torch is not None:
-        old_torch_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            torch_ms = median_ms(lambda: torch_forward(x_t), repeat=repeat,
-                                 min_seconds=min_seconds)
-        finally:
-            torch.set_num_threads(old_torch_threads)
-    records = []
+        fns["torch"] = lambda: torch_forward(x_t)
     for path, layer in packed.items():
-        ms = median_ms(lambda layer=layer: int8_linear(x, layer), repeat=repeat,
-                       min_seconds=min_seconds)
-        records.append({
+        fns[path] = lambda layer=layer: int8_linear(x, layer)
+    numba.set_num_threads(threads)
+    old_torch_threads = torch.get_num_threads() if torch is not None else None
+    try:
+        if torch is not None:
+            torch.set_num_threads(threads)
+        with threadpool_limits(limits=threads):
+            ms = best_of_rounds(fns, **timing)
+    finally:
+        if torch is not None:
+            torch.set_num_threads(old_torch_threads)
+    torch_ms = ms.get("torch")
+    return [
+        {
             "kernel": "int8_linear",
             "path": path,
             "M": m,
             "K": k,
             "N": n,
             "threads": threads,
-            "ms": ms,
-            "numpy_ms": numpy_ms,
-            "speedup_vs_numpy": numpy_ms / ms,
+            "ms": ms[path],
+            "numpy_ms": ms["numpy"],
+            "speedup_vs_numpy": ms["numpy"] / ms[path],
             "torch_ms": torch_ms,
-            "speedup_vs_torch": None if torch_ms is None else torch_ms / ms,
-        })
-    return records
+            "speedup_vs_torch": None if torch_ms is None else torch_ms / ms[path],
+        }
+        for path in packed
+    ]

@@ -45,6 +45,7 @@ scheduled (measured here: 8-16 ms instead of 0.1-1 ms, for OpenBLAS as for these
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 import numba
@@ -177,7 +178,63 @@ def _ir_vec_add(typingctx, acc, other, width):
     return types.none(acc, other, width), codegen
 
 
-# The same five operations as plain Python on NumPy arrays, so that the kernels also run
+def _transpose16(builder, rows: list) -> list:
+    """Transpose 16 vectors of 16 floats in registers: result[t][i] = rows[i][t].
+
+    Four stages (b = 8, 4, 2, 1); each swaps the off-diagonal b x b blocks of every 2b x 2b
+    block with two ``shufflevector`` per pair of rows (``vpermt2ps``): 64 shuffles for 256
+    floats, instead of 256 scalar loads and stores.
+    """
+    rows = list(rows)
+    for b in (8, 4, 2, 1):
+        low = ir.Constant(ir.VectorType(ir.IntType(32), 16),
+                          [j if j & b == 0 else 16 + j - b for j in range(16)])
+        high = ir.Constant(ir.VectorType(ir.IntType(32), 16),
+                           [j + b if j & b == 0 else 16 + j for j in range(16)])
+        for i in range(16):
+            if i & b == 0:
+                a, c = rows[i], rows[i + b]
+                rows[i] = builder.shuffle_vector(a, c, low)
+                rows[i + b] = builder.shuffle_vector(a, c, high)
+    return rows
+
+
+@intrinsic
+def _ir_store_tile_t(typingctx, tile_addr, out_addr, ldo, scale_addr, bias_addr, width):
+    """out[t, i] = scale[i] * tile[i, t] + bias[i] for i < 16, t < W: a full tile of 16
+    output features x W tokens, stored transposed (16 contiguous floats per token row).
+
+    tile_addr: float32 [16, W] row-major; out_addr: float32 rows ``ldo`` bytes apart;
+    scale_addr, bias_addr: 16 float32 each. W = 16 or 32 (two 16 x 16 transposes).
+    """
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        tile_addr, out_addr, ldo, scale_addr, bias_addr, _ = args
+        vt = ir.VectorType(ir.FloatType(), 16)
+        w = width.literal_value
+
+        def at(address, offset):  # a <16 x float> pointer at address + offset bytes
+            shifted = builder.add(address, offset)
+            return builder.inttoptr(shifted, vt.as_pointer())
+
+        i64 = ir.IntType(64)
+        scale = builder.load(at(scale_addr, ir.Constant(i64, 0)), align=4)
+        bias = builder.load(at(bias_addr, ir.Constant(i64, 0)), align=4)
+        for h in range(w // 16):
+            rows = [builder.load(at(tile_addr, ir.Constant(i64, (i * w + 16 * h) * 4)), align=4)
+                    for i in range(16)]
+            for t, column in enumerate(_transpose16(builder, rows)):
+                y = builder.fadd(builder.fmul(column, scale), bias)
+                offset = builder.mul(ldo, ir.Constant(i64, 16 * h + t))
+                builder.store(y, at(out_addr, offset), align=4)
+        return context.get_dummy_value()
+
+    return types.none(types.intp, types.intp, types.intp, types.intp, types.intp, width), codegen
+
+
+# The same six operations as plain Python on NumPy arrays, so that the kernels also run
 # with NUMBA_DISABLE_JIT=1 (for debugging); compiled code uses the LLVM versions above.
 
 
@@ -205,6 +262,14 @@ def _vec_add(acc, other, width):
     acc += other
 
 
+def _store_full_tile_t(tile, out, scale, bias, m0, n0, width):
+    """out[m0 + t, n0 + i] = scale[n0 + i] * tile[i, t] + bias[n0 + i] for i < 16, t < W:
+    ``_store_tile`` for a full tile, transposed in registers (``_ir_store_tile_t``).
+    tile: float32 [16, W]; out: float32 [M, N], C-contiguous."""
+    s, b = scale[n0 : n0 + 16], bias[n0 : n0 + 16]  # [16]
+    out[m0 : m0 + width, n0 : n0 + 16] = tile[:, :width].T * s + b
+
+
 @overload(_vec_alloc)
 def _ol_vec_alloc(width):
     return lambda width: _ir_vec_alloc(width)
@@ -228,6 +293,16 @@ def _ol_vec_store(acc, address, width):
 @overload(_vec_add)
 def _ol_vec_add(acc, other, width):
     return lambda acc, other, width: _ir_vec_add(acc, other, width)
+
+
+@overload(_store_full_tile_t)
+def _ol_store_full_tile_t(tile, out, scale, bias, m0, n0, width):
+    def impl(tile, out, scale, bias, m0, n0, width):
+        ldo = out.strides[0]
+        _ir_store_tile_t(tile.ctypes.data, out.ctypes.data + m0 * ldo + n0 * 4, ldo,
+                         scale.ctypes.data + n0 * 4, bias.ctypes.data + n0 * 4, width)
+
+    return impl
 
 
 # ----------------------------------------------------------------------------------------
@@ -305,21 +380,25 @@ def _rows_are_valid(indptr, indices, k_total, r0, r1):
     lo, hi = indptr[r0], indptr[r1]
     if lo < 0 or hi > nnz:
         return False
-    run = indices[lo:hi]  # loops over a slice from 0: LLVM vectorizes them (6x faster)
-    smallest, largest = run.dtype.type(0), run.dtype.type(0)  # in the index dtype: 16 lanes
-    for j in range(run.shape[0]):
+    if hi == lo:
+        return True
+    run, after = indices[lo:hi], indices[lo + 1 : hi]  # slices from 0: LLVM vectorizes
+    # one pass: the range, and the entries not above the previous one (allowed only at a row
+    # start). int32 counts (np.int32(...) stops Numba widening them to int64) give 8 lanes.
+    last_entry = run[run.shape[0] - 1]
+    smallest, largest = last_entry, last_entry
+    steps_down = np.int32(0)
+    for j in range(run.shape[0] - 1):
         smallest = min(smallest, run[j])
         largest = max(largest, run[j])
+        steps_down = np.int32(steps_down + np.int32(after[j] <= run[j]))
     if smallest < 0 or largest >= k_total:
         return False
-    steps_down = 0  # entries not above the previous one: allowed only at a row start
-    for j in range(run.shape[0] - 1):
-        steps_down += np.int64(run[j + 1] <= run[j])
     last = lo
     for n in range(r0 + 1, r1):
         p = indptr[n]
         if p != last and p < hi:  # a row starts at p (empty rows share their start)
-            steps_down -= np.int64(indices[p]) <= np.int64(indices[p - 1])
+            steps_down = np.int32(steps_down - np.int32(indices[p] <= indices[p - 1]))
             last = p
     return steps_down == 0
 
@@ -395,7 +474,10 @@ def _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out, m_tot
                 _vec_add(acc2, acc3, width)
                 _vec_add(acc0, acc2, width)
                 _vec_store(acc0, tile.ctypes.data + (n - n0) * width * 4, width)
-            _store_tile(tile, out, scale, bias, transpose_out, m0, m_len, n0, n1)
+            if transpose_out and n1 - n0 == TILE_ROWS and m_len == width:
+                _store_full_tile_t(tile, out, scale, bias, m0, n0, width)
+            else:
+                _store_tile(tile, out, scale, bias, transpose_out, m0, m_len, n0, n1)
     return -1
 
 
@@ -665,7 +747,7 @@ def csr_matmul(a: CSR, b: np.ndarray, *, path: str | None = None) -> np.ndarray:
     _check_csr_cheap("a", a)
     check_matmul_operands(a, b)
     r, m = a.shape[0], b.shape[1]
-    ones, zeros = np.ones(r, dtype=np.float32), np.zeros(r, dtype=np.float32)
+    ones, zeros = _constant_vector(r, 1.0), _constant_vector(r, 0.0)
     return _run(a, np.ascontiguousarray(b), False, ones, zeros, (r, m), "a")
 
 
@@ -704,14 +786,23 @@ def sparse_linear(
     if choice == "reference":
         w_ref = w_t if scale is None else dequantize_csr(w_t, scale)
         return reference.sparse_linear_reference(x, w_ref, bias)
-    scale_n = np.ones(n, dtype=np.float32) if scale is None else np.ascontiguousarray(scale)
-    bias_n = np.zeros(n, dtype=np.float32) if bias is None else np.ascontiguousarray(bias)
+    scale_n = _constant_vector(n, 1.0) if scale is None else np.ascontiguousarray(scale)
+    bias_n = _constant_vector(n, 0.0) if bias is None else np.ascontiguousarray(bias)
     return _run(w_t, np.ascontiguousarray(x), True, scale_n, bias_n, (x.shape[0], n), "w_t")
 
 
 # ----------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _constant_vector(n: int, value: float) -> np.ndarray:
+    """A float32 [n] filled with ``value`` (the scale or bias of a layer without one), made
+    once per size: allocating two per call cost 2-3 us, a tenth of a product at M = 1.
+    Only the kernels read it, and they never write it (left writeable, so that Numba does
+    not compile a second, read-only signature of every kernel)."""
+    return np.full(n, value, dtype=np.float32)
 
 
 def _check_vector(name: str, v: object, n: int) -> None:

@@ -29,6 +29,33 @@ def median_ms(
     return float(np.median(times) * 1e3)
 
 
+def best_of_rounds(
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    repeat: int = 20,
+    min_seconds: float = 0.0,
+    pause_s: float = 0.0,
+) -> dict[str, float]:
+    """Each function's smallest ``median_ms`` over ``rounds`` rounds; every round times every
+    function once, in turn, after a pause of ``pause_s`` seconds.
+
+    On a shared machine the speed of the cores drifts over seconds (measured here: the same
+    call 1.5-2x slower for minutes at a time). Timing the contenders in alternation puts
+    them through the same drift, and the best round of each is the least disturbed one.
+    The pause lets the idle worker threads of a BLAS or OpenMP pool stop spinning, so that
+    they do not compete with the next contender for the cores.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1; got {rounds}")
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            if pause_s:
+                time.sleep(pause_s)
+            best[name] = min(best[name], median_ms(fn, repeat=repeat, min_seconds=min_seconds))
+    return best
+
+
 def blas_info() -> list[dict]:
     """The BLAS libraries loaded: library, version, kernel (architecture), threads."""
     from threadpoolctl import threadpool_info
