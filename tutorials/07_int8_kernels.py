@@ -140,8 +140,10 @@ print(f"zero points {z_x}: correction exact; it costs {m * n} multiply-adds next
 #    of each column sit together, so one 64-byte load feeds 16 columns $\times$ 4 $k$;
 # 2. **broadcasts** 4 bytes of an activation row (the same 4 $k$) to all 16 lanes
 #    (`vpbroadcastd`);
-# 3. keeps a **register tile** of 4 rows $\times$ 64 columns (16 zmm accumulators) for the
-#    whole $K$ loop, then dequantizes it in registers and stores float32.
+# 3. keeps a **register tile** of 8 rows $\times$ 48 columns (24 zmm accumulators) for the
+#    whole $K$ loop, then dequantizes it in registers and stores float32. Each 64-byte
+#    weight load feeds 8 `vpdpbusd`, and a 48-column panel of weights (36 KB at K = 768)
+#    stays in the L1 cache while the row tiles pass over it.
 #
 # K is padded to a multiple of 4 and N to a multiple of 16 with zero weights, so padding
 # never changes a sum. Below, one 64-byte block of the packed weights:
@@ -162,9 +164,10 @@ assert np.array_equal(vnni_kernels.unpack_vnni_weight(packed_small, 8, 16), w_sm
 # %%
 if HAS_VNNI:
     tile = numba.njit(vnni_kernels._tile.py_func)  # an uncached copy, so asm is available
-    a_pad = np.zeros((4, 8), np.uint8)
-    c_tile = np.zeros((4, 64), np.int32)
-    tile(4, 4, a_pad, 0, vnni_kernels.pack_vnni_weight(np.zeros((8, 64), np.int8)), 0,
+    mr, nv = vnni_kernels.MR, vnni_kernels.NV  # 8 rows x 3 vectors of 16 columns
+    a_pad = np.zeros((mr, 8), np.uint8)
+    c_tile = np.zeros((mr, 16 * nv), np.int32)
+    tile(mr, nv, a_pad, 0, vnni_kernels.pack_vnni_weight(np.zeros((8, 16 * nv), np.int8)), 0,
          c_tile, 0, 0)
     asm = tile.inspect_asm(tile.signatures[0])
     lines = [ln.strip() for ln in asm.splitlines() if "vpdpbusd" in ln]
@@ -201,7 +204,9 @@ print(f"all paths agree; int8 vs float32 layer: max |error| {err.max():.4f}, "
 #
 # `run_int8_bench` times the layer end to end (activation quantization included) against
 # NumPy's fp32 `x @ w + b` and, when PyTorch is installed, its dynamic int8 `nn.Linear`.
-# Medians in milliseconds, on one thread: a fair comparison (every library gets one core)
+# Medians in milliseconds (outside fast mode, the best of three rounds in which NumPy, torch
+# and ours are timed in turn, so that all go through the same drift of a shared machine's
+# speed), on one thread: a fair comparison (every library gets one core)
 # and a stable one on a busy machine, where a parallel call can wait a whole scheduler
 # time slice for its second thread. `run_int8_bench(quick, threads_list=(1, 2))` times both.
 
