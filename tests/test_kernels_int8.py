@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -338,8 +339,10 @@ def test_linear_close_to_torch_dynamic_quantization(path, rng, torch):
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
         layer.bias.copy_(torch.from_numpy(bias))
-    qlayer = torch.ao.quantization.quantize_dynamic(
-        torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        qlayer = torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8)
     with torch.inference_mode():
         theirs = qlayer(torch.from_numpy(x)).numpy()
     ours = int8_linear(x, pack_int8_linear(w, bias, path=path))
