@@ -1,5 +1,6 @@
-"""int8 GEMM and int8 linear kernels (``kernels/int8_gemm.py``, ``kernels/vnni.py``) against
-the contracts of ``kernels/reference.py``: integers bit for bit, floats to rtol 1e-5."""
+"""int8 GEMM and int8 linear kernels (``kernels/int8.py``, ``kernels/vnni.py``,
+``kernels/amx.py``) against the contracts of ``kernels/reference.py``: integers bit for bit,
+floats to rtol 1e-5 (and the fast paths bit for bit against each other)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from minicompress.kernels import MAX_K_INT32, int8_gemm_reference, quantized_linear_reference
+from minicompress.kernels import amx as amx_module
 from minicompress.kernels import vnni as vnni_module
 from minicompress.kernels.int8 import (
     PackedInt8Linear,
@@ -26,30 +28,43 @@ from minicompress.kernels.int8_quant import quantize_rows, round_half_even, row_
 from minicompress.kernels.reference import quantize_rows_uint8, quantize_weight_per_channel
 
 HAS_VNNI = vnni_module.vnni_supported()
+HAS_AMX = amx_module.amx_supported()
+AUTO = "amx" if HAS_AMX else "vnni" if HAS_VNNI else "portable"
 REPO = Path(__file__).resolve().parents[1]
 
 PATHS = [
     "reference",
     "portable",
     pytest.param("vnni", marks=pytest.mark.skipif(not HAS_VNNI, reason="CPU lacks AVX-512 VNNI")),
+    pytest.param("amx", marks=pytest.mark.skipif(not HAS_AMX, reason="no AMX-INT8 tiles here")),
 ]
 FAST_PATHS = PATHS[1:]
 
 # (M, K, N): M = 1, odd K, N not a multiple of 16, edges of the VNNI tiles (MR = 8 rows,
 # NV = 3 vectors: 48 columns) and M >= 8 (rows quantized in parallel), with several row tiles
 # over a longer K and M*K*N above SERIAL_MAX_WORK (parallel kernels): N split (M < 8, and
-# M <= 32 with weights of 1 MB or more) and M split (M = 33 past that limit)
+# M <= 32 with weights of 1 MB or more) and M split (M = 33 past that limit); on the amx
+# path, the tiles from M = 128 (K not a multiple of 64, an odd number of 16-column blocks, a
+# last block of 32 rows cut short; N split up to 64 rows, M split above) and from M = 16
+# on weights of 1 MB or more
 SHAPES = [(1, 1, 1), (1, 7, 33), (3, 5, 17), (4, 64, 64), (5, 131, 70), (8, 128, 64),
           (9, 36, 130), (12, 100, 80), (64, 100, 256), (67, 257, 129), (2, 520, 1030),
-          (20, 1024, 1030), (33, 1024, 1030)]
+          (20, 1024, 1030), (33, 1024, 1030), (130, 200, 70), (257, 64, 33)]
 
 
 def test_shapes_reach_every_thread_split():
-    """SHAPES above must keep covering the N split for large weights and its limits."""
+    """SHAPES above must keep covering the N split for large weights and its limits, and
+    the edges of the AMX tile kernel."""
     big = [(m, k, n) for m, k, n in SHAPES
            if -(-n // 16) * -(-k // 4) * 64 >= vnni_module.SPLIT_N_MIN_WEIGHT_BYTES]
     assert any(vnni_module.MIN_ROWS_SPLIT_M <= m <= vnni_module.SPLIT_N_MAX_ROWS for m, _, _ in big)
     assert any(m > vnni_module.SPLIT_N_MAX_ROWS for m, _, _ in big)
+    on_tiles = [(m, k, n) for m, k, n in SHAPES
+                if amx_module.use_tiles(m, np.empty(amx_module.amx_weight_shape(k, n), np.int8))]
+    assert any(m <= 2 * amx_module.M_BLOCK for m, _, _ in on_tiles)  # N split
+    assert any(m > 2 * amx_module.M_BLOCK and m % amx_module.M_BLOCK for m, _, _ in on_tiles)
+    assert any(-(-n // 16) % 2 for _, _, n in on_tiles)  # an odd last block of 16 columns
+    assert any(k % amx_module.K_BLOCK for _, k, _ in on_tiles)
 
 
 def assert_same_integers(ours: np.ndarray, ref: np.ndarray) -> None:
@@ -71,9 +86,9 @@ def test_kernel_path_from_environment(monkeypatch):
     monkeypatch.setenv("MINICOMPRESS_KERNEL", "reference")
     assert int8_kernel_path() == "reference"
     monkeypatch.setenv("MINICOMPRESS_KERNEL", "auto")
-    assert int8_kernel_path() == ("vnni" if HAS_VNNI else "portable")
+    assert int8_kernel_path() == AUTO
     monkeypatch.delenv("MINICOMPRESS_KERNEL")
-    assert int8_kernel_path() == ("vnni" if HAS_VNNI else "portable")
+    assert int8_kernel_path() == AUTO
 
 
 def test_kernel_path_refuses_unknown(monkeypatch):
@@ -86,6 +101,7 @@ def test_kernel_path_refuses_unknown(monkeypatch):
 
 def test_vnni_refused_without_the_cpu_feature(monkeypatch):
     monkeypatch.setattr(vnni_module, "vnni_supported", lambda: False)
+    monkeypatch.setattr(amx_module, "amx_supported", lambda: False)  # no AMX without VNNI
     with pytest.raises(ValueError, match="AVX-512 VNNI"):
         int8_kernel_path("vnni")
     monkeypatch.setenv("MINICOMPRESS_KERNEL", "vnni")
@@ -93,6 +109,41 @@ def test_vnni_refused_without_the_cpu_feature(monkeypatch):
         int8_kernel_path()
     monkeypatch.setenv("MINICOMPRESS_KERNEL", "auto")
     assert int8_kernel_path() == "portable"
+
+
+def test_amx_refused_without_the_tiles(monkeypatch):
+    monkeypatch.setattr(amx_module, "amx_supported", lambda: False)
+    with pytest.raises(ValueError, match="AMX-INT8"):
+        int8_kernel_path("amx")
+    monkeypatch.setenv("MINICOMPRESS_KERNEL", "auto")
+    assert int8_kernel_path() == ("vnni" if HAS_VNNI else "portable")
+
+
+@pytest.mark.skipif(not HAS_AMX, reason="no AMX-INT8 tiles here")
+def test_amx_layer_refused_where_the_tiles_are_missing(monkeypatch, rng):
+    x, w, bias = random_layer(rng, 130, 64, 40)
+    packed = pack_int8_linear(w, bias, path="amx")
+    monkeypatch.setattr(amx_module, "amx_supported", lambda: False)
+    with pytest.raises(ValueError, match="AMX-INT8"):
+        int8_linear(x, packed)
+
+
+def test_amx_tiles_are_used_where_they_win():
+    big = np.empty(amx_module.MIN_LARGE_BYTES, dtype=np.int8)
+    small = np.empty(1024, dtype=np.int8)
+    assert amx_module.use_tiles(amx_module.MIN_ROWS, small)
+    assert not amx_module.use_tiles(amx_module.MIN_ROWS - 1, small)
+    assert amx_module.use_tiles(amx_module.MIN_ROWS_LARGE, big)
+    assert not amx_module.use_tiles(amx_module.MIN_ROWS_LARGE - 1, big)
+
+
+def test_amx_weight_layout_is_the_vnni_one_padded_to_64_k(rng):
+    w_q = rng.integers(-128, 128, size=(70, 33), dtype=np.int8)
+    packed = amx_module.pack_amx_weight(w_q)
+    assert packed.shape == amx_module.amx_weight_shape(70, 33) == (3, 32, 16, 4)
+    np.testing.assert_array_equal(vnni_module.unpack_vnni_weight(packed, 70, 33), w_q)
+    np.testing.assert_array_equal(packed[:, 70 // 4 + 1 :], 0)  # k = 72..127: zeros
+    assert packed[0, 17, 0, 2:].tolist() == [0, 0]  # k = 70, 71: zeros
 
 
 @pytest.mark.skipif(not HAS_VNNI, reason="CPU lacks AVX-512 VNNI")
@@ -290,6 +341,9 @@ def test_linear_fast_paths_agree_bit_for_bit(m, k, n, rng):
     y_portable = int8_linear(x, pack_int8_linear(w, bias, path="portable"))
     y_vnni = int8_linear(x, pack_int8_linear(w, bias, path="vnni"))
     np.testing.assert_array_equal(y_portable, y_vnni)
+    if HAS_AMX:
+        np.testing.assert_array_equal(y_portable, int8_linear(x, pack_int8_linear(w, bias,
+                                                                                 path="amx")))
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -393,9 +447,11 @@ def test_linear_refuses_inconsistent_packed_layer(path, rng):
 
 
 @pytest.mark.parametrize("path", FAST_PATHS)
-@pytest.mark.parametrize("m,k,n", [(40, 8, 5), (40, 128, 130), (3, 1024, 300), (16, 256, 300)])
+@pytest.mark.parametrize("m,k,n", [(40, 8, 5), (40, 128, 130), (3, 1024, 300), (16, 256, 300),
+                                   (130, 64, 40), (20, 1024, 1030)])
 def test_linear_refuses_non_finite_input(path, m, k, n, rng):
-    # serial kernel; parallel kernel with M split; parallel kernel with N split (M < 8)
+    # serial kernel; parallel kernel with M split; parallel kernel with N split (M < 8);
+    # on amx, the tiles with M split (130 rows) and N split (20 rows of 1 MB of weights)
     x, w, bias = random_layer(rng, m, k, n)
     packed = pack_int8_linear(w, bias, path=path)
     for bad in (np.nan, np.inf, -np.inf):
@@ -441,16 +497,20 @@ def test_vnni_tile_emits_vpdpbusd():
 
 def test_cached_kernels_load_in_a_second_process(tmp_path):
     """Two fresh processes share NUMBA_CACHE_DIR: the first writes the cache, the second
-    compiles nothing (Numba's own per-dispatcher cache statistics say so). The VNNI kernel
-    is the one checked where it runs: its intrinsic must survive the cache too."""
+    compiles nothing (Numba's own per-dispatcher cache statistics say so). The VNNI and AMX
+    kernels are the ones checked where they run: their intrinsics must survive the cache."""
     script = (
         "import numpy as np\n"
-        "from minicompress.kernels import int8 as g, vnni\n"
+        "from minicompress.kernels import amx, int8 as g, vnni\n"
         "x = np.ones((2, 512), np.float32); w = np.ones((512, 1024), np.float32)\n"
         "path = 'vnni' if vnni.vnni_supported() else 'portable'\n"
         "g.int8_linear(x, g.pack_int8_linear(w, None, path=path))\n"
-        "k = vnni.vnni_linear_kernel if path == 'vnni' else g.portable_linear_kernel\n"
-        "print(sum(k.stats.cache_misses.values()), sum(k.stats.cache_hits.values()))\n"
+        "ks = [vnni.vnni_linear_kernel if path == 'vnni' else g.portable_linear_kernel]\n"
+        "if amx.amx_supported():\n"
+        "    g.int8_linear(np.ones((130, 512), np.float32), g.pack_int8_linear(w, None, 'amx'))\n"
+        "    ks.append(amx.amx_linear_kernel)\n"
+        "print(sum(sum(k.stats.cache_misses.values()) for k in ks),\n"
+        "      sum(sum(k.stats.cache_hits.values()) for k in ks))\n"
     )
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     env.pop("NUMBA_DISABLE_JIT", None)
@@ -504,7 +564,8 @@ def test_bench_records(monkeypatch):
     keys = {"kernel", "path", "M", "K", "N", "threads", "ms", "numpy_ms", "speedup_vs_numpy",
             "torch_ms", "speedup_vs_torch"}
     assert records and all(keys <= set(r) for r in records)
-    assert {r["path"] for r in records} == {int8_kernel_path(), "portable"}
+    assert {r["path"] for r in records} == {int8_kernel_path(), "portable"} | (
+        {"vnni"} if HAS_VNNI else set())
     assert all(r["ms"] > 0 and r["torch_ms"] is None and r["speedup_vs_torch"] is None
                for r in records)
     with pytest.raises(ValueError, match="threads_list entries must be ints"):

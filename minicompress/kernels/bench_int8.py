@@ -1,8 +1,9 @@
 """Benchmark of the int8 linear layer end to end (float32 in, float32 out) against NumPy fp32
 ``x @ w + b`` and, when PyTorch is installed, ``torch.ao.quantization.quantize_dynamic``.
 
-Both the path that ``auto`` picks (``vnni`` on a CPU with AVX-512 VNNI) and the
-``portable`` path are measured, on each thread count. Numba threads are set with
+The path that ``auto`` picks (``amx`` on a CPU with AMX-INT8 tiles, ``vnni`` on one with
+AVX-512 VNNI), the ``vnni`` path where it runs, and the ``portable`` path are measured, on
+each thread count. Numba threads are set with
 ``numba.set_num_threads``, BLAS threads with ``threadpoolctl.threadpool_limits`` and
 PyTorch's with ``torch.set_num_threads``; all are restored afterwards. Nothing is printed:
 the CLI formats the records.
@@ -17,6 +18,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from minicompress.kernels.int8 import int8_kernel_path, int8_linear, pack_int8_linear
+from minicompress.kernels.vnni import vnni_supported
 from minicompress.report.timing import best_of_rounds
 
 M_VALUES = (1, 32, 128, 512)
@@ -74,7 +76,9 @@ def run_int8_bench(quick: bool, threads_list: tuple[int, ...] = (1, 2)) -> list[
         if quick
         else {"rounds": ROUNDS, "repeat": 20, "min_seconds": 0.1, "pause_s": PAUSE_S}
     )
-    paths = list(dict.fromkeys([int8_kernel_path(), "portable"]))  # auto first, no duplicate
+    # auto first, then VNNI where it runs (if auto is amx), then portable; no duplicate
+    paths = [int8_kernel_path(), "vnni" if vnni_supported() else "portable", "portable"]
+    paths = list(dict.fromkeys(paths))
     rng = np.random.default_rng(0)
     records = []
     old_numba_threads = numba.get_num_threads()

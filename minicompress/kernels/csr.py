@@ -66,7 +66,7 @@ from minicompress.kernels.reference import (
     check_matmul_operands,
 )
 
-KERNEL_CHOICES = ("auto", "reference", "portable", "vnni")  # shared with the int8 kernels
+KERNEL_CHOICES = ("auto", "reference", "portable", "vnni", "amx")  # shared with int8
 SPMV_MAX_M = 4  # below this many rows of x, gathered dot products beat packing x
 PARTS_PER_THREAD = 4  # work items per thread: evens out rows of unequal length
 TILE_ROWS = 16  # output features summed before one transposed store: 64 contiguous bytes
@@ -79,11 +79,11 @@ def csr_kernel_path(path: str | None = None) -> str:
     """Which CSR implementation runs: ``"reference"`` (reference.py) or ``"portable"`` (Numba).
 
     ``path`` None reads ``MINICOMPRESS_KERNEL`` (default ``auto``). ``reference`` forces the
-    NumPy references; ``portable``, ``vnni`` and ``auto`` run this module's Numba kernels
-    (CSR has no VNNI variant: the Numba kernel is the portable path).
+    NumPy references; ``portable``, ``vnni``, ``amx`` and ``auto`` run this module's Numba kernels
+    (CSR has no VNNI or AMX variant: the Numba kernel is the portable path).
     """
     choice = path if path is not None else os.environ.get("MINICOMPRESS_KERNEL", "auto")
-    if choice in ("auto", "portable", "vnni"):  # the common case, without string work
+    if choice in ("auto", "portable", "vnni", "amx"):  # the common case, no string work
         return "portable"
     if not isinstance(choice, str) or choice.strip().lower() not in KERNEL_CHOICES:
         source = "path" if path is not None else "MINICOMPRESS_KERNEL"

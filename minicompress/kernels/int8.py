@@ -9,10 +9,14 @@ Three paths compute the same integers (and the same floats for the layer):
   half the speed of NumPy's fp32 sgemm (faster only at M = 1, where reading the weights
   dominates): no loop form makes LLVM emit the int8 dot-product instructions;
 - ``vnni``: the AVX-512 VNNI micro-kernel of ``vnni.py`` (``vpdpbusd``, 64 uint8 x int8
-  products per instruction) over weights packed ``[N/16, K/4, 16, 4]``.
+  products per instruction) over weights packed ``[N/16, K/4, 16, 4]``;
+- ``amx``: the AMX tile kernel of ``amx.py`` (``tdpbusd``, 16 x 16 x 64 products per
+  instruction) over the same layout with K padded to a multiple of 64, for the int8 linear
+  layer (the raw ``int8_gemm`` runs the VNNI kernel on this path).
 
-``MINICOMPRESS_KERNEL`` = ``auto`` (default: ``vnni`` when the CPU has it, else
-``portable``) | ``reference`` | ``portable`` | ``vnni`` chooses; ``int8_kernel_path()`` says
+``MINICOMPRESS_KERNEL`` = ``auto`` (default: ``amx`` when the CPU has AMX-INT8 and the OS
+lends the tiles, else ``vnni`` when the CPU has it, else ``portable``) | ``reference`` |
+``portable`` | ``vnni`` | ``amx`` chooses; ``int8_kernel_path()`` says
 which one runs. Every public function also takes ``path=`` to ask for one explicitly.
 
 Weights are quantized and packed once (``pack_int8_linear``), for one path: the portable
@@ -39,7 +43,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from minicompress.kernels import vnni
+from minicompress.kernels import amx, vnni
 from minicompress.kernels.int8_quant import dequantize_tile, quantize_rows
 from minicompress.kernels.reference import (
     check_array,
@@ -50,7 +54,7 @@ from minicompress.kernels.reference import (
     quantized_linear_reference,
 )
 
-KERNEL_PATHS = ("reference", "portable", "vnni")
+KERNEL_PATHS = ("reference", "portable", "vnni", "amx")
 KERNEL_CHOICES = ("auto", *KERNEL_PATHS)
 N_TILE = 256  # int32 accumulators of the portable kernel per row: 1 KB, stays in L1
 MIN_ROWS_SPLIT_M = vnni.MIN_ROWS_SPLIT_M  # with fewer rows, the threads split N, else M
@@ -67,8 +71,9 @@ SERIAL_MAX_WORK = 2**19
 def int8_kernel_path(path: str | None = None) -> str:
     """The int8 path that runs: ``path`` if given, else ``MINICOMPRESS_KERNEL`` (default auto).
 
-    ``auto`` resolves to ``vnni`` when the CPU has AVX-512 VNNI, else ``portable``. Asking
-    for ``vnni`` on a CPU without it, or for an unknown path, raises ValueError.
+    ``auto`` resolves to ``amx`` when ``amx.amx_supported()``, else to ``vnni`` when the CPU
+    has AVX-512 VNNI, else ``portable``. Asking for ``vnni`` or ``amx`` on a CPU without it,
+    or for an unknown path, raises ValueError.
     """
     source = "path"
     if path is None:
@@ -77,7 +82,14 @@ def int8_kernel_path(path: str | None = None) -> str:
     if path not in KERNEL_CHOICES:
         raise ValueError(f"{source} must be one of {', '.join(KERNEL_CHOICES)}; got {path!r}")
     if path == "auto":
+        if amx.amx_supported():
+            return "amx"
         return "vnni" if vnni.vnni_supported() else "portable"
+    if path == "amx" and not amx.amx_supported():
+        raise ValueError(
+            f"{source}='amx' needs a CPU with AMX-INT8 whose OS lends this process the tile "
+            "registers; this one does not. Use 'vnni', 'portable' or 'auto'."
+        )
     if path == "vnni" and not vnni.vnni_supported():
         raise ValueError(
             f"{source}='vnni' needs a CPU with AVX-512 VNNI (avx512vnni); this one lacks it. "
@@ -242,8 +254,9 @@ def int8_gemm(a: np.ndarray, b: np.ndarray, path: str | None = None) -> np.ndarr
 class PackedInt8Linear(NamedTuple):
     """An int8 linear layer, quantized and laid out once for one path.
 
-    path:    "reference" | "portable" | "vnni", the path ``int8_linear`` will run
-    weight:  int8, [K, N] (reference, portable) or [ceil(N/16), ceil(K/4), 16, 4] (vnni)
+    path:    "reference" | "portable" | "vnni" | "amx", the path ``int8_linear`` will run
+    weight:  int8, [K, N] (reference, portable), [ceil(N/16), ceil(K/4), 16, 4] (vnni) or
+             [ceil(N/16), 16 ceil(K/64), 16, 4] (amx)
     col_sum: int32 [N], sum_k w_q[k, n], for the zero-point correction
     w_scale: float32 [N], per-output-channel weight scale
     bias:    float32 [N] or None
@@ -260,9 +273,18 @@ class PackedInt8Linear(NamedTuple):
 
     def w_q(self) -> np.ndarray:
         """The quantized weight as int8 [K, N], whatever the layout."""
-        if self.path == "vnni":
+        if self.path in ("vnni", "amx"):
             return vnni.unpack_vnni_weight(self.weight, self.k, self.n)
         return self.weight
+
+
+def _weight_shape(path: str, k: int, n: int) -> tuple[int, ...]:
+    """The shape of ``PackedInt8Linear.weight`` for a [K, N] layer on ``path``."""
+    if path == "vnni":
+        return (-(-n // 16), -(-k // 4), 16, 4)
+    if path == "amx":
+        return amx.amx_weight_shape(k, n)
+    return (k, n)
 
 
 def _check_k_positive(name: str, shape: tuple) -> None:
@@ -292,7 +314,12 @@ def pack_quantized_int8_linear(
         check_vector("bias", bias, n)
         bias = bias.copy()
     col_sum = w_q.sum(axis=0, dtype=np.int32)  # [K, N] -> [N]; exact, as K <= MAX_K_INT32
-    weight = vnni.pack_vnni_weight(w_q) if path == "vnni" else np.array(w_q, order="C")
+    if path == "vnni":
+        weight = vnni.pack_vnni_weight(w_q)
+    elif path == "amx":
+        weight = amx.pack_amx_weight(w_q)
+    else:
+        weight = np.array(w_q, order="C")
     return PackedInt8Linear(path, weight, col_sum, w_scale.copy(), bias, k, n)
 
 
@@ -314,13 +341,12 @@ def _packed_is_consistent(packed: PackedInt8Linear) -> bool:
     """The fast check of every call: what ``pack_quantized_int8_linear`` makes passes it."""
     w, col_sum, w_scale, bias = packed.weight, packed.col_sum, packed.w_scale, packed.bias
     n, k = packed.n, packed.k
-    vnni_shape = (-(-n // 16), -(-k // 4), 16, 4)
     return (
-        isinstance(w, np.ndarray)
+        packed.path in KERNEL_PATHS
+        and isinstance(w, np.ndarray)
         and w.dtype == np.int8
         and w.flags.c_contiguous
-        and w.shape == (vnni_shape if packed.path == "vnni" else (k, n))
-        and packed.path in KERNEL_PATHS
+        and w.shape == _weight_shape(packed.path, k, n)
         and isinstance(col_sum, np.ndarray)
         and col_sum.dtype == np.int32
         and col_sum.shape == (n,)
@@ -350,7 +376,7 @@ def _check_packed(packed: PackedInt8Linear) -> None:
             f"packed.path must be one of {', '.join(KERNEL_PATHS)}; got {packed.path!r}"
         )
     k, n = packed.k, packed.n
-    shape = (-(-n // 16), -(-k // 4), 16, 4) if packed.path == "vnni" else (k, n)
+    shape = _weight_shape(packed.path, k, n)
     check_array("packed.weight", packed.weight, (np.int8,), len(shape))
     if packed.weight.shape != shape or not packed.weight.flags.c_contiguous:
         raise ValueError(
@@ -384,8 +410,10 @@ def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
     if x.shape[1] != packed.k:
         raise ValueError(f"x is {x.shape}: x.shape[1] must equal the layer's K={packed.k}")
     _check_packed(packed)
-    if packed.path == "vnni" and not vnni.vnni_supported():
-        int8_kernel_path("vnni")  # raises: this CPU lacks VNNI
+    if (packed.path == "vnni" and not vnni.vnni_supported()) or (
+        packed.path == "amx" and not amx.amx_supported()
+    ):
+        int8_kernel_path(packed.path)  # raises: this CPU lacks the instructions
     elif packed.path == "reference":
         return quantized_linear_reference(x, packed.weight, packed.w_scale, packed.bias)
     x = np.ascontiguousarray(x)
@@ -393,8 +421,10 @@ def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
     has_bias = packed.bias is not None
     bias = packed.bias if has_bias else packed.w_scale  # a float32 [N] that is never read
     args = (x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y)
-    vnni_path = packed.path == "vnni"
-    if x.shape[0] * packed.k * packed.n <= SERIAL_MAX_WORK:
+    vnni_path = packed.path in ("vnni", "amx")  # amx where the tiles lose: VNNI
+    if packed.path == "amx" and amx.use_tiles(x.shape[0], packed.weight):
+        finite = amx.amx_linear_kernel(*args, numba.get_num_threads(), amx.TILE_CONFIG)
+    elif x.shape[0] * packed.k * packed.n <= SERIAL_MAX_WORK:
         finite = (vnni.vnni_linear_serial if vnni_path else portable_linear_serial)(*args)
     else:
         kernel = vnni.vnni_linear_kernel if vnni_path else portable_linear_kernel

@@ -397,9 +397,10 @@ def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y, threads
     One parallel region per call (on a busy machine each region can cost a scheduler time
     slice; measured here, two regions lost to one). Few rows (M < MIN_ROWS_SPLIT_M, or up to
     SPLIT_N_MAX_ROWS for weights of SPLIT_N_MIN_WEIGHT_BYTES or more): quantize them on this
-    thread, then split N across the threads (M = 1 still uses every core). More rows: one chunk of rows per thread; each thread quantizes its rows and runs
-    them against all of N, panel by panel of 64 columns, so a panel of weights is reused by
-    every row tile of the chunk while it is in cache.
+    thread, then split N across the threads (M = 1 still uses every core). More rows: one
+    chunk of rows per thread; each thread quantizes its rows and runs them against all of N,
+    panel by panel of 48 columns, so a panel of weights is reused by every row tile of the
+    chunk while it is in cache.
     """
     m_total, k = x.shape
     n = y.shape[1]
