@@ -570,3 +570,11 @@ def test_bench_records(monkeypatch):
                for r in records)
     with pytest.raises(ValueError, match="threads_list entries must be ints"):
         bench_int8.run_int8_bench(quick=True, threads_list=(0,))
+
+
+def test_every_module_accepts_the_same_kernel_choices():
+    """MINICOMPRESS_KERNEL is read by the training ops, the CSR and the int8 kernels."""
+    from minicompress.kernels import csr, int8
+    from minicompress.nn import backend
+
+    assert set(backend.KERNEL_CHOICES) == set(csr.KERNEL_CHOICES) == set(int8.KERNEL_CHOICES)

@@ -47,6 +47,7 @@ from minicompress.kernels import (
     quantize_weight_per_channel,
     quantized_linear_reference,
 )
+from minicompress.kernels import amx as amx_kernels
 from minicompress.kernels import vnni as vnni_kernels
 from minicompress.kernels.bench_int8 import run_int8_bench
 from minicompress.report.timing import blas_summary
@@ -57,8 +58,10 @@ FIGURES = HERE / "figures"
 os.makedirs(FIGURES, exist_ok=True)
 rng = np.random.default_rng(0)
 HAS_VNNI = vnni_kernels.vnni_supported()
-PATHS = ["reference", "portable"] + (["vnni"] if HAS_VNNI else [])
-print(f"this CPU runs AVX-512 VNNI: {HAS_VNNI}; the 'auto' path is {int8_kernel_path('auto')!r}")
+HAS_AMX = amx_kernels.amx_supported()
+PATHS = ["reference", "portable"] + (["vnni"] if HAS_VNNI else []) + (["amx"] if HAS_AMX else [])
+print(f"this CPU runs AVX-512 VNNI: {HAS_VNNI}, AMX-INT8 tiles: {HAS_AMX}; "
+      f"the 'auto' path is {int8_kernel_path('auto')!r}")
 
 # %% [markdown]
 # ## 1. The contract, and a triple loop
@@ -175,6 +178,32 @@ if HAS_VNNI:
     assert lines
 else:
     print("no VNNI here: the portable path runs instead")
+
+# %% [markdown]
+# ### 4b. AMX: a matrix unit behind eight tile registers
+#
+# Newer Intel server CPUs (Sapphire Rapids on) also have AMX: eight *tile* registers of
+# 16 rows $\times$ 64 bytes and one instruction, `tdpbusd`, that multiplies a 16 $\times$ 64
+# tile of uint8 activations by a 64 $\times$ 16 tile of int8 weights, 16,384 products at once.
+# The weight tile is exactly one 1 KB block of the packed layout above (16 groups of 4 $k$
+# of 16 columns), so the AMX path (`kernels/amx.py`) reuses the packing with $K$ padded to
+# 64. The unit computes far faster than it can be fed: each tile comes from memory, so the
+# kernel keeps 2 $\times$ 2 output tiles (32 $\times$ 32 int32) and loads 4 KB per 64 $k$.
+# It pays off for many rows or large layers (`amx.use_tiles`); below that, the VNNI
+# kernel runs on the same packed weights. The integers, and so the floats, are the same:
+
+# %%
+if HAS_AMX:
+    m_big, k_big, n_big = 130, 200, 70  # M >= amx.MIN_ROWS; K and N not multiples of a tile
+    x_big = rng.standard_normal((m_big, k_big), dtype=np.float32)
+    w_big = rng.standard_normal((k_big, n_big), dtype=np.float32)
+    y_amx = int8_linear(x_big, pack_int8_linear(w_big, None, path="amx"))
+    y_vnni = int8_linear(x_big, pack_int8_linear(w_big, None, path="vnni"))
+    assert amx_kernels.use_tiles(m_big, pack_int8_linear(w_big, None, path="amx").weight)
+    assert np.array_equal(y_amx, y_vnni)
+    print(f"AMX tiles and VNNI agree bit for bit on a {m_big} x {k_big} x {n_big} layer")
+else:
+    print("no AMX tiles here (or the OS did not lend them): VNNI or portable runs instead")
 
 # %% [markdown]
 # ## 5. The int8 linear layer end to end

@@ -1,8 +1,8 @@
 """Which implementation of the training ops the model runs: the NumPy reference or Numba.
 
 ``MINICOMPRESS_KERNEL`` (shared with ``minicompress.kernels``) chooses: ``reference`` runs
-the readable NumPy ops of ``ops.py``/``attention.py``; ``auto`` (default), ``portable`` and
-``vnni`` run the Numba ops of ``fused.py`` (embedding backward, layer norm, GELU, attention
+the readable NumPy ops of ``ops.py``/``attention.py``; ``auto`` (default), ``portable``,
+``vnni`` and ``amx`` run the Numba ops of ``fused.py`` (embedding backward, layer norm, GELU, attention
 softmax), which have the same contracts.
 """
 
@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from minicompress.nn import attention, fused, ops
 
-KERNEL_CHOICES = ("auto", "reference", "portable", "vnni")
+KERNEL_CHOICES = ("auto", "reference", "portable", "vnni", "amx")
 
 
 class TrainingOps(NamedTuple):
