@@ -36,6 +36,7 @@ wrong answer); wrong dtypes, shapes, non-finite activations and ``K > MAX_K_INT3
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -278,6 +279,7 @@ class PackedInt8Linear(NamedTuple):
         return self.weight
 
 
+@functools.lru_cache(maxsize=256)
 def _weight_shape(path: str, k: int, n: int) -> tuple[int, ...]:
     """The shape of ``PackedInt8Linear.weight`` for a [K, N] layer on ``path``."""
     if path == "vnni":
@@ -337,33 +339,28 @@ def pack_int8_linear(
     return pack_quantized_int8_linear(w_q, w_scale, bias, path)
 
 
+_INT8, _INT32, _FLOAT32 = np.dtype(np.int8), np.dtype(np.int32), np.dtype(np.float32)
+
+
+def _is_vector(v: object, dtype: np.dtype, n: int) -> bool:
+    """A C-contiguous ndarray of ``dtype`` and shape (n,), by identity and stride checks
+    (``dtype ==`` and ``flags`` cost 0.1-0.2 us each, a fifth of a small product)."""
+    return type(v) is np.ndarray and v.dtype is dtype and v.shape == (n,) and v.strides == (4,)
+
+
 def _packed_is_consistent(packed: PackedInt8Linear) -> bool:
-    """The fast check of every call: what ``pack_quantized_int8_linear`` makes passes it."""
-    w, col_sum, w_scale, bias = packed.weight, packed.col_sum, packed.w_scale, packed.bias
-    n, k = packed.n, packed.k
+    """The fast check of every call: what ``pack_quantized_int8_linear`` makes passes it.
+    False sends the layer to ``_check_packed``'s slow path, which raises or accepts."""
+    w, n = packed.weight, packed.n
     return (
         packed.path in KERNEL_PATHS
-        and isinstance(w, np.ndarray)
-        and w.dtype == np.int8
+        and type(w) is np.ndarray
+        and w.dtype is _INT8
+        and w.shape == _weight_shape(packed.path, packed.k, n)
         and w.flags.c_contiguous
-        and w.shape == _weight_shape(packed.path, k, n)
-        and isinstance(col_sum, np.ndarray)
-        and col_sum.dtype == np.int32
-        and col_sum.shape == (n,)
-        and col_sum.flags.c_contiguous
-        and isinstance(w_scale, np.ndarray)
-        and w_scale.dtype == np.float32
-        and w_scale.shape == (n,)
-        and w_scale.flags.c_contiguous
-        and (
-            bias is None
-            or (
-                isinstance(bias, np.ndarray)
-                and bias.dtype == np.float32
-                and bias.shape == (n,)
-                and bias.flags.c_contiguous
-            )
-        )
+        and _is_vector(packed.col_sum, _INT32, n)
+        and _is_vector(packed.w_scale, _FLOAT32, n)
+        and (packed.bias is None or _is_vector(packed.bias, _FLOAT32, n))
     )
 
 
