@@ -414,24 +414,26 @@ def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
     """
     if not isinstance(packed, PackedInt8Linear):
         raise TypeError(f"packed must be a PackedInt8Linear; got {type(packed).__name__}")
-    if not (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == 2):
+    if not (type(x) is np.ndarray and x.dtype is _FLOAT32 and x.ndim == 2):
         check_array("x", x, (np.float32,), 2)  # raises, naming what is wrong
     if x.shape[1] != packed.k:
         raise ValueError(f"x is {x.shape}: x.shape[1] must equal the layer's K={packed.k}")
     _check_packed(packed)
-    if (packed.path == "vnni" and not vnni.vnni_supported()) or (
-        packed.path == "amx" and not amx.amx_supported()
+    path = packed.path
+    if (path == "vnni" and not vnni.vnni_supported()) or (
+        path == "amx" and not amx.amx_supported()
     ):
-        int8_kernel_path(packed.path)  # raises: this CPU lacks the instructions
-    elif packed.path == "reference":
+        int8_kernel_path(path)  # raises: this CPU lacks the instructions
+    elif path == "reference":
         return quantized_linear_reference(x, packed.weight, packed.w_scale, packed.bias)
-    x = np.ascontiguousarray(x)
-    y = np.empty((x.shape[0], packed.n), dtype=np.float32)  # [M, N]
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    y = np.empty((x.shape[0], packed.n), _FLOAT32)  # [M, N]
     has_bias = packed.bias is not None
     bias = packed.bias if has_bias else packed.w_scale  # a float32 [N] that is never read
     args = (x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y)
-    vnni_path = packed.path in ("vnni", "amx")  # amx where the tiles lose: VNNI
-    if packed.path == "amx" and amx.use_tiles(x.shape[0], packed.weight):
+    vnni_path = path != "portable"  # vnni, or amx where the tiles lose
+    if path == "amx" and amx.use_tiles(x.shape[0], packed.weight):
         finite = amx.amx_linear_kernel(*args, numba.get_num_threads(), amx.TILE_CONFIG)
     elif x.shape[0] * packed.k * packed.n <= SERIAL_MAX_WORK:
         finite = (vnni.vnni_linear_serial if vnni_path else portable_linear_serial)(*args)
