@@ -426,8 +426,8 @@ def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
         int8_kernel_path(path)  # raises: this CPU lacks the instructions
     elif path == "reference":
         return quantized_linear_reference(x, packed.weight, packed.w_scale, packed.bias)
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
+    if type(x) is not np.ndarray or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)  # a plain C-contiguous ndarray for the kernels
     y = np.empty((x.shape[0], packed.n), _FLOAT32)  # [M, N]
     has_bias = packed.bias is not None
     bias = packed.bias if has_bias else packed.w_scale  # a float32 [N] that is never read
