@@ -578,3 +578,26 @@ def test_every_module_accepts_the_same_kernel_choices():
     from minicompress.nn import backend
 
     assert set(backend.KERNEL_CHOICES) == set(csr.KERNEL_CHOICES) == set(int8.KERNEL_CHOICES)
+
+
+def test_generic_numba_target_falls_back_to_portable():
+    """NUMBA_CPU_NAME=generic (a cache for any x86-64) cannot emit vpdpbusd or tdpbusd:
+    auto must pick the portable path, which still gives the reference's numbers."""
+    script = (
+        "import numpy as np\n"
+        "from minicompress.kernels import int8, quantized_linear_reference\n"
+        "from minicompress.kernels.reference import quantize_weight_per_channel\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.standard_normal((3, 40), dtype=np.float32)\n"
+        "w = rng.standard_normal((40, 20), dtype=np.float32)\n"
+        "y = int8.int8_linear(x, int8.pack_int8_linear(w))\n"
+        "ref = quantized_linear_reference(x, *quantize_weight_per_channel(w))\n"
+        "assert np.allclose(y, ref, rtol=1e-5, atol=1e-6)\n"
+        "print(int8.int8_kernel_path())\n"
+    )
+    env = dict(os.environ, NUMBA_CPU_NAME="generic")
+    env.pop("MINICOMPRESS_KERNEL", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "portable"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 
 import llvmlite.binding as llvm
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -60,7 +61,11 @@ SPLIT_N_MIN_WEIGHT_BYTES = 2**20
 
 @functools.cache
 def vnni_supported() -> bool:
-    """Whether the host CPU runs AVX-512 VNNI (``vpdpbusd`` on zmm), as LLVM sees it."""
+    """Whether the host CPU runs AVX-512 VNNI (``vpdpbusd`` on zmm), as LLVM sees it, and
+    Numba compiles for the host: with ``NUMBA_CPU_NAME`` set (``generic`` for a cache that
+    moves between machines) LLVM could not emit the instruction, so the portable path runs."""
+    if numba.config.CPU_NAME not in (None, "host"):
+        return False
     features = llvm.get_host_cpu_features()
     return all(features.get(f, False) for f in ("avx512f", "avx512bw", "avx512vnni"))
 

@@ -2,8 +2,8 @@
 
 ``MINICOMPRESS_KERNEL`` (shared with ``minicompress.kernels``) chooses: ``reference`` runs
 the readable NumPy ops of ``ops.py``/``attention.py``; ``auto`` (default), ``portable``,
-``vnni`` and ``amx`` run the Numba ops of ``fused.py`` (embedding backward, layer norm, GELU, attention
-softmax), which have the same contracts.
+``vnni`` and ``amx`` run the Numba ops of ``fused.py`` (embedding backward, layer norm,
+GELU, attention softmax), which have the same contracts.
 """
 
 from __future__ import annotations
