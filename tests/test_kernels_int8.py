@@ -570,6 +570,8 @@ def test_bench_records(monkeypatch):
                for r in records)
     with pytest.raises(ValueError, match="threads_list entries must be ints"):
         bench_int8.run_int8_bench(quick=True, threads_list=(0,))
+    with pytest.raises(ValueError, match="rounds must be an int >= 1; got 0"):
+        bench_int8.run_int8_bench(quick=True, threads_list=(1,), rounds=0)
 
 
 def test_every_module_accepts_the_same_kernel_choices():

@@ -233,15 +233,16 @@ print(f"all paths agree; int8 vs float32 layer: max |error| {err.max():.4f}, "
 #
 # `run_int8_bench` times the layer end to end (activation quantization included) against
 # NumPy's fp32 `x @ w + b` and, when PyTorch is installed, its dynamic int8 `nn.Linear`.
-# Medians in milliseconds (outside fast mode, the best of three rounds in which NumPy, torch
-# and ours are timed in turn, so that all go through the same drift of a shared machine's
-# speed), on one thread: a fair comparison (every library gets one core)
+# Medians in milliseconds (here one round; `python -m minicompress bench kernels` keeps the
+# best of three rounds in which NumPy, torch and ours are timed in turn, so that all go
+# through the same drift of a shared machine's speed), on one thread: a fair comparison
+# (every library gets one core)
 # and a stable one on a busy machine, where a parallel call can wait a whole scheduler
 # time slice for its second thread. `run_int8_bench(quick, threads_list=(1, 2))` times both.
 
 # %%
 threads = 1
-records = run_int8_bench(quick=FAST, threads_list=(threads,))
+records = run_int8_bench(quick=FAST, threads_list=(threads,), rounds=1)  # `bench`: 3 rounds
 print(f"BLAS: {blas_summary()}; threads: {threads}")
 print(f"{'path':>9} {'M':>4} {'K':>5} {'N':>5} {'ms':>8} {'numpy ms':>9} {'x numpy':>8} "
       f"{'torch ms':>9}")

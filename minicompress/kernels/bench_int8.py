@@ -53,11 +53,14 @@ def _torch_dynamic_linear(w: np.ndarray, bias: np.ndarray):
     return torch, forward
 
 
-def run_int8_bench(quick: bool, threads_list: tuple[int, ...] = (1, 2)) -> list[dict]:
+def run_int8_bench(
+    quick: bool, threads_list: tuple[int, ...] = (1, 2), rounds: int | None = None
+) -> list[dict]:
     """Time ``int8_linear`` (auto path and portable path) against NumPy fp32 and torch.
 
     quick: True for one shape family and few repeats (a few seconds, for CI).
     threads_list: thread counts to run on.
+    rounds: alternating rounds (``best_of_rounds``); default ROUNDS, or 1 when ``quick``.
 
     Returns one dict per (path, M, K, N, threads) with keys kernel, path, M, K, N, threads,
     ms, numpy_ms, speedup_vs_numpy, torch_ms, speedup_vs_torch (the last two None without
@@ -76,6 +79,10 @@ def run_int8_bench(quick: bool, threads_list: tuple[int, ...] = (1, 2)) -> list[
         if quick
         else {"rounds": ROUNDS, "repeat": 20, "min_seconds": 0.1, "pause_s": PAUSE_S}
     )
+    if rounds is not None:
+        if not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"rounds must be an int >= 1; got {rounds!r}")
+        timing["rounds"] = rounds
     # auto first, then VNNI where it runs (if auto is amx), then portable; no duplicate
     paths = [int8_kernel_path(), "vnni" if vnni_supported() else "portable", "portable"]
     paths = list(dict.fromkeys(paths))
