@@ -124,8 +124,7 @@ def _tile(t):
     return ir.Constant(_I8, t)
 
 
-def _i64(v):
-    return ir.Constant(_I64, v)
+_i64 = vnni._const  # an i64 constant
 
 
 @intrinsic
@@ -202,54 +201,41 @@ def _amx_block(typingctx, a_addr, a_stride, b_addr, b_stride, kc, c_addr, ldc):
     return types.void(*([types.intp] * 7)), codegen
 
 
-_F32X16 = ir.VectorType(ir.FloatType(), 16)
-_I32X16 = ir.VectorType(ir.IntType(32), 16)
-
-
 @intrinsic
 def _dequantize_row32(
     typingctx, acc_addr, s, z, col_sum_addr, w_scale_addr, bias_addr, has_bias, y_addr
 ):
     """y[0:32] = (s * w_scale[n]) * float32(acc[n] - z * col_sum[n]) + bias[n] for one row
-    of a block, in two 16-lane vectors: ``int8_quant.dequantize_tile``'s float32 operations
-    in the same order (bit for bit), without its per-row array views, which cost more than
-    the 32 values here. Addresses of 32 int32 / float32 each; bias read if has_bias != 0."""
+    of a block, in two 16-lane vectors (``vnni.emit_dequantize``, bit for bit as
+    ``int8_quant.dequantize_tile``), without that function's per-row array views, which
+    cost more than the 32 values here. Addresses of 32 int32 / float32 each; bias read if
+    has_bias != 0."""
 
     def codegen(context, builder, signature, args):
         acc_addr, s, z, cs_addr, ws_addr, bias_addr, has_bias, y_addr = args
-
-        def vec(address, v, ty):
-            ptr = builder.inttoptr(builder.add(address, _i64(64 * v)), ty.as_pointer())
-            return ptr, builder.load(ptr, align=4)
-
-        undefined_i, undefined_f = (
-            ir.Constant(_I32X16, ir.Undefined),
-            ir.Constant(_F32X16, ir.Undefined),
-        )
-        lanes0 = ir.Constant(_I32X16, [0] * 16)
-        z_vec = builder.shuffle_vector(
-            builder.insert_element(
-                undefined_i, builder.trunc(z, ir.IntType(32)), ir.Constant(ir.IntType(32), 0)
-            ),
-            undefined_i,
-            lanes0,
-        )
-        s_vec = builder.shuffle_vector(
-            builder.insert_element(undefined_f, s, ir.Constant(ir.IntType(32), 0)),
-            undefined_f,
-            lanes0,
-        )
+        i32x16, f32x16 = vnni._I32X16, vnni._F32X16
+        z_vec = vnni._splat(builder, builder.trunc(z, ir.IntType(32)), i32x16)
+        s_vec = vnni._splat(builder, s, f32x16)
         add_bias = builder.icmp_signed("!=", has_bias, _i64(0))
         for v in range(2):
-            _, acc = vec(acc_addr, v, _I32X16)
-            _, col_sum = vec(cs_addr, v, _I32X16)
-            _, w_scale = vec(ws_addr, v, _F32X16)
-            _, bias = vec(bias_addr, v, _F32X16)
-            corrected = builder.sub(acc, builder.mul(z_vec, col_sum))
-            y = builder.fmul(builder.fmul(s_vec, w_scale), builder.sitofp(corrected, _F32X16))
-            y = builder.select(add_bias, builder.fadd(y, bias), y)
-            y_ptr = builder.inttoptr(builder.add(y_addr, _i64(64 * v)), _F32X16.as_pointer())
-            builder.store(y, y_ptr, align=4)
+            offset = _i64(64 * v)
+            acc, col_sum = (
+                vnni._byte_ptr(builder, addr, offset, i32x16) for addr in (acc_addr, cs_addr)
+            )
+            w_scale, bias = (
+                vnni._byte_ptr(builder, addr, offset, f32x16) for addr in (ws_addr, bias_addr)
+            )
+            y = vnni.emit_dequantize(
+                builder,
+                builder.load(acc, align=4),
+                z_vec,
+                s_vec,
+                builder.load(col_sum, align=4),
+                builder.load(w_scale, align=4),
+                builder.load(bias, align=4),
+                add_bias,
+            )
+            builder.store(y, vnni._byte_ptr(builder, y_addr, offset, f32x16), align=4)
         return context.get_dummy_value()
 
     sig = types.void(

@@ -125,6 +125,20 @@ def _splat(builder, scalar, vector_type):
                                   ir.Constant(_I32X16, [0] * 16))
 
 
+def emit_dequantize(builder, acc, z_vec, s_vec, col_sum, w_scale, bias, add_bias):
+    """16 lanes of ``int8_quant.dequantize_tile``, with its float32 operations in the same
+    order (no fused multiply-add), so every path gives the same floats:
+
+    y = (s * w_scale) * float32(acc - z * col_sum) + bias      (bias added if add_bias)
+
+    acc, z_vec, col_sum: <16 x i32>; s_vec, w_scale, bias: <16 x float>; add_bias: i1.
+    Used by this file's tile and by ``amx._dequantize_row32``.
+    """
+    corrected = builder.sub(acc, builder.mul(z_vec, col_sum))
+    y = builder.fmul(builder.fmul(s_vec, w_scale), builder.sitofp(corrected, _F32X16))
+    return builder.select(add_bias, builder.fadd(y, bias), y)
+
+
 def _emit_dpbusd_loop(builder, n_rows, n_vecs, a_addr, lda, b_addr, b_stride, kq):
     """Emit the K loop of an n_rows x (16 n_vecs) tile; return its n_rows * n_vecs int32x16
     accumulators (row-major), zeros when kq == 0.
@@ -246,11 +260,8 @@ def _dpbusd_tile_dequantize(typingctx, mr, nv, a_addr, lda, b_addr, b_stride, kq
             s = builder.load(_byte_ptr(builder, s_addr, _const(4 * r), ir.FloatType()), align=1)
             z_vec, s_vec = _splat(builder, z, _I32X16), _splat(builder, s, _F32X16)
             for v in range(n_vecs):
-                col_sum, w_scale, bias = col[v]
-                corrected = builder.sub(acc[r * n_vecs + v], builder.mul(z_vec, col_sum))
-                y = builder.fmul(builder.fmul(s_vec, w_scale),
-                                 builder.sitofp(corrected, _F32X16))
-                y = builder.select(add_bias, builder.fadd(y, bias), y)
+                y = emit_dequantize(builder, acc[r * n_vecs + v], z_vec, s_vec, *col[v],
+                                    add_bias)
                 off = builder.add(builder.mul(ldy, _const(r)), _const(64 * v))
                 builder.store(y, _byte_ptr(builder, y_addr, off, _F32X16), align=1)
         return context.get_dummy_value()
