@@ -447,6 +447,24 @@ def test_linear_refuses_inconsistent_packed_layer(path, rng):
 
 
 @pytest.mark.parametrize("path", FAST_PATHS)
+@pytest.mark.parametrize("m,k,n", [(2, 8, 5), (40, 128, 130), (130, 64, 40)])
+def test_kernels_refuse_arrays_of_the_wrong_shape(path, m, k, n, rng):
+    """Shapes are checked inside the kernels (``int8_quant.layer_status``), not in Python:
+    the serial kernel, the parallel one and (130 rows, amx) the tiles each refuse arrays of
+    the right dtype and order but the wrong size, and no result comes back."""
+    x, w, bias = random_layer(rng, m, k, n)
+    packed = pack_int8_linear(w, bias, path=path)
+    shape = packed.weight.shape  # one more block of N (and of K) than the layer's
+    wrong = np.zeros([d + 1 if i < 2 else d for i, d in enumerate(shape)], np.int8)
+    with pytest.raises(ValueError, match="packed.weight must be C-contiguous of shape"):
+        int8_linear(x, packed._replace(weight=wrong))
+    for name in ("col_sum", "w_scale", "bias"):
+        short = getattr(packed, name)[:-1].copy()
+        with pytest.raises(ValueError, match=rf"packed.{name} must be C-contiguous of shape"):
+            int8_linear(x, packed._replace(**{name: short}))
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
 @pytest.mark.parametrize("m,k,n", [(40, 8, 5), (40, 128, 130), (3, 1024, 300), (16, 256, 300),
                                    (130, 64, 40), (20, 1024, 1030)])
 def test_linear_refuses_non_finite_input(path, m, k, n, rng):

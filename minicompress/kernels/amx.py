@@ -44,7 +44,13 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from minicompress.kernels import vnni
-from minicompress.kernels.int8_quant import dequantize_tile, quantize_rows
+from minicompress.kernels.int8_quant import (
+    NOT_FINITE,
+    OK,
+    dequantize_tile,
+    layer_status,
+    quantize_rows,
+)
 
 K_BLOCK = 64  # k per tile: 16 rows of 4 bytes in a weight tile, 64 bytes of an activation row
 M_BLOCK = 32  # rows of an output block: two tiles of 16 rows
@@ -96,8 +102,9 @@ def pack_amx_weight(w_q: np.ndarray) -> np.ndarray:
     return vnni.pack_vnni_weight(padded)
 
 
-def amx_weight_shape(k: int, n: int) -> tuple[int, int, int, int]:
-    """The shape ``pack_amx_weight`` gives a [K, N] weight."""
+@njit(cache=True)
+def amx_weight_shape(k, n):
+    """The shape ``pack_amx_weight`` gives a [K, N] weight: (ceil(N/16), 16 ceil(K/64), 16, 4)."""
     return (-(-n // 16), -(-k // K_BLOCK) * (K_BLOCK // 4), 16, 4)
 
 
@@ -334,12 +341,16 @@ def amx_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y, threads,
 
     x: float32 [M, K] (M >= 1); w_packed: int8 [ceil(N/16), Kp/4, 16, 4] (``pack_amx_weight``);
     col_sum: int32 [N]; w_scale, bias: float32 [N]; y: float32 [M, N] out; threads:
-    ``numba.get_num_threads()``; config: ``TILE_CONFIG``. Returns False if x holds NaN or
-    inf. One parallel region: for up to 64 rows the threads split N (each keeps its part of
+    ``numba.get_num_threads()``; config: ``TILE_CONFIG``. Returns ``int8_quant.OK``,
+    ``NOT_FINITE`` if x holds NaN or inf, or ``BAD_SHAPES`` (``layer_status``). One parallel
+    region: for up to 64 rows the threads split N (each keeps its part of
     the weights in its own cache), for more rows each thread takes a chunk of rows.
     """
-    m_total = x.shape[0]
+    m_total, k = x.shape
     n = y.shape[1]
+    status = layer_status(x, w_packed, amx_weight_shape(k, n), col_sum, w_scale, bias, y)
+    if status != OK:
+        return status
     nb, kq = w_packed.shape[0], w_packed.shape[1]
     m_padded = -(-m_total // M_BLOCK) * M_BLOCK
     q = np.zeros((m_padded, kq * 4), dtype=np.uint8)  # [Mp, Kp]; rows past M stay 0
@@ -400,4 +411,4 @@ def amx_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y, threads,
             )
         for c in range(n_chunks):
             finite &= chunk_finite[c]
-    return finite
+    return OK if finite else NOT_FINITE

@@ -45,7 +45,14 @@ import numpy as np
 from numba import njit, prange
 
 from minicompress.kernels import amx, vnni
-from minicompress.kernels.int8_quant import dequantize_tile, quantize_rows
+from minicompress.kernels.int8_quant import (
+    BAD_SHAPES,
+    NOT_FINITE,
+    OK,
+    dequantize_tile,
+    layer_status,
+    quantize_rows,
+)
 from minicompress.kernels.reference import (
     check_array,
     check_k_fits_int32,
@@ -150,15 +157,18 @@ def _portable_linear_rows(
 def portable_linear_serial(x, w_q, col_sum, w_scale, bias, has_bias, y):
     """``portable_linear_kernel`` on the calling thread only (same arguments, no ``threads``)."""
     m_total, k = x.shape
+    status = layer_status(x, w_q, (k, y.shape[1]), col_sum, w_scale, bias, y)
+    if status != OK:
+        return status
     q = np.empty((m_total, k), dtype=np.uint8)  # [M, K]
     s_x = np.empty(m_total, dtype=np.float32)
     z_x = np.empty(m_total, dtype=np.int32)
     if not quantize_rows(x, q, s_x, z_x, 0, m_total):
-        return False
+        return NOT_FINITE
     _portable_linear_rows(
         q, 0, m_total, w_q, 0, w_q.shape[1], s_x, z_x, col_sum, w_scale, bias, has_bias, y
     )
-    return True
+    return OK
 
 
 @njit(parallel=True, cache=True)
@@ -166,9 +176,12 @@ def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y, threads)
     """``quantized_linear_reference`` on the portable path: the arguments of
     ``vnni.vnni_linear_kernel`` with ``w_q`` int8 [K, N] in place of the packed weights, and
     the same single parallel region (N split for few rows, one chunk of rows per thread for
-    many). Returns False if x holds NaN or inf."""
+    many). Returns its status, as ``vnni.vnni_linear_kernel``."""
     m_total, k = x.shape
-    n = w_q.shape[1]
+    n = y.shape[1]
+    status = layer_status(x, w_q, (k, n), col_sum, w_scale, bias, y)
+    if status != OK:
+        return status
     q = np.empty((m_total, k), dtype=np.uint8)  # [M, K]
     s_x = np.empty(m_total, dtype=np.float32)
     z_x = np.empty(m_total, dtype=np.int32)
@@ -205,7 +218,7 @@ def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y, threads)
             )
         for c in range(n_chunks):
             finite &= chunk_finite[c]
-    return finite
+    return OK if finite else NOT_FINITE
 
 
 # ----------------------------------------------------------------------------------------
@@ -283,7 +296,7 @@ class PackedInt8Linear(NamedTuple):
 def _weight_shape(path: str, k: int, n: int) -> tuple[int, ...]:
     """The shape of ``PackedInt8Linear.weight`` for a [K, N] layer on ``path``."""
     if path == "vnni":
-        return (-(-n // 16), -(-k // 4), 16, 4)
+        return vnni.vnni_weight_shape(k, n)
     if path == "amx":
         return amx.amx_weight_shape(k, n)
     return (k, n)
@@ -342,44 +355,43 @@ def pack_int8_linear(
 _INT8, _INT32, _FLOAT32 = np.dtype(np.int8), np.dtype(np.int32), np.dtype(np.float32)
 
 
-def _packed_is_consistent(packed: PackedInt8Linear) -> bool:
-    """The fast check of every call: what ``pack_quantized_int8_linear`` makes passes it.
-    False sends the layer to ``_check_packed``'s slow path, which raises or accepts.
-    Identity of dtypes and stride tuples, in one expression: ``dtype ==``, ``flags`` and
-    helper calls cost 0.1-0.3 us each, and the whole layer at M = 1 takes 5-10 us."""
-    w, col_sum, w_scale, bias, n = (packed.weight, packed.col_sum, packed.w_scale, packed.bias,
-                                    packed.n)
-    vector, stride = (n,), (4,)
+def _runs_here(path: str) -> bool:
+    """Whether this CPU runs the kernels of ``path`` (the reference path is not a kernel)."""
     return (
-        packed.path in KERNEL_PATHS
-        and type(w) is np.ndarray
-        and w.dtype is _INT8
-        and w.shape == _weight_shape(packed.path, packed.k, n)
-        and w.flags.c_contiguous
-        and type(col_sum) is np.ndarray
-        and col_sum.dtype is _INT32
-        and col_sum.shape == vector
-        and col_sum.strides == stride
-        and type(w_scale) is np.ndarray
-        and w_scale.dtype is _FLOAT32
-        and w_scale.shape == vector
-        and w_scale.strides == stride
-        and (
-            bias is None
-            or (
-                type(bias) is np.ndarray
-                and bias.dtype is _FLOAT32
-                and bias.shape == vector
-                and bias.strides == stride
-            )
-        )
+        path == "portable"
+        or (path == "vnni" and vnni.vnni_supported())
+        or (path == "amx" and amx.amx_supported())
     )
 
 
+def _arrays_are_plain(packed: PackedInt8Linear) -> bool:
+    """The dtypes and C order of a layer's arrays, checked on every call before a kernel
+    runs: Numba would compile a new specialization (seconds) for any other. The kernels
+    check the shapes themselves (``int8_quant.layer_status``). Dtypes are compared by
+    identity: ``==`` and helper calls cost 0.1-0.3 us each, the layer at M = 1 about 6 us.
+    The weight's ndim is checked too, so that a kernel can read its shape. False sends the layer to ``_check_packed``, which names what is wrong."""
+    w, col_sum, w_scale, bias = packed.weight, packed.col_sum, packed.w_scale, packed.bias
+    if bias is None:
+        bias = w_scale
+    try:
+        return (
+            w.ndim == (2 if packed.path == "portable" else 4)
+            and w.dtype is _INT8
+            and col_sum.dtype is _INT32
+            and w_scale.dtype is _FLOAT32
+            and bias.dtype is _FLOAT32
+            and w.flags.c_contiguous
+            and col_sum.flags.c_contiguous
+            and w_scale.flags.c_contiguous
+            and bias.flags.c_contiguous
+        )
+    except AttributeError:  # not an array
+        return False
+
+
 def _check_packed(packed: PackedInt8Linear) -> None:
-    """Refuse a PackedInt8Linear whose fields the kernels cannot read safely."""
-    if _packed_is_consistent(packed):
-        return
+    """Refuse a PackedInt8Linear whose fields the kernels cannot read safely, naming the
+    field (the slow path: ``int8_linear`` calls it when its own checks fail)."""
     if packed.path not in KERNEL_PATHS:
         raise ValueError(
             f"packed.path must be one of {', '.join(KERNEL_PATHS)}; got {packed.path!r}"
@@ -404,6 +416,26 @@ def _check_packed(packed: PackedInt8Linear) -> None:
             raise ValueError(f"packed.{name} must be C-contiguous of shape ({n},); got {a.shape}")
 
 
+def _run_layer_kernel(x: np.ndarray, packed: PackedInt8Linear, y: np.ndarray) -> int:
+    """Run the kernel of ``packed.path`` (vnni, amx or portable) on x into y; its status.
+
+    Layers with M*K*N <= SERIAL_MAX_WORK run on the calling thread; on the amx path, only
+    products where the tiles win (``amx.use_tiles``) run on them, the rest on VNNI.
+    """
+    m, path = x.shape[0], packed.path
+    has_bias = packed.bias is not None
+    bias = packed.bias if has_bias else packed.w_scale  # a float32 [N] that is never read
+    args = (x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y)
+    if path == "amx" and amx.use_tiles(m, packed.weight):
+        return amx.amx_linear_kernel(*args, numba.get_num_threads(), amx.TILE_CONFIG)
+    vnni_path = path != "portable"  # vnni, or amx where the tiles lose
+    if m * packed.k * packed.n <= SERIAL_MAX_WORK:
+        return (vnni.vnni_linear_serial if vnni_path else portable_linear_serial)(*args)
+    kernel = vnni.vnni_linear_kernel if vnni_path else portable_linear_kernel
+    # the thread count sizes the row chunks of a many-row call (1 us to ask: skipped)
+    return kernel(*args, numba.get_num_threads() if m >= MIN_ROWS_SPLIT_M else 1)
+
+
 def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
     """``quantized_linear_reference`` on the path ``packed`` was made for.
 
@@ -418,29 +450,19 @@ def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
         check_array("x", x, (np.float32,), 2)  # raises, naming what is wrong
     if x.shape[1] != packed.k:
         raise ValueError(f"x is {x.shape}: x.shape[1] must equal the layer's K={packed.k}")
-    _check_packed(packed)
     path = packed.path
-    if (path == "vnni" and not vnni.vnni_supported()) or (
-        path == "amx" and not amx.amx_supported()
-    ):
-        int8_kernel_path(path)  # raises: this CPU lacks the instructions
-    elif path == "reference":
-        return quantized_linear_reference(x, packed.weight, packed.w_scale, packed.bias)
-    if type(x) is not np.ndarray or not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)  # a plain C-contiguous ndarray for the kernels
+    if not (_runs_here(path) and _arrays_are_plain(packed)):
+        _check_packed(packed)  # raises if the layer itself is malformed
+        if path == "reference":
+            return quantized_linear_reference(x, packed.weight, packed.w_scale, packed.bias)
+        int8_kernel_path(path)  # raises: this CPU lacks the instructions of the path
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)  # C order for the kernels
     y = np.empty((x.shape[0], packed.n), _FLOAT32)  # [M, N]
-    has_bias = packed.bias is not None
-    bias = packed.bias if has_bias else packed.w_scale  # a float32 [N] that is never read
-    args = (x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y)
-    vnni_path = path != "portable"  # vnni, or amx where the tiles lose
-    if path == "amx" and amx.use_tiles(x.shape[0], packed.weight):
-        finite = amx.amx_linear_kernel(*args, numba.get_num_threads(), amx.TILE_CONFIG)
-    elif x.shape[0] * packed.k * packed.n <= SERIAL_MAX_WORK:
-        finite = (vnni.vnni_linear_serial if vnni_path else portable_linear_serial)(*args)
-    else:
-        kernel = vnni.vnni_linear_kernel if vnni_path else portable_linear_kernel
-        # the thread count sizes the row chunks of a many-row call (1 us to ask: skipped)
-        finite = kernel(*args, numba.get_num_threads() if x.shape[0] >= MIN_ROWS_SPLIT_M else 1)
-    if not finite:
+    status = _run_layer_kernel(x, packed, y)
+    if status == NOT_FINITE:
         raise ValueError("x must be finite; it holds NaN or inf")
+    if status == BAD_SHAPES:
+        _check_packed(packed)  # raises, naming the array
+        raise ValueError(f"packed's arrays do not fit together for path {path!r}")
     return y

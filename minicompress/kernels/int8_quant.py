@@ -11,6 +11,11 @@ layer is one parallel region (waking the other core costs more than quantizing a
 tile of int32 accumulators as soon as it is computed, while it is still in cache:
 
     y[m, n] = (s_x[m] * w_scale[n]) * float32(acc[m, n] - z_x[m] * col_sum[n]) + bias[n].
+
+``layer_status`` is the check every layer kernel makes first, natively, of the shapes of
+its arrays: the caller checks their dtypes and contiguity (a wrong one would make Numba
+compile a new specialization, which takes seconds), and a shape check in Python costs
+more than the product itself at M = 1 (measured: 1.2 us of a 6 us call).
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ _ROUND_MAGIC = np.float32(1.5 * 2**23)  # adding it leaves no bits below 1: the 
 _SIGN_BIT = np.int32(-(2**31))
 _ABS_BITS = np.int32(0x7FFFFFFF)
 _EXP_ALL_ONES = np.int32(0x7F800000)  # |bits| >= this: inf or NaN
+
+# what a layer kernel returns
+OK = 0
+NOT_FINITE = 1  # x holds NaN or inf; y is undefined
+BAD_SHAPES = 2  # the layer's arrays do not have the shapes of its path's layout; y untouched
 
 
 @njit(cache=True)
@@ -91,6 +101,27 @@ def quantize_rows(x, q, s_x, z_x, m0, m1):
     for m in range(m0, m1):
         finite &= _quantize_row(x, q, s_x, z_x, m)
     return finite
+
+
+@njit(cache=True)
+def layer_status(x, w, w_shape, col_sum, w_scale, bias, y):
+    """OK if the arrays of a layer have the shapes its kernel reads, else BAD_SHAPES.
+
+    x: [M, K]; w: the weights, of shape w_shape (the path's layout, from K and N);
+    col_sum, w_scale, bias: [N]; y: [M, N] (N is y's). Shapes only: dtypes and C order are
+    the caller's checks.
+    """
+    n = y.shape[1]
+    vector = (n,)
+    if (
+        x.shape[0] != y.shape[0]
+        or w.shape != w_shape
+        or col_sum.shape != vector
+        or w_scale.shape != vector
+        or bias.shape != vector
+    ):
+        return BAD_SHAPES
+    return OK
 
 
 @njit(cache=True)
