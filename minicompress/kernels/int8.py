@@ -369,7 +369,8 @@ def _arrays_are_plain(packed: PackedInt8Linear) -> bool:
     runs: Numba would compile a new specialization (seconds) for any other. The kernels
     check the shapes themselves (``int8_quant.layer_status``). Dtypes are compared by
     identity: ``==`` and helper calls cost 0.1-0.3 us each, the layer at M = 1 about 6 us.
-    The weight's ndim is checked too, so that a kernel can read its shape. False sends the layer to ``_check_packed``, which names what is wrong."""
+    The weight's ndim is checked too, so that a kernel can read its shape. False sends the
+    layer to ``_check_packed``, which names what is wrong."""
     w, col_sum, w_scale, bias = packed.weight, packed.col_sum, packed.w_scale, packed.bias
     if bias is None:
         bias = w_scale
@@ -456,8 +457,8 @@ def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
         if path == "reference":
             return quantized_linear_reference(x, packed.weight, packed.w_scale, packed.bias)
         int8_kernel_path(path)  # raises: this CPU lacks the instructions of the path
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)  # C order for the kernels
+    if type(x) is not np.ndarray or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)  # a plain C-contiguous ndarray for the kernels
     y = np.empty((x.shape[0], packed.n), _FLOAT32)  # [M, N]
     status = _run_layer_kernel(x, packed, y)
     if status == NOT_FINITE:
