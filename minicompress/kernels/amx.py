@@ -44,6 +44,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from minicompress.kernels import vnni
+from minicompress.kernels.aligned import aligned_bytes
 from minicompress.kernels.int8_quant import (
     NOT_FINITE,
     OK,
@@ -303,7 +304,7 @@ def _linear_blocks(
     thread. m0 is a multiple of 32."""
     kq = w_packed.shape[1]
     tile_row, b_stride = np.intp(a_t.shape[1] * 1024), np.intp(kq * 64)
-    acc = np.empty((M_BLOCK, N_BLOCK), dtype=np.int32)  # [32, 32]
+    acc = aligned_bytes(M_BLOCK * N_BLOCK * 4).view(np.int32).reshape((M_BLOCK, N_BLOCK))
     ldc, ldy = np.intp(N_BLOCK * 4), np.intp(y.shape[1] * 4)
     cs_addr, ws_addr = np.intp(col_sum.ctypes.data), np.intp(w_scale.ctypes.data)
     bias_addr, y_addr = np.intp(bias.ctypes.data), np.intp(y.ctypes.data)
@@ -354,7 +355,8 @@ def amx_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y, threads,
     nb, kq = w_packed.shape[0], w_packed.shape[1]
     m_padded = -(-m_total // M_BLOCK) * M_BLOCK
     q = np.zeros((m_padded, kq * 4), dtype=np.uint8)  # [Mp, Kp]; rows past M stay 0
-    a_t = np.empty((m_padded // 16, kq // 16, 16, K_BLOCK), dtype=np.uint8)  # the same, tiled
+    # the same, tiled; aligned, so that no 64-byte row of a tile straddles two cache lines
+    a_t = aligned_bytes(m_padded * kq * 4).reshape((m_padded // 16, kq // 16, 16, K_BLOCK))
     s_x = np.empty(m_total, dtype=np.float32)
     z_x = np.empty(m_total, dtype=np.int32)
     finite = True

@@ -15,11 +15,13 @@ How ``sparse_linear`` computes ``y = x @ w + bias`` from ``w_t`` = CSR of w.T ([
    parts of about equal work, ``_balanced_parts``):
        acc[0:W] = sum_{j in row n} v_j * xp[b, idx_j, 0:W]      (in registers, 4 FMA chains)
        y[b*W + t, n] = scale[n] * acc[t] + bias[n]               (t < W, the tail trimmed)
-   A packed block is K*W*4 bytes (96 KB for K = 768, W = 32): it stays in L2 while a thread
-   streams its rows of ``w_t`` over it. Sums of 16 output features are stored together,
-   so each cache line of y [M, N] is written in full: a full 16 x W tile is transposed in
-   registers (``_ir_store_tile_t``, 64 shuffles per 16 x 16 floats; element by element it
-   took a third of a product at M = 32), a partial one element by element (``_store_tile``).
+   A packed block is K*W*4 bytes (96 KB for K = 768, W = 32), 64-byte aligned (a row of
+   W floats that straddled two cache lines made the product 1.5-2x slower, ``aligned.py``):
+   it stays in L2 while a thread streams its rows of ``w_t`` over it. Sums of 16 output
+   features are stored together, so each cache line of y [M, N] is written in full: a full
+   16 x W tile is transposed in registers (``_ir_store_tile_t``, 64 shuffles per 16 x 16
+   floats; element by element it took a third of a product at M = 32), a partial one
+   element by element (``_store_tile``).
 3. M < ``SPMV_MAX_M``: no packing; each output is a dot product gathered from x (SpMV),
    four scalar chains (AVX-512 gathers measured 4x slower on this CPU).
 Small products (``PARALLEL_MIN_WORK``) run on one thread: waking the others costs more.
@@ -58,6 +60,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from minicompress.kernels import reference
+from minicompress.kernels.aligned import aligned_bytes, aligned_empty
 from minicompress.kernels.reference import (
     CSR,
     check_array,
@@ -443,7 +446,8 @@ def _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out, m_tot
     acc1 = _vec_alloc(width)
     acc2 = _vec_alloc(width)
     acc3 = _vec_alloc(width)
-    tile = np.empty((TILE_ROWS, width), dtype=np.float32)  # [Nb, W] sums of TILE_ROWS rows
+    # [TILE_ROWS, W] sums of TILE_ROWS rows, aligned for the vector stores and loads
+    tile = aligned_bytes(TILE_ROWS * width * 4).view(np.float32).reshape((TILE_ROWS, width))
     row_bytes = xp.strides[1]
     for b in range(xp.shape[0]):
         block = xp.ctypes.data + b * xp.strides[0]
@@ -889,7 +893,8 @@ def _run(
         kernel = _spmv if parallel else _spmv_serial
         n_bad = kernel(m.indptr, m.indices, m.data, dense, scale, bias, out, n_parts)
     else:
-        xp = np.empty((n_blocks, m.shape[1], width), dtype=np.float32)  # [blocks, K, W]
+        # [blocks, K, W]; aligned, so that no row of W floats straddles two cache lines
+        xp = aligned_empty((n_blocks, m.shape[1], width), np.float32)
         (_pack_blocks if parallel else _pack_blocks_serial)(dense, transposed, xp)
         if width == 16:
             kernel = _spmm_w16 if parallel else _spmm_w16_serial

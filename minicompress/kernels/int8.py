@@ -45,6 +45,7 @@ import numpy as np
 from numba import njit, prange
 
 from minicompress.kernels import amx, vnni
+from minicompress.kernels.aligned import aligned_copy
 from minicompress.kernels.int8_quant import (
     BAD_SHAPES,
     NOT_FINITE,
@@ -317,7 +318,8 @@ def pack_quantized_int8_linear(
     """Lay out already-quantized weights for ``int8_linear``.
 
     w_q: int8 [K, N]; w_scale: float32 [N]; bias: float32 [N] or None; path: as in
-    ``int8_kernel_path``  ->  PackedInt8Linear. The arrays are copied, never aliased.
+    ``int8_kernel_path``  ->  PackedInt8Linear. The arrays are copied, never aliased, into
+    64-byte aligned memory (``aligned.py``: a vector load never straddles two cache lines).
     """
     path = int8_kernel_path(path)
     check_array("w_q", w_q, (np.int8,), 2)
@@ -327,15 +329,16 @@ def pack_quantized_int8_linear(
     check_vector("w_scale", w_scale, n)
     if bias is not None:
         check_vector("bias", bias, n)
-        bias = bias.copy()
+        bias = aligned_copy(bias)
     col_sum = w_q.sum(axis=0, dtype=np.int32)  # [K, N] -> [N]; exact, as K <= MAX_K_INT32
     if path == "vnni":
         weight = vnni.pack_vnni_weight(w_q)
     elif path == "amx":
         weight = amx.pack_amx_weight(w_q)
     else:
-        weight = np.array(w_q, order="C")
-    return PackedInt8Linear(path, weight, col_sum, w_scale.copy(), bias, k, n)
+        weight = aligned_copy(w_q)
+    return PackedInt8Linear(path, weight, aligned_copy(col_sum), aligned_copy(w_scale), bias, k,
+                            n)
 
 
 def pack_int8_linear(

@@ -40,6 +40,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from minicompress.kernels.aligned import aligned_empty
 from minicompress.kernels.int8_quant import (
     NOT_FINITE,
     OK,
@@ -90,14 +91,17 @@ def pack_vnni_weight(w_q: np.ndarray) -> np.ndarray:
 
     packed[j, kk, i, r] = w_q[4 kk + r, 16 j + i]   (zero where 4 kk + r >= K or 16 j + i >= N)
 
-    w_q: int8 [K, N]  ->  int8 [ceil(N/16), ceil(K/4), 16, 4], C-contiguous.
+    w_q: int8 [K, N]  ->  int8 [ceil(N/16), ceil(K/4), 16, 4], C-contiguous, its data
+    64-byte aligned (``aligned.py``).
     """
     k, n = w_q.shape
     kp, np_ = -(-k // 4) * 4, -(-n // 16) * 16
     padded = np.zeros((kp, np_), dtype=np.int8)  # [Kp, Np]
     padded[:k, :n] = w_q
     blocks = padded.reshape(kp // 4, 4, np_ // 16, 16)  # [K/4, 4, N/16, 16]
-    return np.ascontiguousarray(blocks.transpose(2, 0, 3, 1))  # -> [N/16, K/4, 16, 4]
+    packed = aligned_empty((np_ // 16, kp // 4, 16, 4), np.int8)  # 64-byte loads: aligned
+    packed[...] = blocks.transpose(2, 0, 3, 1)  # -> [N/16, K/4, 16, 4]
+    return packed
 
 
 @njit(cache=True)
