@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from minicompress.kernels import csr
+from minicompress.kernels import csr, row_parts
 from minicompress.kernels.reference import (
     CSR,
     csr_matmul_reference,
@@ -181,13 +181,102 @@ def test_sparse_linear_matches_dense(rng, path, m, k, n, with_bias, index_dtype)
 @pytest.mark.parametrize("min_work", [0, 10**9])  # every product on all threads, or on one
 @pytest.mark.parametrize("m, k, n", [(1, 1024, 400), (3, 257, 129), (16, 512, 257), (100, 300, 77)])
 def test_parallel_and_serial_kernels_agree(rng, monkeypatch, min_work, m, k, n):
-    monkeypatch.setattr(csr, "PARALLEL_MIN_WORK", min_work)
+    monkeypatch.setattr(row_parts, "PARALLEL_MIN_WORK", min_work)
+    monkeypatch.setattr(row_parts, "PARALLEL_MIN_BLOCK_WORK", min_work)
     w = random_sparse(rng, (k, n), 0.8)
     w[:, 5:40] = 0.0  # a run of empty rows: parts of unequal length
     x = rng.standard_normal((m, k)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
     y = csr.sparse_linear(x, csr.dense_to_csr(np.ascontiguousarray(w.T)), bias, path="portable")
     assert_close_to_dense(y, x, w, bias)
+
+
+@pytest.mark.parametrize("m, k", [(16, 16), (32, 1024), (37, 70), (64, 33), (5, 100)])
+@pytest.mark.parametrize("transposed", [True, False])
+def test_packed_blocks_hold_x_transposed_and_zero_padded(rng, m, k, transposed):
+    """xp[b, k, t] = x[b*W + t, k], 0 past M: exactly, for full 16 x 16 register transposes,
+    K tails and partial blocks alike."""
+    width = 16 if m <= 16 else 32
+    x = rng.standard_normal((m, k)).astype(np.float32)  # [M, K]
+    xp = np.full(((m + width - 1) // width, k, width), np.nan, np.float32)
+    csr._pack_blocks(x if transposed else np.ascontiguousarray(x.T), transposed, xp, False)
+    padded = np.zeros((xp.shape[0] * width, k), np.float32)
+    padded[:m] = x
+    expected = padded.reshape(xp.shape[0], width, k).transpose(0, 2, 1)  # [blocks, K, W]
+    np.testing.assert_array_equal(xp, expected)
+
+
+def spmv_in_lane_order(x: np.ndarray, w_t: CSR, scale: np.ndarray) -> np.ndarray:
+    """The SpMV's summation order, written out in NumPy (float32 throughout): entry j of a
+    row goes to lane j % 16 (a multiply, then an add); the 16 lanes are summed in halves."""
+    out = np.empty((x.shape[0], w_t.shape[0]), np.float32)  # [M, N]
+    for n in range(w_t.shape[0]):
+        lo, hi = w_t.indptr[n], w_t.indptr[n + 1]
+        values, idx = w_t.data[lo:hi].astype(np.float32), w_t.indices[lo:hi]
+        for m in range(x.shape[0]):
+            lanes = np.zeros(16, np.float32)
+            for j in range(0, hi - lo, 16):  # one chunk of up to 16 entries
+                c = min(16, hi - lo - j)
+                lanes[:c] += values[j : j + c] * x[m, idx[j : j + c]]
+            while lanes.size > 1:
+                lanes = lanes[: lanes.size // 2] + lanes[lanes.size // 2 :]
+            out[m, n] = scale[n] * lanes[0]
+    return out
+
+
+@pytest.mark.parametrize("min_work", [0, 10**9])
+@pytest.mark.parametrize("int8_values", [False, True])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int16])
+def test_spmv_sums_in_its_documented_order_exactly(
+    rng, monkeypatch, min_work, int8_values, index_dtype
+):
+    """M < SPMV_MAX_M: bit for bit the lane order of csr_spmv.py, on any CPU (no FMA, no
+    reassociation); rows of 0 to 70 entries cover partial, full and several chunks."""
+    monkeypatch.setattr(row_parts, "PARALLEL_MIN_WORK", min_work)
+    monkeypatch.setattr(row_parts, "PARALLEL_MIN_BLOCK_WORK", min_work)
+    k, n = 300, 50
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    keep = rng.random((k, n)) < np.linspace(0.0, 70 / k, n)  # row n of w_t: about 1.4 n entries
+    w[~keep] = 0.0
+    w_t = csr.dense_to_csr(np.ascontiguousarray(w.T), index_dtype)
+    scale = np.ones(n, np.float32)
+    if int8_values:
+        w_t, scale = csr.quantize_csr(w_t)
+    for m in range(1, csr.SPMV_MAX_M):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        y = csr.sparse_linear(x, w_t, scale=scale if int8_values else None, path="portable")
+        np.testing.assert_array_equal(y, spmv_in_lane_order(x, w_t, scale))
+
+
+def _long_rows() -> CSR:
+    """Two rows of 40 entries (three chunks each) over K = 64."""
+    idx = np.concatenate([np.arange(0, 40), np.arange(20, 60)]).astype(np.int32)
+    return CSR(np.array([0, 40, 80], np.int32), idx, np.ones(80, np.float32), (2, 64))
+
+
+@pytest.mark.parametrize("min_work", [0, 10**9])
+@pytest.mark.parametrize("position", [1, 15, 16, 17, 39, 40, 41, 79])
+@pytest.mark.parametrize("fault", ["repeated", "too large", "negative"])
+def test_spmv_finds_a_bad_index_in_any_lane_of_any_chunk(
+    rng, monkeypatch, min_work, position, fault
+):
+    """Positions at the chunk edges (15|16, 31|32) and the row edge (39|40): an index is
+    compared with the one before it even across chunks, but not across rows (row 1 starts
+    at 20, after row 0's 39: valid)."""
+    monkeypatch.setattr(row_parts, "PARALLEL_MIN_WORK", min_work)
+    monkeypatch.setattr(row_parts, "PARALLEL_MIN_BLOCK_WORK", min_work)
+    m = _long_rows()
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    np.testing.assert_allclose(
+        csr.sparse_linear(x, m, path="portable"), sparse_linear_reference(x, m), rtol=1e-5
+    )
+    bad = m.indices.copy()
+    if fault == "repeated":
+        bad[position] = bad[position - 1] if position != 40 else bad[position + 1]
+    else:
+        bad[position] = 64 if fault == "too large" else -1
+    with pytest.raises(ValueError, match=r"w_t.indices must (increase strictly|lie in \[0, 64\))"):
+        csr.sparse_linear(x, m._replace(indices=bad), path="portable")
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -313,6 +402,11 @@ BROKEN = {
         ValueError,
         "never decrease",
     ),
+    "indptr not starting at 0": (
+        _valid()._replace(indptr=np.array([1, 2, 2, 4, 5], np.int32)),
+        ValueError,
+        "indptr must start at 0",
+    ),
     "indptr too short": (
         _valid()._replace(indptr=np.array([0, 2, 4, 5], np.int32)),
         ValueError,
@@ -406,7 +500,7 @@ def test_mismatched_arguments_are_refused(rng, path):
 _SMALL_CHECK = textwrap.dedent(
     """
     import numpy as np
-    from minicompress.kernels import csr, reference as ref
+    from minicompress.kernels import csr, reference as ref, row_parts
     rng = np.random.default_rng(0)
     w = rng.standard_normal((9, 21)).astype(np.float32)  # [K, N]: one full tile of 16 outputs
     w[rng.random(w.shape) < 0.6] = 0.0
@@ -414,7 +508,8 @@ _SMALL_CHECK = textwrap.dedent(
     w_t = csr.dense_to_csr(np.ascontiguousarray(w.T), path="portable")
     assert all(np.array_equal(a, b) for a, b in zip(w_t[:3], ref.dense_to_csr(w.T.copy())[:3]))
     assert np.array_equal(csr.csr_to_dense(w_t, path="portable"), w.T)
-    for csr.PARALLEL_MIN_WORK in (0, 10**9):  # the parallel kernels, then the serial ones
+    for work in (0, 10**9):  # the parallel kernels, then the serial ones
+        row_parts.PARALLEL_MIN_WORK = row_parts.PARALLEL_MIN_BLOCK_WORK = work
         for m in (1, 5, 16, 20, 32):  # SpMV, partial and full 16- and 32-wide blocks
             x = rng.standard_normal((m, 9)).astype(np.float32)
             y = csr.sparse_linear(x, w_t, path="portable")
@@ -456,18 +551,13 @@ def test_kernels_are_loaded_from_the_disk_cache():
     _run_python(_SMALL_CHECK)  # compiles what is missing and saves it
     done = _run_python(_SMALL_CHECK, NUMBA_DEBUG_CACHE="1")
     assert done.returncode == 0, done.stderr
-    lines = [ln for ln in done.stdout.splitlines() if "csr." in ln]
+    lines = [ln for ln in done.stdout.splitlines() if "kernels" in ln]
     loaded = [ln for ln in lines if "data loaded" in ln]
     saved = [ln for ln in lines if "data saved" in ln]
     for kernel in (
-        "_spmm_w16-",
-        "_spmm_w32-",
-        "_spmv-",
-        "_pack_blocks-",
-        "_spmm_w16_serial",
-        "_spmm_w32_serial",
-        "_spmv_serial",
-        "_pack_blocks_serial",
+        "csr._spmm-",
+        "csr._pack_blocks-",
+        "csr_spmv.spmv-",
         "_fill_csr",
     ):
         assert any(kernel in ln for ln in loaded), f"{kernel} not loaded from cache:\n{lines}"

@@ -10,35 +10,35 @@ How ``sparse_linear`` computes ``y = x @ w + bias`` from ``w_t`` = CSR of w.T ([
 
 1. pack x into blocks of W columns of x.T:  ``xp[b, k, t] = x[b*W + t, k]``  (W = 16 for
    M <= 16, else 32; the last block zero-padded), so that one weight entry (n, k, v)
-   multiplies W contiguous floats: one or two AVX-512 registers.
+   multiplies W contiguous floats: one or two AVX-512 registers. Full blocks are transposed
+   16 x 16 floats at a time in registers (``simd.transpose_tile``; 4-5x faster than element
+   by element, whose reads of rows K*4 bytes apart missed L1 when K = 1024).
 2. for each block b and each output feature n (the rows of ``w_t``, split across threads into
-   parts of about equal work, ``_balanced_parts``):
+   parts of about equal work, ``row_parts.balanced_parts``):
        acc[0:W] = sum_{j in row n} v_j * xp[b, idx_j, 0:W]      (in registers, 4 FMA chains)
        y[b*W + t, n] = scale[n] * acc[t] + bias[n]               (t < W, the tail trimmed)
    A packed block is K*W*4 bytes (96 KB for K = 768, W = 32), 64-byte aligned (a row of
    W floats that straddled two cache lines made the product 1.5-2x slower, ``aligned.py``):
    it stays in L2 while a thread streams its rows of ``w_t`` over it. Sums of 16 output
    features are stored together, so each cache line of y [M, N] is written in full: a full
-   16 x W tile is transposed in registers (``_ir_store_tile_t``, 64 shuffles per 16 x 16
+   16 x W tile is transposed in registers (``simd.store_full_tile_t``, 64 shuffles per 16 x 16
    floats; element by element it took a third of a product at M = 32), a partial one
    element by element (``_store_tile``).
-3. M < ``SPMV_MAX_M``: no packing; each output is a dot product gathered from x (SpMV),
-   four scalar chains (AVX-512 gathers measured 4x slower on this CPU).
-Small products (``PARALLEL_MIN_WORK``) run on one thread: waking the others costs more.
+3. M < ``SPMV_MAX_M``: no packing; each output is a dot product gathered from x, 16 stored
+   weights at a time (SpMV, ``csr_spmv.py``).
+Small products (``row_parts.PARALLEL_MIN_WORK``, ``PARALLEL_MIN_BLOCK_WORK``) run on one
+thread: waking the others costs more.
 int8 values (``quantize_csr``) are converted to float32 as they are read; the per-row scale
 is applied once per output.
 
-Why the ``_vec_*`` helpers: written as a plain ``for t in range(W)`` loop, LLVM unrolls the
-W accumulations into W scalar FMAs and does not regroup them into vectors (checked with
-``inspect_asm``: ``vfmadd231ss`` x 16). The helpers emit ``<W x float>`` LLVM operations on
-a stack slot, which LLVM keeps in registers: one ``vbroadcastss`` and one or two
-``vfmadd231ps zmm`` per stored weight. With ``NUMBA_DISABLE_JIT=1`` they are plain NumPy.
+The W-float accumulators and the register transposes are LLVM operations (``simd.py``).
 
-The structure checks of ``reference.check_csr`` that cost a pass over the arrays (indptr
-never decreasing, indices increasing within a row and inside [0, K)) run inside the kernels,
-on each part's rows just before they are read (``_rows_are_valid``, vectorized), so a bad
-CSR never reads out of bounds; ``check_csr`` then raises its usual error. Non-contiguous
-arrays are copied to contiguous ones (same result; only the copy costs).
+The structure checks of ``reference.check_csr`` beyond types and dtypes run inside the
+kernels: the lengths and the ends of indptr first (``row_parts.csr_ends_fit``), then, on
+each part's rows just before they are read, indptr never decreasing and indices increasing
+within a row and inside [0, K) (``_rows_are_valid``, vectorized; the SpMV checks each chunk
+of 16 as it loads it). A bad CSR is never read out of bounds; ``check_csr`` then raises its
+usual error. Non-contiguous arrays are copied to contiguous ones (only the copy costs).
 
 Threads: the parallel kernels use ``numba.get_num_threads()`` threads. On a machine whose
 cores are busy with other processes, every parallel call waits for its last thread to be
@@ -48,18 +48,13 @@ scheduled (measured here: 8-16 ms instead of 0.1-1 ms, for OpenBLAS as for these
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 
-import numba
 import numpy as np
-from llvmlite import ir
-from numba import literally, njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba import literally, njit, prange
 
-from minicompress.kernels import reference
+from minicompress.kernels import csr_spmv, reference, row_parts, simd
 from minicompress.kernels.aligned import aligned_bytes, aligned_empty
 from minicompress.kernels.reference import (
     CSR,
@@ -71,11 +66,8 @@ from minicompress.kernels.reference import (
 
 KERNEL_CHOICES = ("auto", "reference", "portable", "vnni", "amx")  # shared with int8
 SPMV_MAX_M = 4  # below this many rows of x, gathered dot products beat packing x
-PARTS_PER_THREAD = 4  # work items per thread: evens out rows of unequal length
 TILE_ROWS = 16  # output features summed before one transposed store: 64 contiguous bytes
 PACK_K_CHUNK = 64  # rows of x.T packed per work item
-PARALLEL_MIN_WORK = 2**14  # stored weights x blocks of x below which one thread wins
-ROW_COST = 8  # cost of one output row in "stored weights": its zeroing and its W stores
 
 
 def csr_kernel_path(path: str | None = None) -> str:
@@ -85,7 +77,7 @@ def csr_kernel_path(path: str | None = None) -> str:
     NumPy references; ``portable``, ``vnni``, ``amx`` and ``auto`` run this module's Numba kernels
     (CSR has no VNNI or AMX variant: the Numba kernel is the portable path).
     """
-    choice = path if path is not None else os.environ.get("MINICOMPRESS_KERNEL", "auto")
+    choice = path if path is not None else _environment_choice()
     if choice in ("auto", "portable", "vnni", "amx"):  # the common case, no string work
         return "portable"
     if not isinstance(choice, str) or choice.strip().lower() not in KERNEL_CHOICES:
@@ -94,220 +86,17 @@ def csr_kernel_path(path: str | None = None) -> str:
     return "reference" if choice.strip().lower() == "reference" else "portable"
 
 
-# ----------------------------------------------------------------------------------------
-# explicit SIMD: a W-float accumulator that LLVM keeps in registers
-# ----------------------------------------------------------------------------------------
-
-
-def _vector_type(width: types.IntegerLiteral) -> ir.VectorType:
-    return ir.VectorType(ir.FloatType(), width.literal_value)
-
-
-@intrinsic
-def _ir_vec_alloc(typingctx, width):
-    """A stack slot of ``width`` float32 (a ``<W x float>``), as a float32 pointer."""
-    if not isinstance(width, types.IntegerLiteral):
-        return None
-
-    def codegen(context, builder, sig, args):
-        slot = cgutils.alloca_once(builder, _vector_type(width))  # in the entry block
-        return builder.bitcast(slot, ir.FloatType().as_pointer())
-
-    return types.CPointer(types.float32)(width), codegen
-
-
-@intrinsic
-def _ir_vec_zero(typingctx, acc, width):
-    """acc[0:W] = 0."""
-    if not isinstance(width, types.IntegerLiteral):
-        return None
-
-    def codegen(context, builder, sig, args):
-        vt = _vector_type(width)
-        builder.store(ir.Constant(vt, None), builder.bitcast(args[0], vt.as_pointer()))
-        return context.get_dummy_value()
-
-    return types.none(acc, width), codegen
-
-
-@intrinsic
-def _ir_vec_fma(typingctx, acc, v, address, width):
-    """acc[0:W] += v * row[0:W], where row is W float32 at byte ``address`` (any alignment)."""
-    if not isinstance(width, types.IntegerLiteral):
-        return None
-
-    def codegen(context, builder, sig, args):
-        vt = _vector_type(width)
-        acc_ptr = builder.bitcast(args[0], vt.as_pointer())
-        row = builder.load(builder.inttoptr(args[2], vt.as_pointer()), align=4)
-        v1 = builder.insert_element(ir.Constant(vt, None), args[1], ir.Constant(ir.IntType(32), 0))
-        zeros = ir.Constant(ir.VectorType(ir.IntType(32), width.literal_value), None)
-        splat = builder.shuffle_vector(v1, ir.Constant(vt, None), zeros)  # [v, v, ..., v]
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{width.literal_value}f32"
-        )
-        builder.store(builder.call(fma, [splat, row, builder.load(acc_ptr)]), acc_ptr)
-        return context.get_dummy_value()
-
-    return types.none(acc, types.float32, types.intp, width), codegen
-
-
-@intrinsic
-def _ir_vec_store(typingctx, acc, address, width):
-    """row[0:W] = acc[0:W], where row is W float32 at byte ``address`` (any alignment)."""
-    if not isinstance(width, types.IntegerLiteral):
-        return None
-
-    def codegen(context, builder, sig, args):
-        vt = _vector_type(width)
-        value = builder.load(builder.bitcast(args[0], vt.as_pointer()))
-        builder.store(value, builder.inttoptr(args[1], vt.as_pointer()), align=4)
-        return context.get_dummy_value()
-
-    return types.none(acc, types.intp, width), codegen
-
-
-@intrinsic
-def _ir_vec_add(typingctx, acc, other, width):
-    """acc[0:W] += other[0:W]."""
-    if not isinstance(width, types.IntegerLiteral):
-        return None
-
-    def codegen(context, builder, sig, args):
-        vt = _vector_type(width)
-        a = builder.bitcast(args[0], vt.as_pointer())
-        b = builder.bitcast(args[1], vt.as_pointer())
-        builder.store(builder.fadd(builder.load(a), builder.load(b)), a)
-        return context.get_dummy_value()
-
-    return types.none(acc, other, width), codegen
-
-
-def _transpose16(builder, rows: list) -> list:
-    """Transpose 16 vectors of 16 floats in registers: result[t][i] = rows[i][t].
-
-    Four stages (b = 8, 4, 2, 1); each swaps the off-diagonal b x b blocks of every 2b x 2b
-    block with two ``shufflevector`` per pair of rows (``vpermt2ps``): 64 shuffles for 256
-    floats, instead of 256 scalar loads and stores.
-    """
-    rows = list(rows)
-    for b in (8, 4, 2, 1):
-        low = ir.Constant(ir.VectorType(ir.IntType(32), 16),
-                          [j if j & b == 0 else 16 + j - b for j in range(16)])
-        high = ir.Constant(ir.VectorType(ir.IntType(32), 16),
-                           [j + b if j & b == 0 else 16 + j for j in range(16)])
-        for i in range(16):
-            if i & b == 0:
-                a, c = rows[i], rows[i + b]
-                rows[i] = builder.shuffle_vector(a, c, low)
-                rows[i + b] = builder.shuffle_vector(a, c, high)
-    return rows
-
-
-@intrinsic
-def _ir_store_tile_t(typingctx, tile_addr, out_addr, ldo, scale_addr, bias_addr, width):
-    """out[t, i] = scale[i] * tile[i, t] + bias[i] for i < 16, t < W: a full tile of 16
-    output features x W tokens, stored transposed (16 contiguous floats per token row).
-
-    tile_addr: float32 [16, W] row-major; out_addr: float32 rows ``ldo`` bytes apart;
-    scale_addr, bias_addr: 16 float32 each. W = 16 or 32 (two 16 x 16 transposes).
-    """
-    if not isinstance(width, types.IntegerLiteral):
-        return None
-
-    def codegen(context, builder, sig, args):
-        tile_addr, out_addr, ldo, scale_addr, bias_addr, _ = args
-        vt = ir.VectorType(ir.FloatType(), 16)
-        w = width.literal_value
-
-        def at(address, offset):  # a <16 x float> pointer at address + offset bytes
-            shifted = builder.add(address, offset)
-            return builder.inttoptr(shifted, vt.as_pointer())
-
-        i64 = ir.IntType(64)
-        scale = builder.load(at(scale_addr, ir.Constant(i64, 0)), align=4)
-        bias = builder.load(at(bias_addr, ir.Constant(i64, 0)), align=4)
-        for h in range(w // 16):
-            rows = [builder.load(at(tile_addr, ir.Constant(i64, (i * w + 16 * h) * 4)), align=4)
-                    for i in range(16)]
-            for t, column in enumerate(_transpose16(builder, rows)):
-                y = builder.fadd(builder.fmul(column, scale), bias)
-                offset = builder.mul(ldo, ir.Constant(i64, 16 * h + t))
-                builder.store(y, at(out_addr, offset), align=4)
-        return context.get_dummy_value()
-
-    return types.none(types.intp, types.intp, types.intp, types.intp, types.intp, width), codegen
-
-
-# The same six operations as plain Python on NumPy arrays, so that the kernels also run
-# with NUMBA_DISABLE_JIT=1 (for debugging); compiled code uses the LLVM versions above.
-
-
-def _float_row(address: int, width: int) -> np.ndarray:
-    return np.ctypeslib.as_array((ctypes.c_float * int(width)).from_address(int(address)))
-
-
-def _vec_alloc(width):
-    return np.zeros(width, dtype=np.float32)
-
-
-def _vec_zero(acc, width):
-    acc[:] = 0.0
-
-
-def _vec_fma(acc, v, address, width):
-    acc += np.float32(v) * _float_row(address, width)
-
-
-def _vec_store(acc, address, width):
-    _float_row(address, width)[:] = acc
-
-
-def _vec_add(acc, other, width):
-    acc += other
-
-
-def _store_full_tile_t(tile, out, scale, bias, m0, n0, width):
-    """out[m0 + t, n0 + i] = scale[n0 + i] * tile[i, t] + bias[n0 + i] for i < 16, t < W:
-    ``_store_tile`` for a full tile, transposed in registers (``_ir_store_tile_t``).
-    tile: float32 [16, W]; out: float32 [M, N], C-contiguous."""
-    s, b = scale[n0 : n0 + 16], bias[n0 : n0 + 16]  # [16]
-    out[m0 : m0 + width, n0 : n0 + 16] = tile[:, :width].T * s + b
-
-
-@overload(_vec_alloc)
-def _ol_vec_alloc(width):
-    return lambda width: _ir_vec_alloc(width)
-
-
-@overload(_vec_zero)
-def _ol_vec_zero(acc, width):
-    return lambda acc, width: _ir_vec_zero(acc, width)
-
-
-@overload(_vec_fma)
-def _ol_vec_fma(acc, v, address, width):
-    return lambda acc, v, address, width: _ir_vec_fma(acc, v, address, width)
-
-
-@overload(_vec_store)
-def _ol_vec_store(acc, address, width):
-    return lambda acc, address, width: _ir_vec_store(acc, address, width)
-
-
-@overload(_vec_add)
-def _ol_vec_add(acc, other, width):
-    return lambda acc, other, width: _ir_vec_add(acc, other, width)
-
-
-@overload(_store_full_tile_t)
-def _ol_store_full_tile_t(tile, out, scale, bias, m0, n0, width):
-    def impl(tile, out, scale, bias, m0, n0, width):
-        ldo = out.strides[0]
-        _ir_store_tile_t(tile.ctypes.data, out.ctypes.data + m0 * ldo + n0 * 4, ldo,
-                         scale.ctypes.data + n0 * 4, bias.ctypes.data + n0 * 4, width)
-
-    return impl
+def _environment_choice() -> str:
+    """``os.environ.get("MINICOMPRESS_KERNEL", "auto")`` in 0.2 us instead of 0.6-1.4 us
+    (a missing key raises KeyError twice inside ``get``), a tenth of a matrix-vector product
+    of 26K weights: the lookup in the dict that ``os.environ`` keeps in step with every
+    change made through it (``monkeypatch.setenv`` included)."""
+    env = os.environ
+    try:
+        raw = env._data.get(env.encodekey("MINICOMPRESS_KERNEL"))
+    except AttributeError:  # not CPython's os._Environ: the public way
+        return env.get("MINICOMPRESS_KERNEL", "auto")
+    return "auto" if raw is None else env.decodevalue(raw)
 
 
 # ----------------------------------------------------------------------------------------
@@ -316,36 +105,26 @@ def _ol_store_full_tile_t(tile, out, scale, bias, m0, n0, width):
 
 
 @njit(cache=True)
-def _balanced_parts(indptr, n_parts):
-    """Row boundaries [n_parts + 1] splitting the rows into parts of about equal work.
-
-    Work of rows [0, n) = (indptr[n] - indptr[0]) + ROW_COST * n. Always non-decreasing from
-    0 to R, even for an invalid indptr (which the kernels then report).
-    """
-    n_rows = indptr.shape[0] - 1
-    total = (indptr[n_rows] - indptr[0]) + ROW_COST * n_rows
-    parts = np.empty(n_parts + 1, dtype=np.int64)
-    parts[0] = 0
-    n = 0
-    for p in range(1, n_parts):
-        target = total * p // n_parts
-        while n < n_rows and (indptr[n] - indptr[0]) + ROW_COST * n < target:
-            n += 1
-        parts[p] = n
-    parts[n_parts] = n_rows
-    return parts
-
-
-@njit(cache=True)
 def _pack_item(src, transposed, xp, item, k_chunk):
-    """Item ``item`` (a block b and a chunk of K) of ``_pack_blocks``."""
+    """Item ``item`` (a block b and a chunk of K) of ``_pack_blocks``.
+
+    A full block of x is transposed 16 x 16 floats at a time in registers
+    (``simd.transpose_tile``): element by element, the 32 rows of a block read at one k are
+    4 KB apart when K = 1024, all in one set of L1, so each read missed (1.2 ns per float).
+    """
     n_blocks, k_total, width = xp.shape
     m_total = src.shape[0] if transposed else src.shape[1]
     n_chunks = (k_total + k_chunk - 1) // k_chunk
     b = item // n_chunks
     k0 = (item % n_chunks) * k_chunk
+    k1 = min(k0 + k_chunk, k_total)
     m0 = b * width
-    for k in range(k0, min(k0 + k_chunk, k_total)):
+    if transposed and m0 + width <= m_total:
+        while k0 + 16 <= k1:
+            for t0 in range(0, width, 16):
+                simd.transpose_tile(src, m0 + t0, k0, xp, b, t0)
+            k0 += 16
+    for k in range(k0, k1):
         for t in range(width):
             m = m0 + t
             if m < m_total:
@@ -355,19 +134,16 @@ def _pack_item(src, transposed, xp, item, k_chunk):
 
 
 @njit(parallel=True, cache=True)
-def _pack_blocks(src, transposed, xp):
+def _pack_blocks(src, transposed, xp, parallel):
     """xp[b, k, t] = x[b*W + t, k] (``transposed``: src is x [M, K]) or b[k, b*W + t] (src is
     b [K, M]); zero where b*W + t >= M.  xp: float32 [n_blocks, K, W]."""
-    n_chunks = (xp.shape[1] + PACK_K_CHUNK - 1) // PACK_K_CHUNK
-    for item in prange(xp.shape[0] * n_chunks):  # blocks x chunks of K: even for one block
-        _pack_item(src, transposed, xp, item, PACK_K_CHUNK)
-
-
-@njit(cache=True)
-def _pack_blocks_serial(src, transposed, xp):
-    n_chunks = (xp.shape[1] + PACK_K_CHUNK - 1) // PACK_K_CHUNK
-    for item in range(xp.shape[0] * n_chunks):
-        _pack_item(src, transposed, xp, item, PACK_K_CHUNK)
+    n_items = xp.shape[0] * ((xp.shape[1] + PACK_K_CHUNK - 1) // PACK_K_CHUNK)
+    if parallel:
+        for item in prange(n_items):  # blocks x chunks of K: even for one block
+            _pack_item(src, transposed, xp, item, PACK_K_CHUNK)
+    else:
+        for item in range(n_items):
+            _pack_item(src, transposed, xp, item, PACK_K_CHUNK)
 
 
 @njit(cache=True)
@@ -442,10 +218,10 @@ def _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out, m_tot
     literally(width)
     if not _rows_are_valid(indptr, indices, xp.shape[1], r0, r1):
         return r0
-    acc0 = _vec_alloc(width)  # four accumulators: four independent chains of FMAs
-    acc1 = _vec_alloc(width)
-    acc2 = _vec_alloc(width)
-    acc3 = _vec_alloc(width)
+    acc0 = simd.vec_alloc(width)  # four accumulators: four independent chains of FMAs
+    acc1 = simd.vec_alloc(width)
+    acc2 = simd.vec_alloc(width)
+    acc3 = simd.vec_alloc(width)
     # [TILE_ROWS, W] sums of TILE_ROWS rows, aligned for the vector stores and loads
     tile = aligned_bytes(TILE_ROWS * width * 4).view(np.float32).reshape((TILE_ROWS, width))
     row_bytes = xp.strides[1]
@@ -459,184 +235,76 @@ def _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out, m_tot
                 lo, hi = indptr[n], indptr[n + 1]
                 if lo < 0:  # never true (checked above); tells LLVM j >= 0
                     return n
-                _vec_zero(acc0, width)
-                _vec_zero(acc1, width)
-                _vec_zero(acc2, width)
-                _vec_zero(acc3, width)
+                simd.vec_zero(acc0, width)
+                simd.vec_zero(acc1, width)
+                simd.vec_zero(acc2, width)
+                simd.vec_zero(acc3, width)
                 j = lo
                 while j + 3 < hi:  # columns are >= 0 (checked): unsigned, no wrap code
                     c0, c1 = np.intp(np.uint32(indices[j])), np.intp(np.uint32(indices[j + 1]))
                     c2, c3 = np.intp(np.uint32(indices[j + 2])), np.intp(np.uint32(indices[j + 3]))
-                    _vec_fma(acc0, np.float32(data[j]), block + c0 * row_bytes, width)
-                    _vec_fma(acc1, np.float32(data[j + 1]), block + c1 * row_bytes, width)
-                    _vec_fma(acc2, np.float32(data[j + 2]), block + c2 * row_bytes, width)
-                    _vec_fma(acc3, np.float32(data[j + 3]), block + c3 * row_bytes, width)
+                    simd.vec_fma(acc0, np.float32(data[j]), block + c0 * row_bytes, width)
+                    simd.vec_fma(acc1, np.float32(data[j + 1]), block + c1 * row_bytes, width)
+                    simd.vec_fma(acc2, np.float32(data[j + 2]), block + c2 * row_bytes, width)
+                    simd.vec_fma(acc3, np.float32(data[j + 3]), block + c3 * row_bytes, width)
                     j += 4
                 while j < hi:
                     c0 = np.intp(np.uint32(indices[j]))
-                    _vec_fma(acc0, np.float32(data[j]), block + c0 * row_bytes, width)
+                    simd.vec_fma(acc0, np.float32(data[j]), block + c0 * row_bytes, width)
                     j += 1
-                _vec_add(acc0, acc1, width)
-                _vec_add(acc2, acc3, width)
-                _vec_add(acc0, acc2, width)
-                _vec_store(acc0, tile.ctypes.data + (n - n0) * width * 4, width)
+                simd.vec_add(acc0, acc1, width)
+                simd.vec_add(acc2, acc3, width)
+                simd.vec_add(acc0, acc2, width)
+                simd.vec_store(acc0, tile.ctypes.data + (n - n0) * width * 4, width)
             if transpose_out and n1 - n0 == TILE_ROWS and m_len == width:
-                _store_full_tile_t(tile, out, scale, bias, m0, n0, width)
+                simd.store_full_tile_t(tile, out, scale, bias, m0, n0, width)
             else:
                 _store_tile(tile, out, scale, bias, transpose_out, m0, m_len, n0, n1)
     return -1
 
 
-@njit(parallel=True, cache=True)
-def _spmm_w16(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, n_parts):
-    parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
-    n_bad = 0  # parts whose rows are not a valid CSR
-    for p in prange(n_parts):
-        n_bad += np.int64(
-            _spmm_part(
-                indptr,
-                indices,
-                data,
-                xp,
-                scale,
-                bias,
-                out,
-                transpose_out,
-                m_total,
-                parts[p],
-                parts[p + 1],
-                16,
-            )
-            >= 0
+@njit(cache=True)
+def _spmm_rows(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, r0, r1):
+    """``_spmm_part`` for rows r0:r1 with the block width of xp as a literal; 1 if invalid."""
+    if xp.shape[2] == 16:
+        r = _spmm_part(
+            indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, r0, r1, 16
         )
-    return n_bad
+    else:
+        r = _spmm_part(
+            indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, r0, r1, 32
+        )
+    return np.int64(r >= 0)
 
 
 @njit(parallel=True, cache=True)
-def _spmm_w32(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, n_parts):
-    parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
-    n_bad = 0  # parts whose rows are not a valid CSR
-    for p in prange(n_parts):
-        n_bad += np.int64(
-            _spmm_part(
-                indptr,
-                indices,
-                data,
-                xp,
-                scale,
-                bias,
-                out,
-                transpose_out,
-                m_total,
-                parts[p],
-                parts[p + 1],
-                32,
-            )
-            >= 0
+def _spmm(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, min_work):
+    """``_spmm_part`` over all rows: on the calling thread below ``min_work``, else in
+    parallel over ``row_parts.balanced_parts``. Returns how many parts found an invalid CSR.
+    xp: float32 [n_blocks, K, W] with W = 16 or 32."""
+    n_rows = indptr.shape[0] - 1
+    if not row_parts.csr_ends_fit(indptr, indices, data, out.shape[1 if transpose_out else 0]):
+        return 1
+    count = row_parts.n_parts(n_rows, data.shape[0] * xp.shape[0], min_work)
+    if count == 1:
+        return _spmm_rows(
+            indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, 0, n_rows
         )
-    return n_bad
-
-
-@njit(cache=True)
-def _spmm_w16_serial(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, n_parts):
-    parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
+    parts = row_parts.balanced_parts(indptr, count)  # [count + 1]
     n_bad = 0  # parts whose rows are not a valid CSR
-    for p in range(n_parts):
-        n_bad += np.int64(
-            _spmm_part(
-                indptr,
-                indices,
-                data,
-                xp,
-                scale,
-                bias,
-                out,
-                transpose_out,
-                m_total,
-                parts[p],
-                parts[p + 1],
-                16,
-            )
-            >= 0
-        )
-    return n_bad
-
-
-@njit(cache=True)
-def _spmm_w32_serial(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, n_parts):
-    parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
-    n_bad = 0  # parts whose rows are not a valid CSR
-    for p in range(n_parts):
-        n_bad += np.int64(
-            _spmm_part(
-                indptr,
-                indices,
-                data,
-                xp,
-                scale,
-                bias,
-                out,
-                transpose_out,
-                m_total,
-                parts[p],
-                parts[p + 1],
-                32,
-            )
-            >= 0
-        )
-    return n_bad
-
-
-@njit(cache=True)
-def _spmv_part(indptr, indices, data, x, scale, bias, out, r0, r1):
-    """Rows r0:r1 of out[m, n] = scale[n] * sum_j data[j] * x[m, indices[j]] + bias[n];
-    returns r0 if those rows are not a valid CSR, else -1.  x: float32 [M, K] (small M),
-    out: float32 [M, N].
-
-    Scalar on purpose (no fastmath): vectorized, this loop becomes AVX-512 gathers, which
-    measured 4x slower here than four scalar chains.
-    """
-    if not _rows_are_valid(indptr, indices, x.shape[1], r0, r1):
-        return r0
-    for m in range(x.shape[0]):
-        xm = x[m]  # [K]; made once per row of x, not once per output (a view costs ~7 ns)
-        for n in range(r0, r1):
-            lo, hi = indptr[n], indptr[n + 1]
-            if lo < 0:  # never true (checked above); tells LLVM j >= 0: no negative-index code
-                return n
-            s0 = s1 = s2 = s3 = np.float32(0.0)  # four independent add chains
-            j = lo
-            while j + 3 < hi:  # unsigned columns (checked >= 0): no negative-index code
-                s0 += np.float32(data[j]) * xm[np.uint32(indices[j])]
-                s1 += np.float32(data[j + 1]) * xm[np.uint32(indices[j + 1])]
-                s2 += np.float32(data[j + 2]) * xm[np.uint32(indices[j + 2])]
-                s3 += np.float32(data[j + 3]) * xm[np.uint32(indices[j + 3])]
-                j += 4
-            while j < hi:
-                s0 += np.float32(data[j]) * xm[np.uint32(indices[j])]
-                j += 1
-            out[m, n] = scale[n] * ((s0 + s1) + (s2 + s3)) + bias[n]
-    return -1
-
-
-@njit(parallel=True, cache=True)
-def _spmv(indptr, indices, data, x, scale, bias, out, n_parts):
-    parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
-    n_bad = 0  # parts whose rows are not a valid CSR
-    for p in prange(n_parts):
-        n_bad += np.int64(
-            _spmv_part(indptr, indices, data, x, scale, bias, out, parts[p], parts[p + 1]) >= 0
-        )
-    return n_bad
-
-
-@njit(cache=True)
-def _spmv_serial(indptr, indices, data, x, scale, bias, out, n_parts):
-    parts = _balanced_parts(indptr, n_parts)  # [n_parts + 1]
-    n_bad = 0  # parts whose rows are not a valid CSR
-    for p in range(n_parts):
-        n_bad += np.int64(
-            _spmv_part(indptr, indices, data, x, scale, bias, out, parts[p], parts[p + 1]) >= 0
+    for p in prange(count):
+        n_bad += _spmm_rows(
+            indptr,
+            indices,
+            data,
+            xp,
+            scale,
+            bias,
+            out,
+            transpose_out,
+            m_total,
+            parts[p],
+            parts[p + 1],
         )
     return n_bad
 
@@ -827,9 +495,10 @@ def _contiguous_csr(m: CSR) -> CSR:
 
 
 def _check_csr_cheap(name: str, m: object) -> None:
-    """The O(1) part of ``check_csr`` (types, dtypes, lengths, indptr ends); the kernels
-    check the rest as they read the entries. Silent and fast when all is well; on any doubt
-    ``check_csr`` runs and raises its message."""
+    """The part of ``check_csr`` that must run before a kernel is chosen: types, dtypes and
+    dimensions (another dtype or layout would make Numba compile a new kernel, for seconds).
+    The kernels check the rest (lengths, indptr ends, then each row) before they read it.
+    Silent and fast when all is well; on any doubt ``check_csr`` raises its message."""
     if isinstance(m, CSR):
         indptr, indices, data, shape = m
         if (
@@ -841,18 +510,10 @@ def _check_csr_cheap(name: str, m: object) -> None:
             and (data.dtype is _FLOAT32_DTYPE or data.dtype is _INT8)
             and indptr.ndim == indices.ndim == data.ndim == 1
             and len(shape) == 2
+            and shape[0] >= 0
+            and shape[1] >= 0
         ):
-            r, c = shape
-            nnz = data.shape[0]
-            if (
-                r >= 0
-                and c >= 0
-                and indptr.shape[0] == r + 1
-                and indices.shape[0] == nnz
-                and indptr[0] == 0
-                and indptr[-1] == nnz
-            ):
-                return
+            return
     check_csr(name, m)  # raises the full message
 
 
@@ -886,27 +547,19 @@ def _run(
     if n_rows == 0 or m_total == 0:
         check_csr(name, m)  # nothing to compute, but a bad structure is still refused
         return np.zeros(out_shape, dtype=np.float32)
-    width = 16 if m_total <= 16 else 32
-    n_blocks = (m_total + width - 1) // width
-    spmv = transposed and m_total < SPMV_MAX_M
-    work = m.data.shape[0] * (m_total if spmv else n_blocks)
-    # waking the other threads costs tens of microseconds: not worth it for small products
-    threads = numba.get_num_threads() if work >= PARALLEL_MIN_WORK else 1  # the call costs 2 us
-    parallel = threads > 1
-    n_parts = max(1, min(n_rows, PARTS_PER_THREAD * threads)) if parallel else 1
-    if spmv:
-        kernel = _spmv if parallel else _spmv_serial
-        n_bad = kernel(m.indptr, m.indices, m.data, dense, scale, bias, out, n_parts)
+    if transposed and m_total < SPMV_MAX_M:
+        n_bad = csr_spmv.spmv(
+            m.indptr, m.indices, m.data, dense, scale, bias, out, row_parts.PARALLEL_MIN_WORK
+        )
     else:
+        width = 16 if m_total <= 16 else 32
+        n_blocks = (m_total + width - 1) // width
         # [blocks, K, W]; aligned, so that no row of W floats straddles two cache lines
         xp = aligned_empty((n_blocks, m.shape[1], width), np.float32)
-        (_pack_blocks if parallel else _pack_blocks_serial)(dense, transposed, xp)
-        if width == 16:
-            kernel = _spmm_w16 if parallel else _spmm_w16_serial
-        else:
-            kernel = _spmm_w32 if parallel else _spmm_w32_serial
-        n_bad = kernel(
-            m.indptr, m.indices, m.data, xp, scale, bias, out, transposed, m_total, n_parts
+        min_work = row_parts.PARALLEL_MIN_BLOCK_WORK
+        _pack_blocks(dense, transposed, xp, m.data.shape[0] * n_blocks >= min_work)
+        n_bad = _spmm(
+            m.indptr, m.indices, m.data, xp, scale, bias, out, transposed, m_total, min_work
         )
     if n_bad:
         check_csr(name, m)  # raises the message for the problem the kernel found
