@@ -16,7 +16,9 @@ The same LLVM operations run on every CPU: LLVM turns the masked loads and the g
 AVX-512 instructions where the CPU has them and into plain loads where it has not, and the
 multiply, the add and the summation tree are spelled out (no FMA contraction, no reassociation),
 so every CPU gives the same bits. Measured here on 26K stored weights, one thread: 12-17 us
-against 18-25 us for four scalar multiply-add chains, and scipy's 22-28 us.
+against 19-25 us for four scalar multiply-add chains, and scipy's 22-28 us. Not measured:
+CPUs whose gathers are slow (Intel 6th-11th generation with the 2023 "Downfall" microcode
+fix, AMD before Zen 4), where scalar chains in the same lane order might win.
 
 The structure of w_t is checked as it is read, at no extra pass: each row's ``indptr`` ends must
 lie in [0, nnz] and not decrease; in each chunk, an index outside [0, K) or not above the one
