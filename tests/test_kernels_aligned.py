@@ -25,8 +25,10 @@ def test_aligned_bytes_start_on_a_boundary(nbytes):
         assert a.sum(dtype=np.int64) == 7 * nbytes
 
 
-@pytest.mark.parametrize("shape,dtype", [(5, np.float32), ((3, 7), np.int32),
-                                         ((2, 3, 16, 4), np.int8), ((0, 4), np.float32)])
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [(5, np.float32), ((3, 7), np.int32), ((2, 3, 16, 4), np.int8), ((0, 4), np.float32)],
+)
 def test_aligned_empty_has_the_shape_and_dtype_asked(shape, dtype):
     a = aligned_empty(shape, dtype)
     assert a.shape == ((shape,) if isinstance(shape, int) else shape)

@@ -47,20 +47,40 @@ FAST_PATHS = PATHS[1:]
 # path, the tiles from M = 128 (K not a multiple of 64, an odd number of 16-column blocks, a
 # last block of 32 rows cut short; N split up to 64 rows, M split above) and from M = 16
 # on weights of 1 MB or more
-SHAPES = [(1, 1, 1), (1, 7, 33), (3, 5, 17), (4, 64, 64), (5, 131, 70), (8, 128, 64),
-          (9, 36, 130), (12, 100, 80), (64, 100, 256), (67, 257, 129), (2, 520, 1030),
-          (20, 1024, 1030), (33, 1024, 1030), (130, 200, 70), (257, 64, 33)]
+SHAPES = [
+    (1, 1, 1),
+    (1, 7, 33),
+    (3, 5, 17),
+    (4, 64, 64),
+    (5, 131, 70),
+    (8, 128, 64),
+    (9, 36, 130),
+    (12, 100, 80),
+    (64, 100, 256),
+    (67, 257, 129),
+    (2, 520, 1030),
+    (20, 1024, 1030),
+    (33, 1024, 1030),
+    (130, 200, 70),
+    (257, 64, 33),
+]
 
 
 def test_shapes_reach_every_thread_split():
     """SHAPES above must keep covering the N split for large weights and its limits, and
     the edges of the AMX tile kernel."""
-    big = [(m, k, n) for m, k, n in SHAPES
-           if -(-n // 16) * -(-k // 4) * 64 >= vnni_module.SPLIT_N_MIN_WEIGHT_BYTES]
+    big = [
+        (m, k, n)
+        for m, k, n in SHAPES
+        if -(-n // 16) * -(-k // 4) * 64 >= vnni_module.SPLIT_N_MIN_WEIGHT_BYTES
+    ]
     assert any(vnni_module.MIN_ROWS_SPLIT_M <= m <= vnni_module.SPLIT_N_MAX_ROWS for m, _, _ in big)
     assert any(m > vnni_module.SPLIT_N_MAX_ROWS for m, _, _ in big)
-    on_tiles = [(m, k, n) for m, k, n in SHAPES
-                if amx_module.use_tiles(m, np.empty(amx_module.amx_weight_shape(k, n), np.int8))]
+    on_tiles = [
+        (m, k, n)
+        for m, k, n in SHAPES
+        if amx_module.use_tiles(m, np.empty(amx_module.amx_weight_shape(k, n), np.int8))
+    ]
     assert any(m <= 2 * amx_module.M_BLOCK for m, _, _ in on_tiles)  # N split
     assert any(m > 2 * amx_module.M_BLOCK and m % amx_module.M_BLOCK for m, _, _ in on_tiles)
     assert any(-(-n // 16) % 2 for _, _, n in on_tiles)  # an odd last block of 16 columns
@@ -71,8 +91,10 @@ def assert_same_integers(ours: np.ndarray, ref: np.ndarray) -> None:
     assert ours.dtype == ref.dtype == np.int32, (ours.dtype, ref.dtype)
     assert ours.shape == ref.shape, (ours.shape, ref.shape)
     bad = np.argwhere(ours != ref)
-    assert bad.size == 0, f"first mismatch at {tuple(bad[0])}: ours {ours[tuple(bad[0])]} " \
-                          f"vs reference {ref[tuple(bad[0])]} ({len(bad)} mismatches)"
+    assert bad.size == 0, (
+        f"first mismatch at {tuple(bad[0])}: ours {ours[tuple(bad[0])]} "
+        f"vs reference {ref[tuple(bad[0])]} ({len(bad)} mismatches)"
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -280,20 +302,30 @@ def test_round_half_even_equals_rint(rng):
         return out
 
     halves = np.arange(-600, 600, 0.5, dtype=np.float32)  # every .5 tie in the code range
-    v = np.concatenate([
-        halves,
-        np.nextafter(halves, np.float32(np.inf)),
-        np.nextafter(halves, np.float32(-np.inf)),
-        rng.uniform(-300, 300, 10_000).astype(np.float32),
-        np.array([0.0, -0.0, 2.0**22, -(2.0**22)], dtype=np.float32),
-    ])
+    v = np.concatenate(
+        [
+            halves,
+            np.nextafter(halves, np.float32(np.inf)),
+            np.nextafter(halves, np.float32(-np.inf)),
+            rng.uniform(-300, 300, 10_000).astype(np.float32),
+            np.array([0.0, -0.0, 2.0**22, -(2.0**22)], dtype=np.float32),
+        ]
+    )
     np.testing.assert_array_equal(round_all(v), np.rint(v))
 
 
-@pytest.mark.parametrize("row", [
-    [1.0, -2.0, 3.0], [-1.0, -0.5], [0.25, 4.0], [0.0], [-0.0, 1.0], [3.4e38, -3.4e38],
-    [1e-45, -1e-45],
-])
+@pytest.mark.parametrize(
+    "row",
+    [
+        [1.0, -2.0, 3.0],
+        [-1.0, -0.5],
+        [0.25, 4.0],
+        [0.0],
+        [-0.0, 1.0],
+        [3.4e38, -3.4e38],
+        [1e-45, -1e-45],
+    ],
+)
 def test_row_range_of_bit_patterns(row):
     x = np.array(row, dtype=np.float32)
     lo, hi, finite = row_range(x.view(np.int32))
@@ -329,8 +361,13 @@ def test_linear_matches_reference(path, m, k, n, with_bias, rng):
     ours = int8_linear(x, packed)
     ref = quantized_linear_reference(x, *quantize_weight_per_channel(w), bias)
     assert ours.dtype == np.float32 and ours.shape == (m, n)
-    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6,
-                               err_msg=f"ours {ours.ravel()[:4]} vs reference {ref.ravel()[:4]}")
+    np.testing.assert_allclose(
+        ours,
+        ref,
+        rtol=1e-5,
+        atol=1e-6,
+        err_msg=f"ours {ours.ravel()[:4]} vs reference {ref.ravel()[:4]}",
+    )
 
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
@@ -342,8 +379,9 @@ def test_linear_fast_paths_agree_bit_for_bit(m, k, n, rng):
     y_vnni = int8_linear(x, pack_int8_linear(w, bias, path="vnni"))
     np.testing.assert_array_equal(y_portable, y_vnni)
     if HAS_AMX:
-        np.testing.assert_array_equal(y_portable, int8_linear(x, pack_int8_linear(w, bias,
-                                                                                 path="amx")))
+        np.testing.assert_array_equal(
+            y_portable, int8_linear(x, pack_int8_linear(w, bias, path="amx"))
+        )
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -396,7 +434,8 @@ def test_linear_close_to_torch_dynamic_quantization(path, rng, torch):
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice
         warnings.simplefilter("ignore", DeprecationWarning)
         qlayer = torch.ao.quantization.quantize_dynamic(
-            torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8)
+            torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8
+        )
     with torch.inference_mode():
         theirs = qlayer(torch.from_numpy(x)).numpy()
     ours = int8_linear(x, pack_int8_linear(w, bias, path=path))
@@ -427,8 +466,9 @@ def test_linear_refuses_bad_inputs(path, rng):
     with pytest.raises(ValueError, match=r"w must have K >= 1 rows .*got shape \(0, 5\)"):
         pack_int8_linear(w[:0], bias, path=path)
     with pytest.raises(ValueError, match="K=65794 is too large"):
-        pack_quantized_int8_linear(np.zeros((MAX_K_INT32 + 1, 1), np.int8),
-                                   np.ones(1, np.float32), path=path)
+        pack_quantized_int8_linear(
+            np.zeros((MAX_K_INT32 + 1, 1), np.int8), np.ones(1, np.float32), path=path
+        )
 
 
 @pytest.mark.parametrize("path", FAST_PATHS)
@@ -465,8 +505,10 @@ def test_kernels_refuse_arrays_of_the_wrong_shape(path, m, k, n, rng):
 
 
 @pytest.mark.parametrize("path", FAST_PATHS)
-@pytest.mark.parametrize("m,k,n", [(40, 8, 5), (40, 128, 130), (3, 1024, 300), (16, 256, 300),
-                                   (130, 64, 40), (20, 1024, 1030)])
+@pytest.mark.parametrize(
+    "m,k,n",
+    [(40, 8, 5), (40, 128, 130), (3, 1024, 300), (16, 256, 300), (130, 64, 40), (20, 1024, 1030)],
+)
 def test_linear_refuses_non_finite_input(path, m, k, n, rng):
     # serial kernel; parallel kernel with M split; parallel kernel with N split (M < 8);
     # on amx, the tiles with M split (130 rows) and N split (20 rows of 1 MB of weights)
@@ -534,8 +576,14 @@ def test_cached_kernels_load_in_a_second_process(tmp_path):
     env.pop("NUMBA_DISABLE_JIT", None)
 
     def run() -> tuple[int, int]:
-        out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, check=True,
-                             capture_output=True, text=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            env=env,
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         return int(out[0]), int(out[1])
 
     misses_first, _ = run()
@@ -563,8 +611,14 @@ def test_portable_kernels_run_as_plain_python():
         "print('ok')\n"
     )
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
@@ -579,13 +633,26 @@ def test_bench_records(monkeypatch):
     monkeypatch.setattr(bench_int8, "_torch_dynamic_linear", lambda w, b: (None, None))
     monkeypatch.setattr(bench_int8, "QUICK_KN_VALUES", ((64, 48),))  # keep the test short
     records = bench_int8.run_int8_bench(quick=True, threads_list=(1,))
-    keys = {"kernel", "path", "M", "K", "N", "threads", "ms", "numpy_ms", "speedup_vs_numpy",
-            "torch_ms", "speedup_vs_torch"}
+    keys = {
+        "kernel",
+        "path",
+        "M",
+        "K",
+        "N",
+        "threads",
+        "ms",
+        "numpy_ms",
+        "speedup_vs_numpy",
+        "torch_ms",
+        "speedup_vs_torch",
+    }
     assert records and all(keys <= set(r) for r in records)
     assert {r["path"] for r in records} == {int8_kernel_path(), "portable"} | (
-        {"vnni"} if HAS_VNNI else set())
-    assert all(r["ms"] > 0 and r["torch_ms"] is None and r["speedup_vs_torch"] is None
-               for r in records)
+        {"vnni"} if HAS_VNNI else set()
+    )
+    assert all(
+        r["ms"] > 0 and r["torch_ms"] is None and r["speedup_vs_torch"] is None for r in records
+    )
     with pytest.raises(ValueError, match="threads_list entries must be ints"):
         bench_int8.run_int8_bench(quick=True, threads_list=(0,))
     with pytest.raises(ValueError, match="rounds must be an int >= 1; got 0"):
@@ -617,7 +684,13 @@ def test_generic_numba_target_falls_back_to_portable():
     )
     env = dict(os.environ, NUMBA_CPU_NAME="generic")
     env.pop("MINICOMPRESS_KERNEL", None)
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "portable"

@@ -60,8 +60,10 @@ rng = np.random.default_rng(0)
 HAS_VNNI = vnni_kernels.vnni_supported()
 HAS_AMX = amx_kernels.amx_supported()
 PATHS = ["reference", "portable"] + (["vnni"] if HAS_VNNI else []) + (["amx"] if HAS_AMX else [])
-print(f"this CPU runs AVX-512 VNNI: {HAS_VNNI}, AMX-INT8 tiles: {HAS_AMX}; "
-      f"the 'auto' path is {int8_kernel_path('auto')!r}")
+print(
+    f"this CPU runs AVX-512 VNNI: {HAS_VNNI}, AMX-INT8 tiles: {HAS_AMX}; "
+    f"the 'auto' path is {int8_kernel_path('auto')!r}"
+)
 
 # %% [markdown]
 # ## 1. The contract, and a triple loop
@@ -69,6 +71,7 @@ print(f"this CPU runs AVX-512 VNNI: {HAS_VNNI}, AMX-INT8 tiles: {HAS_AMX}; "
 # $c_{mn} = \sum_k a_{mk} b_{kn}$ with $a$ uint8 $[M, K]$ (activations), $b$ int8 $[K, N]$
 # (weights), $c$ int32. `int8_gemm_reference` is the definition. The loop below is a
 # **deliberately naive teaching copy** — the slowest correct kernel — checked against it.
+
 
 # %%
 def naive_int8_gemm(a, b):  # teaching only: three loops, int accumulators
@@ -128,8 +131,10 @@ packed = pack_int8_linear(w, None, path="portable")
 centered = (q_x.astype(np.int32) - z_x[:, None]) @ w_q.astype(np.int32)  # [M, N]
 corrected = int8_gemm(q_x, w_q) - z_x[:, None] * packed.col_sum[None, :]  # [M, N]
 assert np.array_equal(centered, corrected)
-print(f"zero points {z_x}: correction exact; it costs {m * n} multiply-adds next to the "
-      f"GEMM's {m * k * n} ({m * n / (m * k * n):.1%})")
+print(
+    f"zero points {z_x}: correction exact; it costs {m * n} multiply-adds next to the "
+    f"GEMM's {m * k * n} ({m * n / (m * k * n):.1%})"
+)
 
 # %% [markdown]
 # ## 4. The packed layout and the VNNI micro-kernel
@@ -170,8 +175,17 @@ if HAS_VNNI:
     mr, nv = vnni_kernels.MR, vnni_kernels.NV  # 8 rows x 3 vectors of 16 columns
     a_pad = np.zeros((mr, 8), np.uint8)
     c_tile = np.zeros((mr, 16 * nv), np.int32)
-    tile(mr, nv, a_pad, 0, vnni_kernels.pack_vnni_weight(np.zeros((8, 16 * nv), np.int8)), 0,
-         c_tile, 0, 0)
+    tile(
+        mr,
+        nv,
+        a_pad,
+        0,
+        vnni_kernels.pack_vnni_weight(np.zeros((8, 16 * nv), np.int8)),
+        0,
+        c_tile,
+        0,
+        0,
+    )
     asm = tile.inspect_asm(tile.signatures[0])
     lines = [ln.strip() for ln in asm.splitlines() if "vpdpbusd" in ln]
     print(f"{len(lines)} vpdpbusd instructions, e.g. {lines[0]!r}")
@@ -225,8 +239,10 @@ for y in outputs.values():
 if HAS_VNNI:
     assert np.array_equal(outputs["portable"], outputs["vnni"])  # bit for bit
 err = np.abs(ref - (x @ w + bias))
-print(f"all paths agree; int8 vs float32 layer: max |error| {err.max():.4f}, "
-      f"output std {np.std(x @ w + bias):.3f}")
+print(
+    f"all paths agree; int8 vs float32 layer: max |error| {err.max():.4f}, "
+    f"output std {np.std(x @ w + bias):.3f}"
+)
 
 # %% [markdown]
 # ## 6. How fast
@@ -244,12 +260,16 @@ print(f"all paths agree; int8 vs float32 layer: max |error| {err.max():.4f}, "
 threads = 1
 records = run_int8_bench(quick=FAST, threads_list=(threads,), rounds=1)  # `bench`: 3 rounds
 print(f"BLAS: {blas_summary()}; threads: {threads}")
-print(f"{'path':>9} {'M':>4} {'K':>5} {'N':>5} {'ms':>8} {'numpy ms':>9} {'x numpy':>8} "
-      f"{'torch ms':>9}")
+print(
+    f"{'path':>9} {'M':>4} {'K':>5} {'N':>5} {'ms':>8} {'numpy ms':>9} {'x numpy':>8} "
+    f"{'torch ms':>9}"
+)
 for r in records:
     torch_ms = "-" if r["torch_ms"] is None else f"{r['torch_ms']:.3f}"
-    print(f"{r['path']:>9} {r['M']:>4} {r['K']:>5} {r['N']:>5} {r['ms']:8.3f} "
-          f"{r['numpy_ms']:9.3f} {r['speedup_vs_numpy']:8.2f} {torch_ms:>9}")
+    print(
+        f"{r['path']:>9} {r['M']:>4} {r['K']:>5} {r['N']:>5} {r['ms']:8.3f} "
+        f"{r['numpy_ms']:9.3f} {r['speedup_vs_numpy']:8.2f} {torch_ms:>9}"
+    )
 
 # %%
 k_plot, n_plot = records[-1]["K"], records[-1]["N"]
@@ -259,13 +279,23 @@ for path in dict.fromkeys(r["path"] for r in shape):
     rows = [r for r in shape if r["path"] == path]
     ax.plot([r["M"] for r in rows], [r["ms"] for r in rows], "o-", label=f"int8 {path}")
 numpy_rows = [r for r in shape if r["path"] == shape[0]["path"]]
-ax.plot([r["M"] for r in numpy_rows], [r["numpy_ms"] for r in numpy_rows], "s--",
-        label="NumPy fp32")
+ax.plot(
+    [r["M"] for r in numpy_rows], [r["numpy_ms"] for r in numpy_rows], "s--", label="NumPy fp32"
+)
 if numpy_rows[0]["torch_ms"] is not None:
-    ax.plot([r["M"] for r in numpy_rows], [r["torch_ms"] for r in numpy_rows], "^:",
-            label="torch dynamic int8")
-ax.set(xscale="log", yscale="log", xlabel="M (tokens)", ylabel="ms (median)",
-       title=f"linear layer K={k_plot}, N={n_plot}, {threads} thread(s)")
+    ax.plot(
+        [r["M"] for r in numpy_rows],
+        [r["torch_ms"] for r in numpy_rows],
+        "^:",
+        label="torch dynamic int8",
+    )
+ax.set(
+    xscale="log",
+    yscale="log",
+    xlabel="M (tokens)",
+    ylabel="ms (median)",
+    title=f"linear layer K={k_plot}, N={n_plot}, {threads} thread(s)",
+)
 ax.legend()
 fig.tight_layout()
 fig.savefig(FIGURES / "07_int8_paths.png", dpi=120)

@@ -144,8 +144,10 @@ def _sweep(rng, m_list, shapes, sparsities, threads, timed, rounds) -> list[dict
     dense_ms = dict.fromkeys(dense_cases, np.inf)
     for _ in range(rounds):
         time.sleep(PAUSE_S)
-        ours = [min(t, timed(lambda c=c: sparse_linear(c[4], c[6])))
-                for t, c in zip(ours, cases, strict=True)]
+        ours = [
+            min(t, timed(lambda c=c: sparse_linear(c[4], c[6])))
+            for t, c in zip(ours, cases, strict=True)
+        ]
         time.sleep(PAUSE_S)
         for best, c in zip(scipy_ms, cases, strict=True):
             for form, fn in c[7].items():

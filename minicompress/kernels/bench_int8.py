@@ -99,8 +99,9 @@ def run_int8_bench(
                 x = rng.standard_normal((m, k), dtype=np.float32)
                 x_t = torch.from_numpy(x) if torch is not None else None
                 for threads in threads_list:
-                    records += _time_one(x, w, bias, packed, torch, torch_forward, x_t,
-                                         threads, timing)
+                    records += _time_one(
+                        x, w, bias, packed, torch, torch_forward, x_t, threads, timing
+                    )
     finally:
         numba.set_num_threads(old_numba_threads)
     return records

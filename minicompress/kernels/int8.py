@@ -337,8 +337,7 @@ def pack_quantized_int8_linear(
         weight = amx.pack_amx_weight(w_q)
     else:
         weight = aligned_copy(w_q)
-    return PackedInt8Linear(path, weight, aligned_copy(col_sum), aligned_copy(w_scale), bias, k,
-                            n)
+    return PackedInt8Linear(path, weight, aligned_copy(col_sum), aligned_copy(w_scale), bias, k, n)
 
 
 def pack_int8_linear(

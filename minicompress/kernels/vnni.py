@@ -150,8 +150,9 @@ def _splat(builder, scalar, vector_type):
     """Broadcast a scalar to every lane (``vpbroadcastd``)."""
     undefined = ir.Constant(vector_type, ir.Undefined)
     one = builder.insert_element(undefined, scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined),
-                                  ir.Constant(_I32X16, [0] * 16))
+    return builder.shuffle_vector(
+        one, ir.Constant(vector_type, ir.Undefined), ir.Constant(_I32X16, [0] * 16)
+    )
 
 
 def emit_dequantize(builder, acc, z_vec, s_vec, col_sum, w_scale, bias, add_bias):
@@ -247,17 +248,33 @@ def _dpbusd_tile(typingctx, mr, nv, a_addr, lda, b_addr, b_stride, kq, c_addr, l
         for r in range(n_rows):
             for v in range(n_vecs):
                 off = builder.add(builder.mul(ldc, _const(r)), _const(64 * v))
-                builder.store(acc[r * n_vecs + v], _byte_ptr(builder, c_addr, off, _I32X16),
-                              align=1)
+                builder.store(
+                    acc[r * n_vecs + v], _byte_ptr(builder, c_addr, off, _I32X16), align=1
+                )
         return context.get_dummy_value()
 
     return types.void(mr, nv, *([types.intp] * 7)), codegen
 
 
 @intrinsic(prefer_literal=True)
-def _dpbusd_tile_dequantize(typingctx, mr, nv, a_addr, lda, b_addr, b_stride, kq, s_addr,
-                            z_addr, col_sum_addr, w_scale_addr, bias_addr, has_bias, y_addr,
-                            ldy):
+def _dpbusd_tile_dequantize(
+    typingctx,
+    mr,
+    nv,
+    a_addr,
+    lda,
+    b_addr,
+    b_stride,
+    kq,
+    s_addr,
+    z_addr,
+    col_sum_addr,
+    w_scale_addr,
+    bias_addr,
+    has_bias,
+    y_addr,
+    ldy,
+):
     """``_dpbusd_tile`` followed, in registers, by ``int8_quant.dequantize_tile``:
 
     y[r, n] = (s_x[r] * w_scale[n]) * float32(acc[r, n] - z_x[r] * col_sum[n]) + bias[n]
@@ -274,23 +291,44 @@ def _dpbusd_tile_dequantize(typingctx, mr, nv, a_addr, lda, b_addr, b_stride, kq
     n_rows, n_vecs = shape
 
     def codegen(context, builder, signature, args):
-        (_, _, a_addr, lda, b_addr, b_stride, kq, s_addr, z_addr, col_sum_addr, w_scale_addr,
-         bias_addr, has_bias, y_addr, ldy) = args
+        (
+            _,
+            _,
+            a_addr,
+            lda,
+            b_addr,
+            b_stride,
+            kq,
+            s_addr,
+            z_addr,
+            col_sum_addr,
+            w_scale_addr,
+            bias_addr,
+            has_bias,
+            y_addr,
+            ldy,
+        ) = args
         acc = _emit_dpbusd_loop(builder, n_rows, n_vecs, a_addr, lda, b_addr, b_stride, kq)
         add_bias = builder.icmp_signed("!=", has_bias, _const(0))
         col = []  # per vector: col_sum, w_scale, bias
         for v in range(n_vecs):
             off = _const(64 * v)
-            col.append([builder.load(_byte_ptr(builder, addr, off, ty), align=1)
-                        for addr, ty in ((col_sum_addr, _I32X16), (w_scale_addr, _F32X16),
-                                         (bias_addr, _F32X16))])
+            col.append(
+                [
+                    builder.load(_byte_ptr(builder, addr, off, ty), align=1)
+                    for addr, ty in (
+                        (col_sum_addr, _I32X16),
+                        (w_scale_addr, _F32X16),
+                        (bias_addr, _F32X16),
+                    )
+                ]
+            )
         for r in range(n_rows):
             z = builder.load(_byte_ptr(builder, z_addr, _const(4 * r), _I32), align=1)
             s = builder.load(_byte_ptr(builder, s_addr, _const(4 * r), ir.FloatType()), align=1)
             z_vec, s_vec = _splat(builder, z, _I32X16), _splat(builder, s, _F32X16)
             for v in range(n_vecs):
-                y = emit_dequantize(builder, acc[r * n_vecs + v], z_vec, s_vec, *col[v],
-                                    add_bias)
+                y = emit_dequantize(builder, acc[r * n_vecs + v], z_vec, s_vec, *col[v], add_bias)
                 off = builder.add(builder.mul(ldy, _const(r)), _const(64 * v))
                 builder.store(y, _byte_ptr(builder, y_addr, off, _F32X16), align=1)
         return context.get_dummy_value()
@@ -318,8 +356,9 @@ def _tile(rows, vecs, a, m, w_packed, j0, c, c_row, c_col):
             _dpbusd_tile(MR, NV, a_addr, lda, b_addr, b_stride, kq, c_addr, ldc)
         else:
             for v in range(vecs):
-                _dpbusd_tile(MR, 1, a_addr, lda, b_addr + v * b_stride, b_stride, kq,
-                             c_addr + v * 64, ldc)
+                _dpbusd_tile(
+                    MR, 1, a_addr, lda, b_addr + v * b_stride, b_stride, kq, c_addr + v * 64, ldc
+                )
         return
     for r in range(rows):
         a_r, c_r = a_addr + r * lda, c_addr + r * ldc
@@ -329,13 +368,11 @@ def _tile(rows, vecs, a, m, w_packed, j0, c, c_row, c_col):
             _dpbusd_tile(1, ROW_NV, a_r, lda, b_addr, b_stride, kq, c_r, ldc)
         else:
             for v in range(vecs):
-                _dpbusd_tile(1, 1, a_r, lda, b_addr + v * b_stride, b_stride, kq,
-                             c_r + v * 64, ldc)
+                _dpbusd_tile(1, 1, a_r, lda, b_addr + v * b_stride, b_stride, kq, c_r + v * 64, ldc)
 
 
 @njit(cache=True)
-def _tile_dequantize(rows, vecs, q, m, w_packed, j0, s_x, z_x, col_sum, w_scale, bias, has_bias,
-                     y):
+def _tile_dequantize(rows, vecs, q, m, w_packed, j0, s_x, z_x, col_sum, w_scale, bias, has_bias, y):
     """y[m + r, 16 j0 + c] for r < rows (1..MR), c < 16 vecs (1..NV, or ROW_NV when
     rows < MR), all inside y: the
     tile of ``_tile`` dequantized in registers (``_dpbusd_tile_dequantize``).
@@ -355,27 +392,100 @@ def _tile_dequantize(rows, vecs, q, m, w_packed, j0, s_x, z_x, col_sum, w_scale,
     hb = np.intp(1) if has_bias else np.intp(0)
     if rows == MR:
         if vecs == NV:
-            _dpbusd_tile_dequantize(MR, NV, a_addr, lda, b_addr, b_stride, kq, s_addr, z_addr,
-                                    cs_addr, ws_addr, bias_addr, hb, y_addr, ldy)
+            _dpbusd_tile_dequantize(
+                MR,
+                NV,
+                a_addr,
+                lda,
+                b_addr,
+                b_stride,
+                kq,
+                s_addr,
+                z_addr,
+                cs_addr,
+                ws_addr,
+                bias_addr,
+                hb,
+                y_addr,
+                ldy,
+            )
         else:
             for v in range(vecs):
-                _dpbusd_tile_dequantize(MR, 1, a_addr, lda, b_addr + v * b_stride, b_stride, kq,
-                                        s_addr, z_addr, cs_addr + 64 * v, ws_addr + 64 * v,
-                                        bias_addr + 64 * v, hb, y_addr + 64 * v, ldy)
+                _dpbusd_tile_dequantize(
+                    MR,
+                    1,
+                    a_addr,
+                    lda,
+                    b_addr + v * b_stride,
+                    b_stride,
+                    kq,
+                    s_addr,
+                    z_addr,
+                    cs_addr + 64 * v,
+                    ws_addr + 64 * v,
+                    bias_addr + 64 * v,
+                    hb,
+                    y_addr + 64 * v,
+                    ldy,
+                )
         return
     for r in range(rows):
         a_r, s_r, z_r, y_r = a_addr + r * lda, s_addr + 4 * r, z_addr + 4 * r, y_addr + r * ldy
         if vecs == NV:
-            _dpbusd_tile_dequantize(1, NV, a_r, lda, b_addr, b_stride, kq, s_r, z_r, cs_addr,
-                                    ws_addr, bias_addr, hb, y_r, ldy)
+            _dpbusd_tile_dequantize(
+                1,
+                NV,
+                a_r,
+                lda,
+                b_addr,
+                b_stride,
+                kq,
+                s_r,
+                z_r,
+                cs_addr,
+                ws_addr,
+                bias_addr,
+                hb,
+                y_r,
+                ldy,
+            )
         elif vecs == ROW_NV:
-            _dpbusd_tile_dequantize(1, ROW_NV, a_r, lda, b_addr, b_stride, kq, s_r, z_r,
-                                    cs_addr, ws_addr, bias_addr, hb, y_r, ldy)
+            _dpbusd_tile_dequantize(
+                1,
+                ROW_NV,
+                a_r,
+                lda,
+                b_addr,
+                b_stride,
+                kq,
+                s_r,
+                z_r,
+                cs_addr,
+                ws_addr,
+                bias_addr,
+                hb,
+                y_r,
+                ldy,
+            )
         else:
             for v in range(vecs):
-                _dpbusd_tile_dequantize(1, 1, a_r, lda, b_addr + v * b_stride, b_stride, kq,
-                                        s_r, z_r, cs_addr + 64 * v, ws_addr + 64 * v,
-                                        bias_addr + 64 * v, hb, y_r + 64 * v, ldy)
+                _dpbusd_tile_dequantize(
+                    1,
+                    1,
+                    a_r,
+                    lda,
+                    b_addr + v * b_stride,
+                    b_stride,
+                    kq,
+                    s_r,
+                    z_r,
+                    cs_addr + 64 * v,
+                    ws_addr + 64 * v,
+                    bias_addr + 64 * v,
+                    hb,
+                    y_r + 64 * v,
+                    ldy,
+                )
 
 
 # ----------------------------------------------------------------------------------------
@@ -407,8 +517,7 @@ def _panel_width(m_total):
 
 
 @njit(cache=True)
-def _linear_rows(q, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bias, has_bias,
-                 y):
+def _linear_rows(q, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bias, has_bias, y):
     """y[m0:m1, 16 j0 : min(n, 16 j1)] from the quantized rows, tile by tile."""
     panel = _panel_width(m1 - m0)
     for j in range(j0, j1, panel):
@@ -418,13 +527,13 @@ def _linear_rows(q, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bia
         for m in range(m0, m1, MR):
             rows = min(MR, m1 - m)
             if full_width:
-                _tile_dequantize(rows, vecs, q, m, w_packed, j, s_x, z_x, col_sum, w_scale,
-                                 bias, has_bias, y)
+                _tile_dequantize(
+                    rows, vecs, q, m, w_packed, j, s_x, z_x, col_sum, w_scale, bias, has_bias, y
+                )
             else:
                 acc = np.empty((MR, max(NV, ROW_NV) * 16), dtype=np.int32)  # [MR, 64]
                 _tile(rows, vecs, q, m, w_packed, j, acc, 0, 0)
-                dequantize_tile(acc, m, rows, n0, n1, s_x, z_x, col_sum, w_scale, bias,
-                                has_bias, y)
+                dequantize_tile(acc, m, rows, n0, n1, s_x, z_x, col_sum, w_scale, bias, has_bias, y)
 
 
 @njit(cache=True)
@@ -432,8 +541,9 @@ def vnni_linear_serial(x, w_packed, col_sum, w_scale, bias, has_bias, y):
     """``vnni_linear_kernel`` on the calling thread only, for products too small to be worth
     waking another core (the arguments and the result are the same, without ``threads``)."""
     m_total, k = x.shape
-    status = layer_status(x, w_packed, readable_weight_shape(w_packed, k, y.shape[1]), col_sum,
-                          w_scale, bias, y)
+    status = layer_status(
+        x, w_packed, readable_weight_shape(w_packed, k, y.shape[1]), col_sum, w_scale, bias, y
+    )
     if status != OK:
         return status
     nb, kq = w_packed.shape[0], w_packed.shape[1]
@@ -442,8 +552,9 @@ def vnni_linear_serial(x, w_packed, col_sum, w_scale, bias, has_bias, y):
     z_x = np.empty(m_total, dtype=np.int32)
     if not quantize_rows(x, q, s_x, z_x, 0, m_total):
         return NOT_FINITE
-    _linear_rows(q, 0, m_total, w_packed, 0, nb, y.shape[1], s_x, z_x, col_sum, w_scale, bias,
-                 has_bias, y)
+    _linear_rows(
+        q, 0, m_total, w_packed, 0, nb, y.shape[1], s_x, z_x, col_sum, w_scale, bias, has_bias, y
+    )
     return OK
 
 
@@ -467,8 +578,9 @@ def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y, threads
     """
     m_total, k = x.shape
     n = y.shape[1]
-    status = layer_status(x, w_packed, readable_weight_shape(w_packed, k, n), col_sum, w_scale,
-                          bias, y)
+    status = layer_status(
+        x, w_packed, readable_weight_shape(w_packed, k, n), col_sum, w_scale, bias, y
+    )
     if status != OK:
         return status
     nb, kq = w_packed.shape[0], w_packed.shape[1]
@@ -485,8 +597,22 @@ def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y, threads
         n_tiles = (nb + panel - 1) // panel
         if finite:  # (a conditional inside prange's argument would make it a plain range)
             for t in prange(n_tiles):
-                _linear_rows(q, 0, m_total, w_packed, t * panel, min(nb, (t + 1) * panel), n,
-                             s_x, z_x, col_sum, w_scale, bias, has_bias, y)
+                _linear_rows(
+                    q,
+                    0,
+                    m_total,
+                    w_packed,
+                    t * panel,
+                    min(nb, (t + 1) * panel),
+                    n,
+                    s_x,
+                    z_x,
+                    col_sum,
+                    w_scale,
+                    bias,
+                    has_bias,
+                    y,
+                )
     else:
         chunk = -(-m_total // (threads * MR)) * MR
         n_chunks = -(-m_total // chunk)
@@ -494,8 +620,9 @@ def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y, threads
         for c in prange(n_chunks):
             m0, m1 = c * chunk, min(m_total, (c + 1) * chunk)
             chunk_finite[c] = quantize_rows(x, q, s_x, z_x, m0, m1)
-            _linear_rows(q, m0, m1, w_packed, 0, nb, n, s_x, z_x, col_sum, w_scale, bias,
-                         has_bias, y)
+            _linear_rows(
+                q, m0, m1, w_packed, 0, nb, n, s_x, z_x, col_sum, w_scale, bias, has_bias, y
+            )
         for c in range(n_chunks):
             finite &= chunk_finite[c]
     return OK if finite else NOT_FINITE
