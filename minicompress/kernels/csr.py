@@ -11,7 +11,7 @@ How ``sparse_linear`` computes ``y = x @ w + bias`` from ``w_t`` = CSR of w.T ([
 1. pack x into blocks of W columns of x.T:  ``xp[b, k, t] = x[b*W + t, k]``  (W = 16 for
    M <= 16, else 32; the last block zero-padded), so that one weight entry (n, k, v)
    multiplies W contiguous floats: one or two AVX-512 registers. Full blocks are transposed
-   16 x 16 floats at a time in registers (``simd.transpose_tile``; 3-5x faster than element
+   16 x 16 floats at a time in registers (``simd.transpose_tile``; 2.8-4.8x faster than element
    by element, whose reads of rows K*4 bytes apart missed L1 when K = 1024).
 2. for each block b and each output feature n (the rows of ``w_t``, split across threads into
    parts of about equal work, ``row_parts.balanced_parts``):
