@@ -50,7 +50,8 @@ class _VectorGEP(ir.instructions.Instruction):
 
     llvmlite's ``builder.gep`` takes scalar indices only. This form, a scalar base and a vector
     of sign-extended int32 indices, is the one LLVM lowers to ``vgatherdps`` with 32-bit indices
-    (a vector of 64-bit addresses becomes two ``vgatherqps`` of 8, measured 1.5x slower).
+    (a vector of 64-bit addresses becomes two ``vgatherqps`` of 8: 1.1-1.6x slower, in two
+    runs not side by side).
     """
 
     def __init__(self, parent, base, index):
