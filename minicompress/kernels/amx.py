@@ -43,7 +43,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from minicompress.kernels import vnni
+from minicompress.kernels import simd, vnni
 from minicompress.kernels.aligned import aligned_bytes
 from minicompress.kernels.int8_quant import (
     NOT_FINITE,
@@ -222,8 +222,8 @@ def _dequantize_row32(
     def codegen(context, builder, signature, args):
         acc_addr, s, z, cs_addr, ws_addr, bias_addr, has_bias, y_addr = args
         i32x16, f32x16 = vnni._I32X16, vnni._F32X16
-        z_vec = vnni._splat(builder, builder.trunc(z, ir.IntType(32)), i32x16)
-        s_vec = vnni._splat(builder, s, f32x16)
+        z_vec = simd.splat(builder, builder.trunc(z, ir.IntType(32)), i32x16)
+        s_vec = simd.splat(builder, s, f32x16)
         add_bias = builder.icmp_signed("!=", has_bias, _i64(0))
         for v in range(2):
             offset = _i64(64 * v)

@@ -37,7 +37,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from minicompress.kernels import row_parts
+from minicompress.kernels import row_parts, simd
 
 LANES = 16  # one AVX-512 register of float32
 
@@ -63,12 +63,6 @@ class _VectorGEP(ir.instructions.Instruction):
             f"getelementptr {base.type.pointee}, {base.type} {base.get_reference()}, "
             f"{index.type} {index.get_reference()}\n"
         )
-
-
-def _splat(builder, value, vector_type):
-    first = builder.insert_element(ir.Constant(vector_type, None), value, ir.Constant(_I32, 0))
-    lanes0 = ir.Constant(ir.VectorType(_I32, LANES), None)
-    return builder.shuffle_vector(first, ir.Constant(vector_type, None), lanes0)
 
 
 def _masked_load(builder, pointer, element, mask):
@@ -108,15 +102,15 @@ def _ir_gather_fma(typingctx, acc, data, indices, j, count, x_addr, k_total, fir
             ),
             _I32,
         )
-        mask = builder.icmp_signed("<", lanes, _splat(builder, n_valid, vi))
+        mask = builder.icmp_signed("<", lanes, simd.splat(builder, n_valid, vi))
         # the indices, widened to int32; negative ones are huge as unsigned: out of range
         idx_ptr = builder.gep(context.make_array(indices_t)(context, builder, indices_a).data, [j])
         idx_elem = context.get_data_type(indices_t.dtype)
         idx = builder.sext(_masked_load(builder, idx_ptr, idx_elem, mask), vi)
-        k32 = _splat(builder, builder.trunc(k_total, _I32), vi)
+        k32 = simd.splat(builder, builder.trunc(k_total, _I32), vi)
         bad = builder.and_(mask, builder.icmp_unsigned(">=", idx, k32))
         # strictly increasing: compare with the index one entry before (not for a row's first)
-        skipped = _splat(builder, builder.zext(first, _I32), vi)  # lane 0 if a row's first chunk
+        skipped = simd.splat(builder, builder.zext(first, _I32), vi)  # 1: a row's first chunk
         has_prev = builder.and_(mask, builder.icmp_signed(">=", lanes, skipped))
         prev_ptr = builder.gep(idx_ptr, [ir.Constant(_I64, -1)])
         prev = builder.sext(_masked_load(builder, prev_ptr, idx_elem, has_prev), vi)
@@ -150,27 +144,6 @@ def _ir_gather_fma(typingctx, acc, data, indices, j, count, x_addr, k_total, fir
 
 
 @intrinsic
-def _ir_lane_alloc(typingctx):
-    """A stack slot of 16 float32 (a ``<16 x float>`` that LLVM keeps in a register)."""
-
-    def codegen(context, builder, sig, args):
-        slot = cgutils.alloca_once(builder, ir.VectorType(_F32, LANES))
-        return builder.bitcast(slot, _F32.as_pointer())
-
-    return types.CPointer(types.float32)(), codegen
-
-
-@intrinsic
-def _ir_lane_zero(typingctx, acc):
-    def codegen(context, builder, sig, args):
-        vf = ir.VectorType(_F32, LANES)
-        builder.store(ir.Constant(vf, None), builder.bitcast(args[0], vf.as_pointer()))
-        return context.get_dummy_value()
-
-    return types.none(acc), codegen
-
-
-@intrinsic
 def _ir_lane_sum(typingctx, acc):
     """(acc[0:8] + acc[8:16]) -> (.[0:4] + .[4:8]) -> (.[0:2] + .[2:4]) -> .[0] + .[1]."""
 
@@ -188,15 +161,7 @@ def _ir_lane_sum(typingctx, acc):
     return types.float32(acc), codegen
 
 
-# The same four operations in NumPy, for NUMBA_DISABLE_JIT=1; compiled code uses the above.
-
-
-def _lane_alloc():
-    return np.zeros(LANES, dtype=np.float32)
-
-
-def _lane_zero(acc):
-    acc[:] = 0.0
+# The same two operations in NumPy, for NUMBA_DISABLE_JIT=1; compiled code uses the above.
 
 
 def _lane_sum(acc):
@@ -217,16 +182,6 @@ def _gather_fma(acc, data, indices, j, count, x, m, first):
         return True
     acc[:c] += data[j : j + c].astype(np.float32) * x[m, idx]
     return False
-
-
-@overload(_lane_alloc)
-def _ol_lane_alloc():
-    return lambda: _ir_lane_alloc()
-
-
-@overload(_lane_zero)
-def _ol_lane_zero(acc):
-    return lambda acc: _ir_lane_zero(acc)
 
 
 @overload(_lane_sum)
@@ -254,13 +209,13 @@ def spmv_part(indptr, indices, data, x, scale, bias, out, r0, r1):
     returns the first row found not to be a valid CSR, else -1.
     x: float32 [M, K] (small M), out: float32 [M, N]."""
     nnz = indices.shape[0]
-    acc = _lane_alloc()  # [16]
+    acc = simd.vec_alloc(LANES)  # [16]
     for m in range(x.shape[0]):
         for n in range(r0, r1):
             lo, hi = indptr[n], indptr[n + 1]
             if lo < 0 or hi < lo or hi > nnz:
                 return n
-            _lane_zero(acc)
+            simd.vec_zero(acc, LANES)
             first = True
             for j in range(lo, hi, LANES):
                 if _gather_fma(acc, data, indices, j, hi - j, x, m, first):

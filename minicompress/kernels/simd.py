@@ -25,6 +25,14 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 
+def splat(builder, scalar, vector_type: ir.VectorType):
+    """Broadcast a scalar to every lane (``vpbroadcastd``/``vbroadcastss``)."""
+    undefined = ir.Constant(vector_type, ir.Undefined)
+    one = builder.insert_element(undefined, scalar, ir.Constant(ir.IntType(32), 0))
+    lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count), [0] * vector_type.count)
+    return builder.shuffle_vector(one, undefined, lanes0)
+
+
 def _vector_type(width: types.IntegerLiteral) -> ir.VectorType:
     return ir.VectorType(ir.FloatType(), width.literal_value)
 

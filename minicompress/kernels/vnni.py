@@ -48,6 +48,7 @@ from minicompress.kernels.int8_quant import (
     layer_status,
     quantize_rows,
 )
+from minicompress.kernels.simd import splat
 
 # The register tile: MR rows x NV zmm vectors of 16 int32 columns = 24 accumulators, plus NV
 # weight vectors and one broadcast, 28 of the 32 zmm registers. Each 64-byte weight load
@@ -146,15 +147,6 @@ def _const(value):
     return ir.Constant(_I64, value)
 
 
-def _splat(builder, scalar, vector_type):
-    """Broadcast a scalar to every lane (``vpbroadcastd``)."""
-    undefined = ir.Constant(vector_type, ir.Undefined)
-    one = builder.insert_element(undefined, scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(
-        one, ir.Constant(vector_type, ir.Undefined), ir.Constant(_I32X16, [0] * 16)
-    )
-
-
 def emit_dequantize(builder, acc, z_vec, s_vec, col_sum, w_scale, bias, add_bias):
     """16 lanes of ``int8_quant.dequantize_tile``, with its float32 operations in the same
     order (no fused multiply-add), so every path gives the same floats:
@@ -199,7 +191,7 @@ def _emit_dpbusd_loop(builder, n_rows, n_vecs, a_addr, lda, b_addr, b_stride, kq
     for r in range(n_rows):
         row_off = builder.add(a_off, builder.mul(lda, _const(r)))
         four_bytes = builder.load(_byte_ptr(builder, a_addr, row_off, _I32), align=1)
-        a_vec = _splat(builder, four_bytes, _I32X16)
+        a_vec = splat(builder, four_bytes, _I32X16)
         for v in range(n_vecs):
             new.append(builder.call(dpbusd, [acc[r * n_vecs + v], a_vec, b_vec[v]]))
     kk_next = builder.add(kk, _const(1))
@@ -326,7 +318,7 @@ def _dpbusd_tile_dequantize(
         for r in range(n_rows):
             z = builder.load(_byte_ptr(builder, z_addr, _const(4 * r), _I32), align=1)
             s = builder.load(_byte_ptr(builder, s_addr, _const(4 * r), ir.FloatType()), align=1)
-            z_vec, s_vec = _splat(builder, z, _I32X16), _splat(builder, s, _F32X16)
+            z_vec, s_vec = splat(builder, z, _I32X16), splat(builder, s, _F32X16)
             for v in range(n_vecs):
                 y = emit_dequantize(builder, acc[r * n_vecs + v], z_vec, s_vec, *col[v], add_bias)
                 off = builder.add(builder.mul(ldy, _const(r)), _const(64 * v))
