@@ -19,7 +19,7 @@ import numpy as np
 from minicompress.data.corpus import CharTokenizer, builtin_text, load_text, make_dataset
 from minicompress.fileio import save_json
 from minicompress.nn.checkpoint import CONFIG_FILE, load_checkpoint
-from minicompress.nn.model import GPTConfig, count_params, forward, generate, init_params
+from minicompress.nn.model import TransformerConfig, count_params, forward, generate, init_params
 from minicompress.nn.train import TrainConfig, evaluate, train
 from minicompress.report.table import format_table
 
@@ -87,9 +87,9 @@ def cmd_train(args) -> int:
             f"replace it or choose another folder"
         )
     text = _text(args)
-    block = args.block_size or GPTConfig.__dataclass_fields__["block_size"].default
+    block = args.block_size or TransformerConfig.__dataclass_fields__["block_size"].default
     data = make_dataset(text, block)
-    cfg = _dataclass_from_args(GPTConfig, args, vocab_size=data.tokenizer.vocab_size)
+    cfg = _dataclass_from_args(TransformerConfig, args, vocab_size=data.tokenizer.vocab_size)
     tc = _dataclass_from_args(TrainConfig, args)
     params = init_params(cfg, np.random.default_rng([tc.seed, 0]))
     print(
@@ -153,7 +153,7 @@ def cmd_demo(args) -> int:
     text = builtin_text()
     cfg_kw = {"n_layer": 2, "n_embd": 64, "n_head": 4, "block_size": 64} if quick else {}
     data = make_dataset(text, cfg_kw.get("block_size", 128))
-    cfg = GPTConfig(vocab_size=data.tokenizer.vocab_size, **cfg_kw)
+    cfg = TransformerConfig(vocab_size=data.tokenizer.vocab_size, **cfg_kw)
     tc = TrainConfig(steps=40, eval_every=0, warmup=10) if quick else TrainConfig(seed=args.seed)
     params = init_params(cfg, np.random.default_rng([tc.seed, 0]))
     print(
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a character language model")
-    _add_dataclass_flags(t, GPTConfig, skip=("vocab_size",))
+    _add_dataclass_flags(t, TransformerConfig, skip=("vocab_size",))
     _add_dataclass_flags(t, TrainConfig)
     t.add_argument("--text", help="a UTF-8 text file instead of the built-in corpus")
     t.add_argument("--out", default="runs/teacher", help="checkpoint folder")

@@ -11,11 +11,11 @@ import pytest
 from minicompress import fileio
 from minicompress.data.corpus import make_dataset
 from minicompress.nn.checkpoint import CONFIG_FILE, MODEL_FILE, load_checkpoint, save_checkpoint
-from minicompress.nn.model import GPTConfig, init_params
+from minicompress.nn.model import TransformerConfig, init_params
 from minicompress.nn.train import TrainConfig, train
 
 VOCAB = list("abcdefg")
-CFG = GPTConfig(
+CFG = TransformerConfig(
     vocab_size=7,
     block_size=6,
     n_layer=2,
@@ -158,7 +158,7 @@ def test_object_arrays_are_not_saved(tmp_path):
 
 def test_training_writes_a_loadable_checkpoint(tmp_path):
     data = make_dataset("abcdefgh " * 30, block_size=8)
-    cfg = GPTConfig(
+    cfg = TransformerConfig(
         vocab_size=data.tokenizer.vocab_size, block_size=8, n_layer=1, n_head=1, n_embd=8
     )
     params = init_params(cfg, np.random.default_rng(0))

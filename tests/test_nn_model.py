@@ -18,7 +18,7 @@ from minicompress.data.corpus import make_dataset
 from minicompress.nn import backend
 from minicompress.nn.model import (
     DENSE,
-    GPTConfig,
+    TransformerConfig,
     backward,
     count_params,
     forward,
@@ -69,7 +69,7 @@ MODES = {
 def test_model_gradcheck(rng, ops_name, norm, mode, extra):
     causal, pad = MODES[mode]["causal"], MODES[mode]["pad"]
     gelu = "tanh" if norm == "pre" else "none"  # both GELU forms covered
-    cfg = GPTConfig(**TINY, norm=norm, gelu=gelu, causal=causal)
+    cfg = TransformerConfig(**TINY, norm=norm, gelu=gelu, causal=causal)
     ops = OPS[ops_name]
     params = random_params64(cfg, rng)
     idx = rng.integers(0, cfg.vocab_size, size=(2, 5))
@@ -102,7 +102,7 @@ def test_model_gradcheck(rng, ops_name, norm, mode, extra):
 
 
 def test_loss_and_grads_is_cross_entropy_backward(rng):
-    cfg = GPTConfig(**TINY)
+    cfg = TransformerConfig(**TINY)
     params = random_params64(cfg, rng)
     idx = rng.integers(0, cfg.vocab_size, size=(2, 6))
     tgt = rng.integers(0, cfg.vocab_size, size=(2, 6))
@@ -124,7 +124,7 @@ def test_loss_and_grads_is_cross_entropy_backward(rng):
 @pytest.mark.parametrize("norm", ["pre", "post"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_fused_model_equals_reference_model(rng, norm, causal):
-    cfg = GPTConfig(**TINY, norm=norm, causal=causal)
+    cfg = TransformerConfig(**TINY, norm=norm, causal=causal)
     params = init_params(cfg, rng)
     idx = rng.integers(0, cfg.vocab_size, size=(3, 6))
     pad = np.zeros((3, 6), bool)
@@ -147,7 +147,7 @@ def test_fused_model_equals_reference_model(rng, norm, causal):
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_causal_model_does_not_look_ahead(rng, norm):
-    cfg = GPTConfig(**TINY, norm=norm)
+    cfg = TransformerConfig(**TINY, norm=norm)
     params = init_params(cfg, rng)
     idx = rng.integers(0, cfg.vocab_size, size=(1, 6))
     changed = idx.copy()
@@ -159,7 +159,7 @@ def test_causal_model_does_not_look_ahead(rng, norm):
 
 
 def test_bidirectional_model_ignores_padding_tokens(rng):
-    cfg = GPTConfig(**TINY, causal=False)
+    cfg = TransformerConfig(**TINY, causal=False)
     params = init_params(cfg, rng)
     idx = rng.integers(0, cfg.vocab_size, size=(1, 6))
     pad = np.array([[False, False, False, False, True, True]])
@@ -173,7 +173,7 @@ def test_bidirectional_model_ignores_padding_tokens(rng):
 
 
 def test_cache_holds_hidden_states_and_attention(rng):
-    cfg = GPTConfig(**TINY)
+    cfg = TransformerConfig(**TINY)
     params = init_params(cfg, rng)
     logits, cache = forward(params, rng.integers(0, 7, size=(2, 5)), cfg)
     assert logits.dtype == np.float32 and logits.shape == (2, 5, 7)
@@ -185,7 +185,7 @@ def test_cache_holds_hidden_states_and_attention(rng):
 
 
 def test_linear_hook_sees_every_layer_in_order(rng):
-    cfg = GPTConfig(**TINY)
+    cfg = TransformerConfig(**TINY)
     params = init_params(cfg, rng)
     calls = []
 
@@ -206,7 +206,7 @@ def test_linear_hook_sees_every_layer_in_order(rng):
 
 
 def test_init_params(rng):
-    cfg = GPTConfig(**TINY)
+    cfg = TransformerConfig(**TINY)
     params = init_params(cfg, rng)
     assert all(a.dtype == np.float32 for a in params.values())
     assert params["blocks.1.attn.qkv.w"].shape == (8, 24)
@@ -229,7 +229,7 @@ def test_init_params(rng):
 
 def test_config_refuses_indivisible_heads():
     with pytest.raises(ValueError, match="n_embd.*n_head"):
-        GPTConfig(vocab_size=5, n_embd=10, n_head=3)
+        TransformerConfig(vocab_size=5, n_embd=10, n_head=3)
 
 
 @pytest.mark.parametrize(
@@ -239,32 +239,32 @@ def test_config_refuses_indivisible_heads():
 def test_config_refuses_non_positive_sizes(field, value):
     kwargs = dict(TINY, **{field: value})
     with pytest.raises(ValueError, match=field):
-        GPTConfig(**kwargs)
+        TransformerConfig(**kwargs)
 
 
 @pytest.mark.parametrize("field, value", [("norm", "mid"), ("gelu", "relu")])
 def test_config_refuses_unknown_choices(field, value):
     with pytest.raises(ValueError, match=field):
-        GPTConfig(**TINY, **{field: value})
+        TransformerConfig(**TINY, **{field: value})
 
 
 @pytest.mark.parametrize("bad", [-1, 7])
 def test_forward_refuses_tokens_outside_vocabulary(rng, bad):
-    cfg = GPTConfig(**TINY)
+    cfg = TransformerConfig(**TINY)
     idx = np.array([[0, 1, bad]])
     with pytest.raises(ValueError, match=r"idx.*\[0, 7\)"):
         forward(init_params(cfg, rng), idx, cfg)
 
 
 def test_forward_refuses_sequences_longer_than_block_size(rng):
-    cfg = GPTConfig(**TINY)
+    cfg = TransformerConfig(**TINY)
     with pytest.raises(ValueError, match="idx.*block_size=6"):
         forward(init_params(cfg, rng), np.zeros((1, 7), np.int64), cfg)
 
 
 @pytest.mark.parametrize("idx", [np.zeros(4, np.int64), np.zeros((1, 4))], ids=["1-D", "float"])
 def test_forward_refuses_non_token_arrays(rng, idx):
-    cfg = GPTConfig(**TINY)
+    cfg = TransformerConfig(**TINY)
     with pytest.raises(ValueError, match="idx"):
         forward(init_params(cfg, rng), idx, cfg)
 
@@ -272,7 +272,7 @@ def test_forward_refuses_non_token_arrays(rng, idx):
 @pytest.mark.parametrize("shape", [(1, 4), (2, 3)], ids=["batch 1 of 2", "T-1"])
 @pytest.mark.parametrize("ops_name", list(OPS))
 def test_forward_refuses_pad_mask_of_wrong_shape(rng, ops_name, shape):
-    cfg = GPTConfig(**TINY, causal=False)
+    cfg = TransformerConfig(**TINY, causal=False)
     idx = rng.integers(0, cfg.vocab_size, size=(2, 4))
     with pytest.raises(ValueError, match="pad_mask"):
         forward(init_params(cfg, rng), idx, cfg, pad_mask=np.zeros(shape, bool), ops=OPS[ops_name])
@@ -284,7 +284,7 @@ def test_forward_refuses_pad_mask_of_wrong_shape(rng, ops_name, shape):
 
 
 def test_generate(rng):
-    cfg = GPTConfig(**TINY)
+    cfg = TransformerConfig(**TINY)
     params = init_params(cfg, rng)
     prompt = np.array([1, 2, 3])
     out = generate(params, cfg, prompt, 10, np.random.default_rng(5))  # past block_size
@@ -310,7 +310,7 @@ def test_generate(rng):
     ],
 )
 def test_generate_refuses_bad_arguments(rng, kwargs, name):
-    cfg = GPTConfig(**TINY)
+    cfg = TransformerConfig(**TINY)
     args = dict(n_tokens=2) | kwargs
     with pytest.raises(ValueError, match=name):
         generate(init_params(cfg, rng), cfg, np.array([1]), rng=rng, **args)
@@ -329,7 +329,7 @@ TRAIN_TC = TrainConfig(
 
 def _train_once(tc=TRAIN_TC, seed=0):
     data = make_dataset(TEXT, TRAIN_CFG["block_size"])
-    cfg = GPTConfig(**dict(TRAIN_CFG, vocab_size=data.tokenizer.vocab_size))
+    cfg = TransformerConfig(**dict(TRAIN_CFG, vocab_size=data.tokenizer.vocab_size))
     params = init_params(cfg, np.random.default_rng([seed, 0]))
     hist = train(params, cfg, data, tc, progress=False)
     return params, hist, cfg, data

@@ -70,12 +70,12 @@ assert tok.decode(idx[0]) == snippets[0]  # encode and decode are inverses
 # %% [markdown]
 # ## 2. The configuration and the parameters
 #
-# `GPTConfig` is a frozen dataclass; its defaults are the teacher of the demo (4 layers,
+# `TransformerConfig` is a frozen dataclass; its defaults are the teacher of the demo (4 layers,
 # width 128). Here we use a smaller one. Parameters are a flat `dict[str, np.ndarray]`
 # with dotted names; linear weights are stored `[in, out]` so that `y = x @ w + b`.
 
 # %%
-cfg = model.GPTConfig(
+cfg = model.TransformerConfig(
     vocab_size=tok.vocab_size,
     block_size=32,
     n_layer=1 if FAST else 2,
@@ -270,11 +270,11 @@ print("figure:", path)
 # *adds* to it, so the gradient flows straight from the loss to the embedding through the
 # additions, and training is stable without a careful warmup. Post-LN normalizes after every
 # addition, so each block's output has unit scale, but the gradient must pass through every
-# LN. `GPTConfig(norm="post")` builds the BERT arrangement (no `ln_f`); the pretrained BERT
+# LN. `TransformerConfig(norm="post")` builds the BERT arrangement (no `ln_f`); the pretrained BERT
 # loader uses it with `gelu="none"` (the exact erf form) and `causal=False`.
 
 # %%
-cfg_post = model.GPTConfig(**{**cfg.to_dict(), "norm": "post"})
+cfg_post = model.TransformerConfig(**{**cfg.to_dict(), "norm": "post"})
 params_post = model.init_params(cfg_post, np.random.default_rng(0))
 _, cache_post = model.forward(params_post, idx, cfg_post, ops=REFERENCE_OPS)
 print("post-LN has ln_f:", "ln_f.g" in params_post, "  pre-LN has ln_f:", "ln_f.g" in params)

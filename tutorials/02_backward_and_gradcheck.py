@@ -291,7 +291,7 @@ def o1_params(cfg, rng):
 
 model_errors = {}
 for norm, gelu in [("pre", "tanh"), ("post", "none")]:
-    cfg = model.GPTConfig(
+    cfg = model.TransformerConfig(
         vocab_size=tok.vocab_size,
         block_size=Tm,
         n_layer=2,
@@ -373,7 +373,7 @@ for dtype, tol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
 # reference ones (float64), and the fused model passes the finite-difference check too.
 
 # %%
-cfg = model.GPTConfig(
+cfg = model.TransformerConfig(
     vocab_size=tok.vocab_size, block_size=Tm, n_layer=2, n_head=2, n_embd=8, mlp_ratio=2
 )
 params = o1_params(cfg, rng)

@@ -63,7 +63,7 @@ VAL_WINDOWS = 128 if FAST else None  # windows for our own before/after check (N
 
 text = builtin_text()
 data = make_dataset(text, cfg_kw["block_size"])
-cfg = model.GPTConfig(vocab_size=data.tokenizer.vocab_size, **cfg_kw)
+cfg = model.TransformerConfig(vocab_size=data.tokenizer.vocab_size, **cfg_kw)
 params = model.init_params(cfg, np.random.default_rng([tc.seed, 0]))
 print(f"corpus {len(text):,} characters -> train {len(data.train):,}, val {len(data.val):,}")
 print(
@@ -209,7 +209,7 @@ assert data.tokenizer.decode(sample).startswith("The ")
 # %% [markdown]
 # ## 6. The same from the command line
 #
-# The CLI is built from the same `GPTConfig` and `TrainConfig` dataclasses:
+# The CLI is built from the same `TransformerConfig` and `TrainConfig` dataclasses:
 #
 # ```bash
 # python -m minicompress train --out runs/teacher          # the default teacher

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from minicompress.fileio import load_arrays, load_json, save_arrays, save_json
-from minicompress.nn.model import GPTConfig, init_params
+from minicompress.nn.model import TransformerConfig, init_params
 
 MODEL_FILE = "model.npz"
 CONFIG_FILE = "config.json"
 
 
 def save_checkpoint(
-    out_dir: str | Path, params: dict, cfg: GPTConfig, vocab: list[str], meta: dict | None = None
+    out_dir: str | Path, params: dict, cfg: TransformerConfig, vocab: list[str], meta: dict | None = None
 ) -> Path:
     """Write ``out_dir/model.npz`` then ``out_dir/config.json``, each atomically."""
     out = Path(out_dir)
@@ -27,7 +27,7 @@ def save_checkpoint(
     return out
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict, GPTConfig, list[str], dict]:
+def load_checkpoint(path: str | Path) -> tuple[dict, TransformerConfig, list[str], dict]:
     """(params, config, vocab, meta) of a checkpoint folder (or of its ``config.json``).
 
     Refused with a ValueError: a missing folder or file, a damaged file, arrays whose names or
@@ -42,7 +42,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict, GPTConfig, list[str], dict]
         )
     conf = load_json(folder / CONFIG_FILE)
     try:
-        cfg = GPTConfig(**conf["model"])
+        cfg = TransformerConfig(**conf["model"])
         vocab = list(conf["vocab"])
     except (KeyError, TypeError) as e:
         raise ValueError(f"checkpoint {str(folder)!r} has a damaged {CONFIG_FILE} ({e})") from None

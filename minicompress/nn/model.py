@@ -35,7 +35,7 @@ from minicompress.nn.ops import (
 
 
 @dataclass(frozen=True)
-class GPTConfig:
+class TransformerConfig:
     """Shape of the model. The defaults are the teacher of the demo (~0.8M parameters)."""
 
     vocab_size: int  # V: number of distinct tokens (characters for the built-in corpus)
@@ -64,7 +64,7 @@ class GPTConfig:
         return asdict(self)
 
 
-def linear_names(cfg: GPTConfig) -> list[str]:
+def linear_names(cfg: TransformerConfig) -> list[str]:
     """Names (without ``.w``/``.b``) of every linear layer, in forward order."""
     names = []
     for i in range(cfg.n_layer):
@@ -73,7 +73,7 @@ def linear_names(cfg: GPTConfig) -> list[str]:
     return [*names, "head"]
 
 
-def init_params(cfg: GPTConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def init_params(cfg: TransformerConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """GPT-2 initialisation: N(0, 0.02) weights, N(0, 0.02 / sqrt(2 n_layer)) for the
     projections into the residual stream, zero biases, unit LayerNorm gains. float32."""
     if not isinstance(rng, np.random.Generator):
@@ -135,7 +135,7 @@ class BlockCache(NamedTuple):
 
 
 class ModelCache(NamedTuple):
-    cfg: GPTConfig
+    cfg: TransformerConfig
     linear: object  # the linear-layer object used in the forward pass
     ops: TrainingOps  # NumPy or Numba implementations of LN, GELU and attention
     emb: tuple  # (token cache, position cache)
@@ -147,7 +147,7 @@ class ModelCache(NamedTuple):
     pad_mask: np.ndarray | None
 
 
-def check_tokens(idx: np.ndarray, cfg: GPTConfig, name: str = "idx") -> np.ndarray:
+def check_tokens(idx: np.ndarray, cfg: TransformerConfig, name: str = "idx") -> np.ndarray:
     """Refuse token ids the model cannot take: not a 2-D int array, ids outside [0, V),
     sequences longer than block_size."""
     idx = np.asarray(idx)
@@ -241,7 +241,7 @@ def _block_backward(dx, bc, pre, cfg, linear, ops, grads, dp_extra):
 def forward(
     params: dict[str, np.ndarray],
     idx: np.ndarray,
-    cfg: GPTConfig,
+    cfg: TransformerConfig,
     linear=DENSE,
     pad_mask: np.ndarray | None = None,
     ops: TrainingOps | None = None,
@@ -315,7 +315,7 @@ def loss_and_grads(params, idx, targets, cfg, linear=DENSE, ops=None) -> tuple[f
 
 def generate(
     params: dict[str, np.ndarray],
-    cfg: GPTConfig,
+    cfg: TransformerConfig,
     prompt: np.ndarray,
     n_tokens: int,
     rng: np.random.Generator,

@@ -12,7 +12,7 @@ import numpy as np
 
 from minicompress.data.corpus import TextDataset, eval_windows, get_batch
 from minicompress.nn.checkpoint import save_checkpoint
-from minicompress.nn.model import DENSE, GPTConfig, forward, loss_and_grads
+from minicompress.nn.model import DENSE, TransformerConfig, forward, loss_and_grads
 from minicompress.nn.ops import cross_entropy_forward
 from minicompress.nn.optim import AdamW, clip_grad_norm, lr_at
 from minicompress.platform import tune_allocator
@@ -20,7 +20,7 @@ from minicompress.platform import tune_allocator
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train. The defaults train the demo's teacher (the default ``GPTConfig``) to a
+    """How to train. The defaults train the demo's teacher (the default ``TransformerConfig``) to a
     validation perplexity below 3.6 on the built-in corpus in under 5 minutes on 2 cores."""
 
     batch_size: int = 16  # B: sequences per step
@@ -60,7 +60,7 @@ class History:
 
 def evaluate(
     params,
-    cfg: GPTConfig,
+    cfg: TransformerConfig,
     ids: np.ndarray,
     max_windows: int | None = None,
     batch_size: int = 32,
@@ -81,7 +81,7 @@ def evaluate(
 
 def train(
     params: dict,
-    cfg: GPTConfig,
+    cfg: TransformerConfig,
     data: TextDataset,
     tc: TrainConfig,
     out_dir: str | Path | None = None,

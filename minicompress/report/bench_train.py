@@ -13,13 +13,13 @@ import time
 
 import numpy as np
 
-from minicompress.nn.model import GPTConfig, init_params, loss_and_grads
+from minicompress.nn.model import TransformerConfig, init_params, loss_and_grads
 from minicompress.nn.optim import AdamW, clip_grad_norm
 from minicompress.platform import tune_allocator
 from minicompress.report.timing import blas_summary
 
 
-def torch_twin(params: dict, cfg: GPTConfig):
+def torch_twin(params: dict, cfg: TransformerConfig):
     """The model of ``nn.model`` written as idiomatic PyTorch eager, with a copy of ``params``.
 
     Linear weights are transposed to torch's ``[out, in]`` and applied with ``F.linear``
@@ -70,7 +70,7 @@ def run_train_bench(
     """
     tune_allocator()
     rng = np.random.default_rng(seed)
-    cfg = GPTConfig(vocab_size=103)
+    cfg = TransformerConfig(vocab_size=103)
     params = init_params(cfg, rng)
     x = rng.integers(0, cfg.vocab_size, (batch_size, cfg.block_size))
     y = rng.integers(0, cfg.vocab_size, (batch_size, cfg.block_size))
