@@ -15,7 +15,11 @@ CONFIG_FILE = "config.json"
 
 
 def save_checkpoint(
-    out_dir: str | Path, params: dict, cfg: TransformerConfig, vocab: list[str], meta: dict | None = None
+    out_dir: str | Path,
+    params: dict,
+    cfg: TransformerConfig,
+    vocab: list[str],
+    meta: dict | None = None,
 ) -> Path:
     """Write ``out_dir/model.npz`` then ``out_dir/config.json``, each atomically."""
     out = Path(out_dir)
