@@ -143,6 +143,69 @@ def mix_a03_t2(torch, rng, dtype=np.float64):
     return _mix(torch, rng, dtype, 0.3, 2.0)
 
 
+def hidden_mse(torch, rng, dtype=np.float64):
+    """F.mse_loss(h_S @ W + b, h_T): the mean over all N * C_T entries (TinyBERT eq. 7)."""
+    F = torch.nn.functional
+    h_s = rng.standard_normal((2, 3, 4)).astype(dtype)  # [B, T, C_S]
+    h_t = rng.standard_normal((2, 3, 6)).astype(dtype)  # [B, T, C_T]
+    w = (rng.standard_normal((4, 6)) * 0.5).astype(dtype)  # ours [C_S, C_T]
+    b = (rng.standard_normal(6) * 0.1).astype(dtype)
+    hs, wt, bt = (torch.tensor(a, requires_grad=True) for a in (h_s, w.T.copy(), b))
+    loss = F.mse_loss(F.linear(hs, wt, bt), torch.tensor(h_t))  # torch weight [C_T, C_S]
+    loss.backward()
+    return dict(
+        h_s=h_s,
+        h_t=h_t,
+        w=w,
+        b=b,
+        loss=_np(loss),
+        dh_s=_np(hs.grad),
+        dw=_np(wt.grad).T.copy(),
+        db=_np(bt.grad),
+    )
+
+
+def _attention_maps(torch, rng, dtype, heads):
+    """Causal attention probabilities: softmax of random scores with -inf above the diagonal."""
+    t = 4
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    scores = torch.tensor(rng.standard_normal((2, heads, t, t)) * 2.0)
+    return torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1).numpy().astype(dtype)
+
+
+def _attention_kl(torch, rng, dtype, h_s, h_t):
+    """sum over (b, h, query) of F.kl_div(log A_S, A_T, reduction="sum") over keys, divided by
+    the number of rows; with different head counts, of the maps averaged over the heads."""
+    F = torch.nn.functional
+    a_s = _attention_maps(torch, rng, dtype, h_s)
+    a_t = _attention_maps(torch, rng, dtype, h_t)
+    ast = torch.tensor(a_s, requires_grad=True)
+    s, t = ast, torch.tensor(a_t)
+    if h_s != h_t:
+        s, t = s.mean(dim=1, keepdim=True), t.mean(dim=1, keepdim=True)
+    rows = s.shape[0] * s.shape[1] * s.shape[2]
+    # kl_div takes log A_S, which is -inf at the masked keys (where A_T is 0 too): kl_div's
+    # target * input would be 0 * -inf = nan there, so the log is taken of 1 instead
+    log_s = torch.log(torch.where(t > 0, s, torch.ones_like(s)))
+    loss = F.kl_div(log_s, t, reduction="sum") / rows
+    loss.backward()
+    return dict(a_s=a_s, a_t=a_t, loss=_np(loss), da_s=_np(ast.grad))
+
+
+def attention_kl_matched(torch, rng, dtype=np.float64):
+    return _attention_kl(torch, rng, dtype, 3, 3)
+
+
+def attention_kl_averaged(torch, rng, dtype=np.float64):
+    return _attention_kl(torch, rng, dtype, 2, 3)
+
+
+TRANSFER_BUILDERS = {
+    "hidden_mse": hidden_mse,
+    "attention_kl_matched": attention_kl_matched,
+    "attention_kl_averaged": attention_kl_averaged,
+}
+
 BUILDERS = {
     "kd_kl_t1": kd_kl_t1,
     "kd_kl_t4": kd_kl_t4,
@@ -168,7 +231,7 @@ def main() -> int:
     import torch
 
     GOLDEN_DIR.mkdir(exist_ok=True)
-    for i, (name, build) in enumerate(BUILDERS.items()):
+    for i, (name, build) in enumerate({**BUILDERS, **TRANSFER_BUILDERS}.items()):
         case = build(torch, np.random.default_rng([2025, 12, i]), np.float64)
         for k, a in case.items():
             if a.dtype == object or not np.isfinite(a.astype(np.float64)).all():
