@@ -93,8 +93,7 @@ def every_other_layer(n_teacher: int, n_student: int) -> list[int]:
     layer of BERT)."""
     if not 1 <= n_student <= n_teacher:
         raise ValueError(
-            f"a student initialised from the teacher needs 1 to {n_teacher} blocks; "
-            f"got {n_student}"
+            f"a student initialised from the teacher needs 1 to {n_teacher} blocks; got {n_student}"
         )
     return [l * n_teacher // n_student for l in range(n_student)]
 
