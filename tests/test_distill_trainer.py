@@ -204,11 +204,12 @@ def test_soft_label_cache_reuses_the_teachers_outputs(rng):
         np.testing.assert_array_equal(g_cached["wte"], g_plain["wte"])
     assert (cache.hits, cache.misses) == (2, 2) and len(cache.entries) == 2
     one = cache.bytes // 2
-    small = SoftLabelCache(max_mb=1.5 * one / 2**20)  # room for one batch: b1 evicted by b2
+    small = SoftLabelCache(max_mb=1.5 * one / 2**20)  # room for one batch: b1 stays, b2 not
     loss = DistillLoss(t_params, t_cfg, s_params, s_cfg, dc, soft_labels=small)
-    for batch in (b1, b2, b1):
+    for batch in (b1, b2, b1, b2):
         loss(s_params, batch, s_cfg, DENSE)
-    assert (small.hits, small.misses, len(small.entries)) == (0, 3, 1)
+    assert (small.hits, small.misses, len(small.entries)) == (1, 3, 1)
+    assert small.bytes == one
 
 
 def test_soft_label_cache_refuses_negative_size():

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -81,16 +80,20 @@ class TeacherOutputs(NamedTuple):
 
 
 class SoftLabelCache:
-    """The teacher's outputs of batches already seen, up to ``max_mb`` megabytes (the oldest
-    dropped first). Worth it when the same batches come back: runs that share a seed (a
-    sweep over alpha and T) draw the same batches, so the teacher runs once per batch.
-    Keyed by the batch's tokens, padding and token types, and by which outputs are kept."""
+    """The teacher's outputs of batches already seen, up to ``max_mb`` megabytes.
+
+    Worth it when the same batches come back: runs that share a seed (a sweep over alpha
+    and T) draw the same batches in the same order, so the teacher labels each batch once.
+    Once full, new batches are not kept: with batches replayed in order, dropping the oldest
+    to make room would evict every entry before its reuse (no hit at all); keeping the first
+    ones serves that many steps of every later run. Keyed by the batch's tokens, padding
+    and token types, and by which teacher outputs are kept."""
 
     def __init__(self, max_mb: float):
         if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or not max_mb >= 0:
             raise ValueError(f"max_mb must be a number >= 0; got {max_mb!r}")
         self.max_bytes = int(max_mb * 2**20)
-        self.entries: OrderedDict = OrderedDict()
+        self.entries: dict = {}
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -112,18 +115,12 @@ class SoftLabelCache:
             self.misses += 1
         else:
             self.hits += 1
-            self.entries.move_to_end(key)
         return out
 
     def put(self, key, out: TeacherOutputs) -> None:
         size = out.logits.nbytes + sum(a.nbytes for d in (out.hidden, out.attn) for a in d.values())
-        if size > self.max_bytes:
-            return
-        while self.bytes + size > self.max_bytes:
-            _, old = self.entries.popitem(last=False)
-            self.bytes -= old.logits.nbytes + sum(
-                a.nbytes for d in (old.hidden, old.attn) for a in d.values()
-            )
+        if self.bytes + size > self.max_bytes:
+            return  # full: keep the batches already held (see the class docstring)
         self.entries[key] = out
         self.bytes += size
 
