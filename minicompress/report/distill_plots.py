@@ -59,14 +59,13 @@ def plot_distill_curves(results: dict, path, title: str = "") -> Path:
     ax.axhline(results["teacher_val_ppl"], color="k", lw=0.8, ls=":", label="teacher")
     ax.set_xlabel("step")
     ax.set_ylabel("validation perplexity")
-    ax.set_yscale("log")
     ax.set_title(
         title
         or f"student of {results['params']:,} parameters "
         f"({results['compression']:.1f}x fewer than the teacher), seed {results['seeds'][0]}"
     )
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
