@@ -43,6 +43,14 @@ def plot_soft_labels(
     return _save(fig, path)
 
 
+def _plot_curve(ax, curve: dict, style: str, label: str, color=None) -> None:
+    """The periodic checks joined by a line; the last point, taken over every validation
+    window (the periodic ones use the first ``eval_windows``), as a star of the same colour."""
+    steps, ppl = curve["steps"], np.exp(curve["val_loss"])
+    (line,) = ax.plot(steps[:-1], ppl[:-1], style, ms=3, label=label, color=color)
+    ax.plot(steps[-1:], ppl[-1:], "*", ms=11, color=line.get_color())
+
+
 def plot_distill_curves(results: dict, path, title: str = "") -> Path:
     """Validation perplexity against the step of the first seed's students: every distilled
     setting and the scratch baseline, with the teacher as a line."""
@@ -53,11 +61,11 @@ def plot_distill_curves(results: dict, path, title: str = "") -> Path:
         c = curves.get(f"distilled {i}")
         if c:
             label = f"distilled ({run['loss']}, a={run['alpha']:g}, T={run['temperature']:g})"
-            ax.plot(c["steps"], np.exp(c["val_loss"]), "o-", ms=3, label=label)
+            _plot_curve(ax, c, "o-", label)
     if "scratch" in curves:
-        c = curves["scratch"]
-        ax.plot(c["steps"], np.exp(c["val_loss"]), "s--", ms=3, color="0.4", label="scratch")
+        _plot_curve(ax, curves["scratch"], "s--", "scratch", color="0.4")
     ax.axhline(results["teacher_val_ppl"], color="k", lw=0.8, ls=":", label="teacher")
+    ax.plot([], [], "*", ms=11, color="0.6", label="final: all validation windows")
     ax.set_xlabel("step")
     ax.set_ylabel("validation perplexity")
     ax.set_title(
