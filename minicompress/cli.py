@@ -18,7 +18,7 @@ import numpy as np
 
 from minicompress.data.corpus import CharTokenizer, builtin_text, load_text, make_dataset
 from minicompress.fileio import save_json
-from minicompress.nn.checkpoint import CONFIG_FILE, load_checkpoint
+from minicompress.nn.checkpoint import checkpoint_file, load_checkpoint
 from minicompress.nn.model import TransformerConfig, count_params, forward, generate, init_params
 from minicompress.nn.train import TrainConfig, evaluate, train
 from minicompress.report.table import format_table
@@ -81,7 +81,7 @@ def _metrics(loss: float, params: dict) -> dict:
 
 def cmd_train(args) -> int:
     out = Path(args.out)
-    if (out / CONFIG_FILE).exists() and not args.overwrite:
+    if checkpoint_file(out).exists() and not args.overwrite:
         raise UserError(
             f"--out {str(out)!r} already holds a checkpoint; pass --overwrite to "
             f"replace it or choose another folder"

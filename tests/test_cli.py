@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from minicompress.cli import main
-from minicompress.fileio import load_arrays
+from minicompress.nn.checkpoint import load_checkpoint
 
 TINY = [
     "--n-layer",
@@ -58,7 +58,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_train_eval_generate(tmp_path, text_file, capsys):
     out = tmp_path / "model"
     assert main(["train", *TINY, "--text", str(text_file), "--out", str(out)]) == 0
-    assert (out / "model.npz").is_file() and (out / "config.json").is_file()
+    assert (out / "model.mc").is_file()
     metrics_path = tmp_path / "m.json"
     assert main(["eval", str(out), "--text", str(text_file), "--json", str(metrics_path)]) == 0
     m = json.loads(metrics_path.read_text())
@@ -67,7 +67,7 @@ def test_train_eval_generate(tmp_path, text_file, capsys):
     assert m["bpc"] == pytest.approx(m["val_loss"] / math.log(2), rel=1e-12)
     vocab = len(set(text_file.read_text()))
     assert 1.0 < m["val_ppl"] < vocab * 1.5  # six steps from random: near uniform at worst
-    params = load_arrays(out / "model.npz")
+    params = load_checkpoint(out)[0]
     assert m["params"] == sum(a.size for a in params.values())
     capsys.readouterr()
     assert main(["generate", str(out), "--prompt", "the ", "--tokens", "12"]) == 0
@@ -93,7 +93,7 @@ def test_same_seed_same_checkpoint(tmp_path, text_file):
             )
             == 0
         )
-    a, b = load_arrays(tmp_path / "a" / "model.npz"), load_arrays(tmp_path / "b" / "model.npz")
+    a, b = load_checkpoint(tmp_path / "a")[0], load_checkpoint(tmp_path / "b")[0]
     assert a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert (
@@ -102,17 +102,17 @@ def test_same_seed_same_checkpoint(tmp_path, text_file):
         )
         == 0
     )
-    c = load_arrays(tmp_path / "c" / "model.npz")
+    c = load_checkpoint(tmp_path / "c")[0]
     assert not np.array_equal(a["head.w"], c["head.w"])
 
 
 def test_train_refuses_to_overwrite(tmp_path, text_file, capsys):
     out = tmp_path / "model"
     assert main(["train", *TINY, "--text", str(text_file), "--out", str(out)]) == 0
-    before = (out / "model.npz").read_bytes()
+    before = (out / "model.mc").read_bytes()
     assert main(["train", *TINY, "--seed", "9", "--text", str(text_file), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert (out / "model.npz").read_bytes() == before  # nothing the user had is lost
+    assert (out / "model.mc").read_bytes() == before  # nothing the user had is lost
 
 
 @pytest.mark.parametrize(
@@ -142,9 +142,9 @@ def test_bad_input_one_line_no_traceback(tmp_path, args, needle):
 def test_damaged_checkpoint_refused(tmp_path, text_file, capsys):
     out = tmp_path / "model"
     assert main(["train", *TINY, "--text", str(text_file), "--out", str(out)]) == 0
-    data = bytearray((out / "model.npz").read_bytes())
+    data = bytearray((out / "model.mc").read_bytes())
     data[len(data) // 2] ^= 0xFF
-    (out / "model.npz").write_bytes(bytes(data))
+    (out / "model.mc").write_bytes(bytes(data))
     capsys.readouterr()
     assert main(["eval", str(out), "--text", str(text_file)]) == 2
     err = capsys.readouterr().err
