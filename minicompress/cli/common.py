@@ -20,7 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from minicompress.data.corpus import builtin_text, load_text
-from minicompress.nn.model import TransformerConfig
+from minicompress.nn.model import TransformerConfig, param_count
+from minicompress.platform import total_memory_bytes
 
 
 class UserError(Exception):
@@ -256,54 +257,28 @@ def check_output_dir(
 # ----------------------------------------------------------------------------------------
 
 
-def parameter_count(cfg: TransformerConfig) -> int:
-    """Parameters of the model ``cfg`` describes, from the config alone (Python ints: no
-    overflow, nothing allocated). C = n_embd, F = mlp_ratio * C, V, T = block_size, L:
-    V*C + T*C (embeddings) + L * (4C LayerNorms + C*3C + 3C + C*C + C + C*F + F + F*C + C)
-    + 2C (final LayerNorm, pre-LN only) + C*V (head)."""
-    c, f, v, t = cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, cfg.vocab_size, cfg.block_size
-    block = 4 * c + (3 * c * c + 3 * c) + (c * c + c) + (c * f + f) + (f * c + c)
-    final_ln = 2 * c if cfg.norm == "pre" else 0
-    return v * c + t * c + cfg.n_layer * block + final_ln + c * v
-
-
 def training_bytes(cfg: TransformerConfig, batch_size: int) -> int:
-    """A lower estimate of the memory training ``cfg`` takes: 16 bytes per parameter
-    (float32 weights, gradients, AdamW's two moments) plus the float32 activations the
-    backward keeps for a batch of B x T: about B*T*(14C + 3F + 2H*T) per block and 3*B*T*V
-    for the logits, their softmax and its gradient."""
+    """A lower estimate of the memory training ``cfg`` takes, from the config alone (Python
+    ints: nothing allocated, no overflow): 16 bytes per parameter (float32 weights,
+    gradients, AdamW's two moments) plus the float32 activations the backward keeps for a
+    batch of B x T: about B*T*(14C + 3F + 2H*T) per block and 3*B*T*V for the logits,
+    their softmax and its gradient (C = n_embd, F = mlp_ratio * C, H = n_head)."""
     b, t, c = batch_size, cfg.block_size, cfg.n_embd
     f, h, v = cfg.mlp_ratio * c, cfg.n_head, cfg.vocab_size
     activations = cfg.n_layer * b * t * (14 * c + 3 * f + 2 * h * t) + 3 * b * t * v
-    return 16 * parameter_count(cfg) + 4 * activations
-
-
-def memory_bytes() -> int | None:
-    """Physical memory of this machine (or the container's limit, if lower); None if
-    unknown."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit.isdigit():
-            total = min(total, int(limit))
-    except OSError:
-        pass
-    return total
+    return 16 * param_count(cfg) + 4 * activations
 
 
 def check_fits_in_memory(cfg: TransformerConfig, batch_size: int, given: Iterable[str]) -> None:
     """Refuse, before anything is allocated, a model that could not be trained in this
     machine's memory; ``given`` are the size flags the user set (named in the message)."""
-    total = memory_bytes()
+    total = total_memory_bytes()
     need = training_bytes(cfg, batch_size)
     if total is None or need <= total:
         return
     flags = " ".join(given) or "the model"
     raise UserError(
         f"{flags}: training this model would need at least {need / 2**30:,.4g} GiB "
-        f"({parameter_count(cfg):,.4g} parameters, batch {batch_size} x {cfg.block_size}); "
+        f"({param_count(cfg):,.4g} parameters, batch {batch_size} x {cfg.block_size}); "
         f"this machine has {total / 2**30:,.1f} GiB: choose smaller sizes"
     )

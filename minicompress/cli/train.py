@@ -33,7 +33,8 @@ LOSS_PLOT = "loss.png"  # written beside the checkpoint
 
 def register(sub) -> None:
     t = sub.add_parser("train", help="train a character language model")
-    add_config_flags(t, TransformerConfig, skip=("vocab_size",))
+    # a language model needs its output head; the vocabulary comes from the text
+    add_config_flags(t, TransformerConfig, skip=("vocab_size", "head"))
     add_config_flags(t, TrainConfig)
     t.add_argument("--text", help="a UTF-8 text file instead of the built-in corpus")
     t.add_argument("--out", default="runs/teacher", help="checkpoint folder (default %(default)s)")

@@ -39,7 +39,7 @@ import numpy as np
 
 from minicompress import __version__
 from minicompress.fileio import json_safe, load_archive, load_json, load_npz, save_archive
-from minicompress.nn.model import TransformerConfig, init_params
+from minicompress.nn.model import TransformerConfig, check_params
 
 CHECKPOINT_FILE = "model.mc"  # the file inside a checkpoint folder
 SUFFIX = ".mc"  # a path with this suffix is the checkpoint file itself
@@ -96,13 +96,9 @@ def _file_to_write(path: str | Path) -> Path:
 
 
 def _config_from_dict(d, where: str) -> TransformerConfig:
-    if not isinstance(d, dict):
-        raise ValueError(f"{where}: the config is not a JSON object")
     try:
-        return TransformerConfig(**d)
-    except TypeError as e:  # unknown or missing field
-        raise ValueError(f"{where}: the config does not fit TransformerConfig ({e})") from None
-    except ValueError as e:
+        return TransformerConfig.from_dict(d)
+    except (TypeError, ValueError) as e:  # not a dict, unknown or missing field, bad value
         raise ValueError(f"{where}: the config is invalid ({e})") from None
 
 
@@ -121,20 +117,12 @@ def _check_vocab(vocab, cfg: TransformerConfig, where: str) -> list[str]:
 
 
 def _check_param_shapes(params: dict, cfg: TransformerConfig, where: str) -> None:
-    """Every parameter the config needs, with the shape it needs, and no other.
-    (Stand-in for ``nn.model.check_params`` until it lands.)"""
-    expected = init_params(cfg, np.random.default_rng(0))
-    for name, ref in expected.items():
-        if name not in params:
-            raise ValueError(f"{where}: parameter {name!r} is missing")
-        if params[name].shape != ref.shape:
-            raise ValueError(
-                f"{where}: parameter {name!r} has shape {params[name].shape}; the config "
-                f"needs {ref.shape}"
-            )
-    extra = sorted(set(params) - set(expected))
-    if extra:
-        raise ValueError(f"{where}: parameter {extra[0]!r} is not part of this model")
+    """Every parameter the config needs, no other, with consistent shapes (heads and MLP
+    width may be smaller than the config's in any block: a pruned model)."""
+    try:
+        check_params(params, cfg)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: the parameters do not match the config: {e}") from None
 
 
 def _fp32_values(name: str, a, where: str) -> np.ndarray:
