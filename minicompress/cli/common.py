@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import math
 import os
 import re
@@ -147,9 +148,10 @@ def _refusal(cls, kwargs: dict) -> Exception | None:
 
 
 def config_from_args(cls, args: argparse.Namespace, **fixed):
-    """``cls(**fixed, **flags given)``; when the dataclass refuses it, the UserError names
-    the flags at fault with the dataclass's reason: those whose removal makes the config
-    valid (``--n-embd 30 --n-head 4``), else the first one refused on its own."""
+    """``cls(**fixed, **flags given)``. When the dataclass refuses it, the UserError gives
+    its reason after the flags at fault: those whose removal alone makes the config valid
+    (``--n-embd 30`` with the default 4 heads), else the pairs whose removal does
+    (``--n-embd 30 --n-head 7``), else every flag given."""
     given = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(cls)
@@ -160,16 +162,19 @@ def config_from_args(cls, args: argparse.Namespace, **fixed):
         return cls(**fixed, **given)
     if _refusal(cls, fixed) is not None or not given:
         raise error  # not about a flag the user gave
-    culprits = [n for n in given if _refusal(cls, {**fixed, **_without(given, n)}) is None]
-    if not culprits:  # several independent faults: name one that is refused on its own
+    for size in (1, 2):  # the flags (or pairs of flags) without which it would be valid
+        groups = itertools.combinations(given, size)
+        culprits = [n for g in groups if _valid_without(cls, fixed, given, g) for n in g]
+        if culprits:
+            break
+    else:
         culprits = list(given)
-        for n in given:
-            alone = _refusal(cls, {**fixed, n: given[n]})
-            if alone is not None:
-                culprits, error = [n], alone
-                break
-    flags = " ".join(f"{flag_name(n)} {given[n]}" for n in culprits)
+    flags = " ".join(f"{flag_name(n)} {given[n]}" for n in dict.fromkeys(culprits))
     raise UserError(f"{flags}: {error}")
+
+
+def _valid_without(cls, fixed: dict, given: dict, names) -> bool:
+    return _refusal(cls, {**fixed, **{k: v for k, v in given.items() if k not in names}}) is None
 
 
 def _without(d: dict, key: str) -> dict:

@@ -67,9 +67,8 @@ def size_flags(args) -> list[str]:
 
 
 def run(args) -> int:
-    out = check_output_dir(
-        "--out", args.out, inputs=[args.text], writes=[CHECKPOINT_FILE, LOSS_PLOT]
-    )
+    writes = [CHECKPOINT_FILE] + ([] if args.no_plot else [LOSS_PLOT])
+    out = check_output_dir("--out", args.out, inputs=[args.text], writes=writes)
     if holds_checkpoint(out) and not args.overwrite:
         raise UserError(
             f"--out {str(out)!r} already holds a checkpoint; pass --overwrite to replace it "
@@ -82,9 +81,10 @@ def run(args) -> int:
     check_fits_in_memory(cfg, tc.batch_size, size_flags(args))
     try:
         data = make_dataset(text, cfg.block_size, tokenizer=tokenizer)
-    except ValueError as e:
-        flag = "--text" if args.text else f"--block-size {cfg.block_size}"
-        raise UserError(f"{flag}: {e}") from None
+    except ValueError as e:  # too short for the context: name what the user chose
+        given = [f"--text {args.text}"] * bool(args.text)
+        given += [f"--block-size {args.block_size}"] * (args.block_size is not None)
+        raise UserError(f"{' '.join(given) or '--text'}: {e}") from None
     params = init_params(cfg, np.random.default_rng([tc.seed, 0]))
     check_savable(params, cfg, tokenizer.chars)  # what the save at the end will require
     print(
