@@ -142,6 +142,28 @@ def test_float64_parameters_are_stored_as_float32(tmp_path):
     assert params["wte"].dtype == np.float64  # the caller's arrays are not touched
 
 
+def test_a_pruned_model_saves_and_loads(tmp_path):
+    """Heads and neurons removed (smaller matrices, not zeros) load back as they were, and a
+    qkv width that is not a whole number of heads is refused."""
+    params = params_of(CFG)
+    d, h = CFG.head_dim, CFG.n_head
+    keep = np.r_[0:d, h * d : h * d + d, 2 * h * d : 2 * h * d + d]  # head 0 of q, k and v
+    params["blocks.0.attn.qkv.w"] = params["blocks.0.attn.qkv.w"][:, keep]
+    params["blocks.0.attn.qkv.b"] = params["blocks.0.attn.qkv.b"][keep]
+    params["blocks.0.attn.proj.w"] = params["blocks.0.attn.proj.w"][:d]
+    params["blocks.1.mlp.fc.w"] = params["blocks.1.mlp.fc.w"][:, :5]
+    params["blocks.1.mlp.fc.b"] = params["blocks.1.mlp.fc.b"][:5]
+    params["blocks.1.mlp.proj.w"] = params["blocks.1.mlp.proj.w"][:5]
+    save_checkpoint(tmp_path / "pruned", params, CFG, VOCAB)
+    loaded, cfg, _, _ = load_checkpoint(tmp_path / "pruned")
+    assert cfg == CFG
+    assert_same_params(loaded, params)
+    params["blocks.0.attn.qkv.w"] = params["blocks.0.attn.qkv.w"][:, :-1]
+    with pytest.raises(ValueError, match="'blocks.0.attn.qkv.w' has 11 columns"):
+        save_checkpoint(tmp_path / "bad", params, CFG, VOCAB)
+    assert not (tmp_path / "bad").exists()
+
+
 small_configs = st.builds(
     lambda v, t, layers, heads, d, ratio, norm, gelu, causal: TransformerConfig(
         vocab_size=v,
@@ -185,6 +207,75 @@ def test_round_trip_property(tmp_path, cfg, data):
     loaded, cfg2, vocab2, meta = load_checkpoint(tmp_path / "p")
     assert cfg2 == cfg and vocab2 == vocab and meta == {"seed": seed}
     assert_same_params(loaded, params)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 2**65) | st.floats() | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=8,
+)
+PROPERTY = settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@PROPERTY
+@given(
+    where=st.sampled_from(["config", "vocab", "meta", "tensors", "config.n_head", "config.norm",
+                           "tensors.wte", "tensors.wte.arrays", "tensors.wte.encoding",
+                           "tensors.wte.arrays.values", "vocab.0"]),
+    value=json_values,
+)  # fmt: skip
+def test_any_sealed_header_edit_loads_or_raises_value_error(ckpt, tmp_path, where, value):
+    """Whatever a deliberate edit puts anywhere in the header: a model of that config, or
+    a one-line ValueError; never another exception."""
+    folder, _ = ckpt
+    path = tmp_path / "edit.mc"
+    path.write_bytes((folder / CHECKPOINT_FILE).read_bytes())
+
+    def edit(doc):
+        node, *keys = ["header", *where.split(".")]
+        target = doc[node]
+        for k in keys[:-1]:
+            target = target[int(k)] if isinstance(target, list) else target[k]
+        last = keys[-1]
+        target[int(last) if isinstance(target, list) else last] = value
+
+    try:
+        reseal(path, edit)
+    except AssertionError:  # the edit does not fit the header's padding: nothing to test
+        return
+    try:
+        params, cfg, vocab, _ = load_checkpoint(path)
+    except ValueError as e:
+        one_line(e)
+    else:
+        assert len(vocab) == cfg.vocab_size and params["wte"].shape[0] == cfg.vocab_size
+
+
+@PROPERTY
+@given(
+    params=st.one_of(
+        st.none(),
+        st.dictionaries(
+            st.sampled_from(["wte", "wpe", "head.w", "x"]),
+            st.one_of(json_values, st.just(np.zeros((7, 8), np.float32)),
+                      st.just(np.zeros((7, 8), np.complex64)), st.just(np.array(["a"]))),
+        ),
+    ),
+    vocab=st.one_of(json_values, st.lists(st.text(max_size=2), max_size=8)),
+    meta=json_values,
+    cfg=st.one_of(st.just(CFG), json_values),
+)  # fmt: skip
+def test_save_with_any_arguments_raises_only_clear_errors(tmp_path, params, vocab, meta, cfg):
+    folder = tmp_path / "ck"
+    try:
+        save_checkpoint(folder, params, cfg, vocab, meta)
+    except (TypeError, ValueError) as e:
+        one_line(e)
+        assert not folder.exists() or not any(folder.iterdir())  # nothing half-written
+    else:
+        assert load_checkpoint(folder)[1] == cfg
 
 
 # ----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minicompress.cli.common import UserError, check_output_dir, flag_int
+from minicompress.cli.common import UserError, check_output_dir, check_output_file, flag_int
 from minicompress.cli.train import LOSS_PLOT, metrics
 from minicompress.data.corpus import CharTokenizer, builtin_text, make_dataset
 from minicompress.fileio import json_safe, save_json
@@ -99,6 +99,7 @@ def run(args) -> int:
     cfg, tc, name = teacher_plan(quick, args.seed, tok.vocab_size)
     teacher_dir = out / name
     check_output_dir("--out", teacher_dir)
+    check_output_file("--out", out / RESULTS)  # written after the training: checked before
     data = make_dataset(text, cfg.block_size, tokenizer=tok)
     params = None if args.retrain else reuse_teacher(teacher_dir, cfg, tc, tok.chars)
     if params is not None:

@@ -236,7 +236,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             raise ValueError(f"{where}: the entry of tensor {name!r} is malformed")
         members = {}
         for role, key in rec["arrays"].items():
-            if key not in arrays or key in used:
+            if not isinstance(key, str) or key not in arrays or key in used:
                 raise ValueError(f"{where}: tensor {name!r} names a missing array {key!r}")
             members[role] = arrays[key]
             used.add(key)
