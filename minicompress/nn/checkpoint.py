@@ -103,8 +103,11 @@ def _config_from_dict(d, where: str) -> TransformerConfig:
 
 
 def _check_vocab(vocab, cfg: TransformerConfig, where: str) -> list[str]:
-    if not isinstance(vocab, (list, tuple)) or not all(isinstance(t, str) for t in vocab):
+    if not isinstance(vocab, (list, tuple)):
         raise TypeError(f"{where}: vocab must be a list of strings; got {type(vocab).__name__}")
+    bad = next((i for i, t in enumerate(vocab) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"{where}: vocab must be a list of strings; vocab[{bad}] is {vocab[bad]!r}")
     vocab = list(vocab)
     if len(vocab) != cfg.vocab_size:
         raise ValueError(
