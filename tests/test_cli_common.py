@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import minicompress.cli.common as common
@@ -191,13 +191,6 @@ def test_training_bytes_by_hand():
     assert training_bytes(cfg, 1) == 16 * 23 + 4 * 25
 
 
-@pytest.mark.parametrize("layers", [1, 2, 5])
-def test_parameter_count_is_the_models(layers):
-    cfg = TransformerConfig(vocab_size=11, n_layer=layers, n_embd=12, n_head=3, mlp_ratio=2)
-    params = init_params(cfg, np.random.default_rng(0))
-    assert common.parameter_count(cfg) == sum(a.size for a in params.values())
-
-
 def test_memory_check_of_absurd_depths_allocates_nothing():
     """2**40 blocks: refused by the estimate, not by a MemoryError while estimating."""
     cfg = TransformerConfig(vocab_size=11, n_layer=2**40)
@@ -359,8 +352,6 @@ def test_generate_flags_property(tiny_model, data, field):
             argv += ["--" + name.replace("_", "-"), str(v)]
     kind = {"prompt": str, "tokens": int, "temperature": float, "top_k": int, "seed": int}[field]
     value = python_parse(kind, text)
-    # known, the lead's: z / temperature overflows below ~1e-307 (see the xfail in test_cli)
-    assume(field != "temperature" or value is INVALID or not 0 < value < 1e-300)
     status, out, err = run(argv)
     allowed = value is not INVALID and {
         "prompt": lambda v: set(v) <= set(vocab),

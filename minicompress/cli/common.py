@@ -262,15 +262,6 @@ def check_output_dir(
 # ----------------------------------------------------------------------------------------
 
 
-def parameter_count(cfg: TransformerConfig) -> int:
-    """``nn.model.param_count`` of ``cfg`` in constant memory: that one lists the shapes of
-    every block, which for ``--n-layer 1099511627776`` is itself out of memory; all blocks
-    are alike, so count one and two blocks and extrapolate."""
-    one = param_count(dataclasses.replace(cfg, n_layer=1))
-    two = param_count(dataclasses.replace(cfg, n_layer=2))
-    return one + (cfg.n_layer - 1) * (two - one)
-
-
 def training_bytes(cfg: TransformerConfig, batch_size: int) -> int:
     """A lower estimate of the memory training ``cfg`` takes, from the config alone (Python
     ints: nothing allocated, no overflow): 16 bytes per parameter (float32 weights,
@@ -280,7 +271,7 @@ def training_bytes(cfg: TransformerConfig, batch_size: int) -> int:
     b, t, c = batch_size, cfg.block_size, cfg.n_embd
     f, h, v = cfg.mlp_ratio * c, cfg.n_head, cfg.vocab_size
     activations = cfg.n_layer * b * t * (14 * c + 3 * f + 2 * h * t) + 3 * b * t * v
-    return 16 * parameter_count(cfg) + 4 * activations
+    return 16 * param_count(cfg) + 4 * activations
 
 
 def check_fits_in_memory(cfg: TransformerConfig, batch_size: int, given: Iterable[str]) -> None:
@@ -293,6 +284,6 @@ def check_fits_in_memory(cfg: TransformerConfig, batch_size: int, given: Iterabl
     flags = " ".join(given) or "the model"
     raise UserError(
         f"{flags}: training this model would need at least {need / 2**30:,.4g} GiB "
-        f"({parameter_count(cfg):,.4g} parameters, batch {batch_size} x {cfg.block_size}); "
+        f"({param_count(cfg):,.4g} parameters, batch {batch_size} x {cfg.block_size}); "
         f"this machine has {total / 2**30:,.1f} GiB: choose smaller sizes"
     )
