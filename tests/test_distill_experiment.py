@@ -111,14 +111,28 @@ def test_init_from_teacher_needs_the_teachers_width(teacher_dir, tmp_path):
 def test_refuses_to_overwrite_and_writes_nothing_on_failure(teacher_dir, tmp_path):
     with pytest.raises(ValueError, match="is the teacher's checkpoint"):
         run(teacher_dir, tmp_path, out=teacher_dir)
-    (tmp_path / "student").mkdir()
-    (tmp_path / "student" / "mine.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="already exists; pass --overwrite"):
+    with pytest.raises(ValueError, match="is the teacher's checkpoint"):
+        run(teacher_dir, tmp_path, out=teacher_dir / "model.mc")
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="is a file; give a folder"):
+        run(teacher_dir, tmp_path, out=tmp_path / "notes.txt")
+    out = tmp_path / "student"
+    save_checkpoint(out, *_tiny_model(), meta={"mine": True})
+    (out / "notes.txt").write_text("mine too")
+    with pytest.raises(ValueError, match="already holds a checkpoint; pass --overwrite"):
         run(teacher_dir, tmp_path)
-    assert (tmp_path / "student" / "mine.txt").read_text() == "keep me"
+    assert load_checkpoint(out)[3] == {"mine": True}  # untouched
     with pytest.raises(ValueError, match="different vocabularies|holds the character"):
         run(teacher_dir, tmp_path, out=tmp_path / "new", text="ZZZ" * 200 + TEXT)
     assert not (tmp_path / "new").exists() and not (tmp_path / "r.json").exists()
+    run(teacher_dir, tmp_path, overwrite=True, seeds=[0])
+    assert load_checkpoint(out)[3] != {"mine": True}
+    assert (out / "notes.txt").read_text() == "mine too" and (tmp_path / "r.json").exists()
+
+
+def _tiny_model():
+    cfg = TransformerConfig(vocab_size=3, block_size=4, n_layer=1, n_head=1, n_embd=4)
+    return init_params(cfg, np.random.default_rng(0)), cfg, ["a", "b", "c"]
 
 
 def test_parse_grid_checks_every_value():

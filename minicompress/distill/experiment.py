@@ -26,7 +26,13 @@ from minicompress.distill.student import (
 )
 from minicompress.distill.trainer import DistillConfig, DistillLoss, SoftLabelCache
 from minicompress.fileio import save_json
-from minicompress.nn.checkpoint import load_checkpoint, save_checkpoint
+from minicompress.nn.checkpoint import (
+    CHECKPOINT_FILE,
+    SUFFIX,
+    checkpoint_file,
+    load_checkpoint,
+    save_checkpoint,
+)
 from minicompress.nn.model import count_params, init_params
 from minicompress.nn.train import History, TrainConfig, evaluate, train
 
@@ -235,17 +241,23 @@ def run_distill(
 
 
 def check_out_path(out: str | Path, teacher_path: str | Path, overwrite: bool) -> Path:
-    """Refuse an output path that is the teacher's, or that exists already (a file or a
-    folder that is not empty) unless ``overwrite``: nothing the user had is replaced by
-    mistake. Checked before any training starts."""
+    """Refuse an output checkpoint that is the teacher's, or that exists already (unless
+    ``overwrite``), or a path that cannot hold a checkpoint: nothing the user had is
+    replaced by mistake. Checked before any training starts. Other files in the output
+    folder are never touched."""
     out = Path(out)
-    if out.resolve() == Path(teacher_path).resolve():
-        raise ValueError(f"--out {str(out)!r} is the teacher's checkpoint; choose another path")
-    taken = out.is_file() or (out.is_dir() and any(out.iterdir()))
-    if taken and not overwrite:
+    target = checkpoint_file(out)
+    if out.exists() and not out.is_dir() and out.suffix != SUFFIX:
         raise ValueError(
-            f"--out {str(out)!r} already exists; pass --overwrite to replace it or choose "
-            "another path"
+            f"--out {str(out)!r} is a file; give a folder (the student goes in "
+            f"{CHECKPOINT_FILE} inside it) or a file name ending in {SUFFIX}"
+        )
+    if target.resolve() == checkpoint_file(teacher_path).resolve():
+        raise ValueError(f"--out {str(out)!r} is the teacher's checkpoint; choose another path")
+    if target.exists() and not overwrite:
+        raise ValueError(
+            f"--out {str(out)!r} already holds a checkpoint; pass --overwrite to replace it "
+            "or choose another path"
         )
     return out
 
@@ -291,8 +303,8 @@ def run_distill_command(
     ``json_path``. Nothing is written before every run has finished. ->  the results
     (the command prints them as a table and draws them: ``report.distill_plots``)."""
     out = check_out_path(out, teacher_path, overwrite)
-    if json_path is not None and Path(json_path).resolve() == out.resolve():
-        raise ValueError(f"--json {str(json_path)!r} is the same path as --out")
+    if json_path is not None and Path(json_path).resolve() == checkpoint_file(out).resolve():
+        raise ValueError(f"--json {str(json_path)!r} is the checkpoint --out writes")
     teacher = load_teacher(teacher_path)
     results, params, cfg = run_distill(
         teacher,
