@@ -5,7 +5,6 @@ already computed (the results dict of ``distill.experiment.run_distill``)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -80,15 +79,18 @@ def plot_distill_curves(results: dict, path, title: str = "") -> Path:
 
 def plot_sweep(results: dict, path, title: str = "") -> Path:
     """Validation perplexity (mean over seeds, sample std as error bars) against alpha, one
-    line per (KD loss, T); the scratch student and the teacher as horizontal lines."""
+    line per (KD loss, T). The scratch student is drawn at alpha = 1, where the objective is
+    the cross-entropy alone (same init and batches: it *is* that run), joined to each line
+    by a dotted segment; the teacher is a horizontal line."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     groups: dict[tuple, list] = {}
     for r in results["runs"]:
         groups.setdefault((r["loss"], r["temperature"]), []).append(r)
+    scratch = results.get("scratch_val_ppl")
     for (loss, t), rows in sorted(groups.items()):
         rows = sorted(rows, key=lambda r: r["alpha"])
-        ax.errorbar(
+        bars = ax.errorbar(
             [r["alpha"] for r in rows],
             [r["val_ppl"] for r in rows],
             yerr=[r["val_ppl_std"] for r in rows],
@@ -96,16 +98,28 @@ def plot_sweep(results: dict, path, title: str = "") -> Path:
             capsize=3,
             label=f"{loss}, T={t:g}",
         )
-    if "scratch_val_ppl" in results:
-        m, s = results["scratch_val_ppl"], results["scratch_val_ppl_std"]
-        ax.axhline(m, color="0.4", ls="--", label="scratch (alpha = 1 without a teacher)")
-        if s > 0 and math.isfinite(s):
-            ax.axhspan(m - s, m + s, color="0.4", alpha=0.15)
+        if scratch is not None and rows[-1]["alpha"] < 1:
+            color = bars.lines[0].get_color()
+            ax.plot([rows[-1]["alpha"], 1.0], [rows[-1]["val_ppl"], scratch], ":", color=color)
+    if scratch is not None:
+        ax.errorbar(
+            [1.0],
+            [scratch],
+            yerr=[results["scratch_val_ppl_std"]],
+            fmt="s",
+            color="k",
+            capsize=3,
+            label="scratch (alpha = 1: no teacher)",
+        )
     ax.axhline(results["teacher_val_ppl"], color="k", lw=0.8, ls=":", label="teacher")
     ax.set_xlabel("alpha (weight of the hard-label cross-entropy)")
     ax.set_ylabel("validation perplexity")
     n = len(results["seeds"])
-    ax.set_title(title or f"distilled student, {n} seed{'s' if n > 1 else ''}")
+    ax.set_title(
+        title
+        or f"student of {results['params']:,} parameters, {results['train']['steps']} steps, "
+        f"{n} seed{'s' if n > 1 else ''}"
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
