@@ -135,6 +135,12 @@ def _tiny_model():
     return init_params(cfg, np.random.default_rng(0)), cfg, ["a", "b", "c"]
 
 
+def test_refuses_a_time_budget(teacher_dir, tmp_path):
+    with pytest.raises(ValueError, match="tc.minutes=1.0: give steps instead"):
+        run(teacher_dir, tmp_path, tc=TrainConfig(minutes=1.0))
+    assert not (tmp_path / "student").exists()
+
+
 def test_parse_grid_checks_every_value():
     with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]"):
         ex.parse_grid([0.5, 2.0], [1.0], ["kl"])

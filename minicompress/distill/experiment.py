@@ -152,7 +152,9 @@ def run_distill(
     log=print,
 ) -> tuple[dict, dict, object]:
     """Distil ``teacher`` into the student ``spec`` with every setting of ``grid`` and every
-    seed, and (``scratch_baseline``) train the same student from scratch once per seed.
+    seed, and (``scratch_baseline``) train the same student without the teacher once per
+    seed: the same initial weights (random, or the teacher's blocks with ``init="teacher"``),
+    the same batches, the same steps — only the loss differs.
 
     ``soft_label_mb``: a soft-label cache shared by the runs of one seed (they draw the same
     batches, so the teacher labels each batch once). ->  (results, params of the best
@@ -164,6 +166,11 @@ def run_distill(
         raise ValueError("grid must hold at least one DistillConfig")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and at least one; got {seeds}")
+    if tc.minutes is not None:
+        raise ValueError(
+            f"tc.minutes={tc.minutes}: give steps instead; a time budget would give the cheaper "
+            "runs (scratch, cached soft labels) more steps than the others"
+        )
     data = make_dataset(text, teacher.cfg.block_size, tokenizer=CharTokenizer(teacher.vocab))
     first_params, cfg = make_student(teacher, spec, seeds[0])
     check_teacher_student(teacher.cfg, cfg, teacher.params, first_params)
