@@ -42,6 +42,14 @@ def plot_soft_labels(
     return _save(fig, path)
 
 
+def setting_label(run: dict) -> str:
+    """``distilled kl a=0.5 T=2`` (and ``h=`` / ``att=`` when the transfer terms are on)."""
+    name = f"distilled {run['loss']} a={run['alpha']:g} T={run['temperature']:g}"
+    name += f" h={run['hidden_weight']:g}" if run["hidden_weight"] else ""
+    name += f" att={run['attn_weight']:g}" if run["attn_weight"] else ""
+    return name
+
+
 def _plot_curve(ax, curve: dict, style: str, label: str, color=None) -> None:
     """The periodic checks joined by a line; the last point, taken over every validation
     window (the periodic ones use the first ``eval_windows``), as a star of the same colour."""
@@ -59,8 +67,7 @@ def plot_distill_curves(results: dict, path, title: str = "") -> Path:
     for i, run in enumerate(results["runs"]):
         c = curves.get(f"distilled {i}")
         if c:
-            label = f"distilled ({run['loss']}, a={run['alpha']:g}, T={run['temperature']:g})"
-            _plot_curve(ax, c, "o-", label)
+            _plot_curve(ax, c, "o-", setting_label(run))
     if "scratch" in curves:
         _plot_curve(ax, curves["scratch"], "s--", "scratch", color="0.4")
     ax.axhline(results["teacher_val_ppl"], color="k", lw=0.8, ls=":", label="teacher")
@@ -155,12 +162,9 @@ def distill_table(results: dict) -> str:
             }
         )
     for r in results["runs"]:
-        name = f"distilled {r['loss']} a={r['alpha']:g} T={r['temperature']:g}"
-        name += f" h={r['hidden_weight']:g}" if r["hidden_weight"] else ""
-        name += f" att={r['attn_weight']:g}" if r["attn_weight"] else ""
         rows.append(
             {
-                "model": name,
+                "model": setting_label(r),
                 "params": results["params"],
                 "val_ppl": _pm(r["val_ppl"], r["val_ppl_std"], n),
             }
