@@ -133,20 +133,37 @@ class WordPieceTokenizer:
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size())
 
-    def encode(self, texts: list[str], name: str = "texts") -> TokenBatch:
+    def encode(
+        self, texts: list[str], name: str = "texts", max_length: int | None = None
+    ) -> TokenBatch:
         """Token ids of each text, ``[CLS] ... [SEP]``, right-padded to the longest row.
 
         texts: list of B strings  ->  TokenBatch(ids [B, T], pad_mask [B, T],
-        token_types [B, T], lengths [B]). Texts longer than ``max_length`` tokens are cut
-        (``TruncationWarning`` names them by position in ``texts``).
+        token_types [B, T], lengths [B]). Texts longer than ``max_length`` tokens (default:
+        the tokenizer's, which a call may lower but not raise) are cut, and a
+        ``TruncationWarning`` names them by position in ``texts``.
         """
         texts = check_texts(texts, name)
-        encodings = self._tok.encode_batch(texts)
+        limit = self.max_length if max_length is None else max_length
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 2 <= limit <= self.max_length
+        ):
+            raise ValueError(
+                f"max_length must be an integer in [2, {self.max_length}]; got {limit!r}"
+            )
+        if limit != self.max_length:
+            self._tok.enable_truncation(limit)
+        try:
+            encodings = self._tok.encode_batch(texts)
+        finally:
+            self._tok.enable_truncation(self.max_length)
         cut = [i for i, e in enumerate(encodings) if e.overflowing]
         if cut:
             shown = ", ".join(str(i) for i in cut[:10]) + (" ..." if len(cut) > 10 else "")
             warnings.warn(
-                f"{len(cut)} of {len(texts)} {name} were longer than {self.max_length} tokens "
+                f"{len(cut)} of {len(texts)} {name} were longer than {limit} tokens "
                 f"and were truncated (positions {shown})",
                 TruncationWarning,
                 stacklevel=2,
