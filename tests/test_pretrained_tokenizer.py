@@ -91,3 +91,14 @@ def test_bad_max_length_is_refused(tmp_path):
     need_extra()
     with pytest.raises(ValueError, match="max_length"):
         WordPieceTokenizer.from_dir(write_tiny_checkpoint(tmp_path / "t"), max_length=1)
+
+
+def test_a_call_may_lower_max_length_but_not_raise_it(tmp_path):
+    need_extra()
+    tok = WordPieceTokenizer.from_dir(write_tiny_checkpoint(tmp_path / "t"), max_length=8)
+    with pytest.warns(TruncationWarning, match="longer than 4 tokens"):
+        batch = tok.encode(["the cat sat on the mat"], max_length=4)
+    np.testing.assert_array_equal(batch.ids, [[2, 5, 6, 3]])
+    assert tok.encode(["the cat sat on the mat"]).ids.shape == (1, 8)  # back to 8 after
+    with pytest.raises(ValueError, match="max_length"):
+        tok.encode(["the cat"], max_length=9)
