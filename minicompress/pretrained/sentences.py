@@ -85,3 +85,10 @@ def corpus_sentences(
     if n > len(pool):
         raise ValueError(f"n={n} sentences asked; the text has {len(pool)} prose sentences")
     return [pool[i] for i in evenly_spaced(len(pool), n)]
+
+
+def sentences_outside(exclude: list[str], text: str | None = None) -> list[str]:
+    """The prose sentences of the corpus (or ``text``) that are not in ``exclude`` — for
+    calibration and distillation, apart from the sentences a model is evaluated on."""
+    held_out = set(exclude)
+    return [s for s in all_corpus_sentences(text) if s not in held_out]

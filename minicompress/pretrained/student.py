@@ -33,7 +33,7 @@ from minicompress.nn.ops import (
 )
 from minicompress.nn.train import TrainConfig, train
 from minicompress.pretrained.embed import sentence_embeddings
-from minicompress.pretrained.sentences import all_corpus_sentences
+from minicompress.pretrained.sentences import sentences_outside
 from minicompress.pretrained.tokenizer import TokenBatch, select_rows
 
 STUDENT_LAYERS = 3  # issue 15: a 3-layer student of the 6-layer teacher
@@ -42,12 +42,6 @@ STUDENT_LAYERS = 3  # issue 15: a 3-layer student of the 6-layer teacher
 DISTILL_TRAIN = TrainConfig(
     batch_size=32, steps=300, lr=1e-3, min_lr=1e-5, warmup=20, weight_decay=0.0, eval_every=0
 )
-
-
-def training_sentences(exclude: list[str]) -> list[str]:
-    """The corpus' prose sentences that are not in ``exclude`` (the fidelity set)."""
-    held_out = set(exclude)
-    return [s for s in all_corpus_sentences() if s not in held_out]
 
 
 class SentenceSampler:
@@ -135,7 +129,7 @@ def distill_student(
     every other teacher block and trained on the teacher's embeddings of the corpus
     sentences outside ``held_out``.  ->  (student params, student config, train History)."""
     params, cfg = student_from_teacher(model.params, model.cfg, n_layer)
-    tokens = model.tokenizer.encode(training_sentences(held_out), max_length=max_length)
+    tokens = model.tokenizer.encode(sentences_outside(held_out), max_length=max_length)
     loss = EmbeddingDistillLoss(model.params, model.cfg)
     hist = train(
         params, cfg, SentenceSampler(tokens), tc, loss=loss, progress=progress,

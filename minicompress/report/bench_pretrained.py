@@ -276,3 +276,67 @@ def run_pretrained_bench(
         "blas": blas_summary(),
         "torch": torch_version,
     }
+
+
+# ----------------------------------------------------------------------------------------
+# one compressed model: fidelity, speed, and PyTorch's dynamic int8 beside it
+# ----------------------------------------------------------------------------------------
+
+FIDELITY_SENTENCES = 256  # the fixed fidelity set (issue 15: at least 200)
+
+
+def compress_report(
+    model,
+    cc,
+    n_sentences: int = FIDELITY_SENTENCES,
+    with_torch: bool = True,
+    time_it: bool = True,
+    rounds: int = 3,
+    repeat: int = 5,
+    compressed=None,
+) -> dict:
+    """Compress ``model`` as ``cc`` (a ``pretrained.compress.CompressConfig``) and measure
+    it against the fp32 model on ``corpus_sentences(n_sentences)``; calibration sentences
+    (static activations) come from outside that set.
+
+    ->  {"method", "runtime", "mean_cosine", "min_cosine", "spearman", "top5_overlap",
+         "sentences", and with ``time_it`` "ms_per_batch" (the compressed model),
+         "fp32_ms_per_batch" (our fp32 forward), "batch", "threads"; with torch also
+         "torch_fp32_ms_per_batch", "torch_int8_ms_per_batch", "torch_int8_mean_cosine",
+         "torch_int8_min_cosine", "torch_int8_spearman", "torch_int8_top5_overlap"}.
+    ``compressed``: an already compressed model (``CompressedModel``) to measure instead.
+    """
+    from minicompress.pretrained.compress import compress
+    from minicompress.pretrained.embed import embed_texts
+    from minicompress.pretrained.sentences import sentences_outside
+
+    texts = corpus_sentences(n_sentences)
+    if compressed is None:
+        calibration = sentences_outside(texts)[: cc.calibration_sentences]
+        compressed = compress(model, cc, calibration)
+    cm = compressed
+    ref = embed_texts(model, texts)
+    emb = embed_texts(model, texts, params=cm.params, cfg=cm.cfg, linear=cm.linear)
+    out = {"method": cc.label(), "runtime": cm.runtime, **fidelity_report(ref, emb)}
+    out["sentences"] = n_sentences
+    out.update({k: v for k, v in cm.info.items()})
+    torch_ok = with_torch and have_torch()
+    if torch_ok:
+        theirs = torch_int8_fidelity(model, ref, texts)
+        out.update({f"torch_int8_{k}": v for k, v in theirs.items()})
+    if time_it:
+
+        def make(batch):
+            return lambda: sentence_embeddings(cm.params, cm.cfg, batch, cm.linear)
+
+        bench = run_pretrained_bench(
+            model, {"compressed": make}, rounds=rounds, repeat=repeat, with_torch=torch_ok
+        )
+        ms = bench["ms"]
+        out["ms_per_batch"] = ms["compressed"]
+        out["fp32_ms_per_batch"] = ms["numpy_fp32"]
+        if torch_ok:
+            out["torch_fp32_ms_per_batch"] = ms["torch_fp32"]
+            out["torch_int8_ms_per_batch"] = ms["torch_int8_dynamic"]
+        out.update(batch=bench["batch"], threads=bench["threads"], blas=bench["blas"])
+    return out
