@@ -64,7 +64,7 @@ from minicompress.pretrained.fidelity import nearest_neighbours
 from minicompress.pretrained.sentences import corpus_sentences
 from minicompress.report.table import format_table
 
-N_SENTENCES = 48 if FAST else 256  # the fidelity set: evenly spaced prose of the corpus
+N_SENTENCES = 24 if FAST else 256  # the fidelity set: evenly spaced prose of the corpus
 
 # %% [markdown]
 # ## 1. Loading a Hugging Face checkpoint into our model
@@ -141,7 +141,7 @@ for j in nearest_neighbours(ref, 3)[query]:
 # each linear layer at the real tokens; `channel_absmax` takes the max |x| of each channel.
 
 # %%
-inputs = linear_inputs(params, cfg, model.tokenizer.encode(sentences[:32]))
+inputs = linear_inputs(params, cfg, model.tokenizer.encode(sentences[:24]))
 rows = []
 for name, x in inputs.items():
     m = channel_absmax(x)
@@ -202,3 +202,169 @@ assert at_cls.min() > 10 * elsewhere.max()
 # output column reaches |w| = 7.9 while the median column's largest |w| is 0.19. One scale
 # for the whole matrix rounds the other columns to a handful of levels; a scale per output
 # channel (per column of our [in, out] weight) does not.
+
+# %% [markdown]
+# ## 5. Per tensor, per channel, per token: the grid step each one gets
+#
+# `quant.tensor.fake_quantize_tensor` quantizes and dequantizes with one range per tensor,
+# per output channel (a weight's column, `axis=-1`) or per row (`axis=0` of `[tokens, K]`:
+# one range per token, what the dynamic int8 path does). The relative error
+# ||x - x_hat|| / ||x|| of the outlier layers above:
+
+# %%
+needed = ("minicompress.quant.runtime", "minicompress.prune.structured", "minicompress.distill")
+if any(importlib.util.find_spec(m) is None for m in needed):  # while those land on main
+    print(f"the rest of this chapter needs {needed}")
+    sys.exit(0)
+
+from minicompress.quant.tensor import QuantSpec, fake_quantize_tensor  # noqa: E402
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+x = inputs["blocks.1.mlp.fc"]  # [N, 384] activations, channel 99 at 30 on [CLS]
+w = params["blocks.0.mlp.proj.w"]  # [1536, 384] weight, one column up to 7.9
+SPECS = {
+    "activation, one range per tensor": (x, QuantSpec(8, "asymmetric", "tensor")),
+    "activation, one range per token": (x, QuantSpec(8, "asymmetric", "channel", axis=0)),
+    "weight, one scale per tensor": (w, QuantSpec(8, "symmetric", "tensor")),
+    "weight, one scale per output channel": (w, QuantSpec(8, "symmetric", "channel")),
+}
+grids = {what: rel_err(a, fake_quantize_tensor(a, spec)) for what, (a, spec) in SPECS.items()}
+for what, err in grids.items():
+    print(f"{what:38s} int8 relative error {err:.4f}")
+assert grids["activation, one range per token"] < 0.5 * grids["activation, one range per tensor"]
+assert grids["weight, one scale per output channel"] < 0.5 * grids["weight, one scale per tensor"]
+
+# %% [markdown]
+# ## 6. The fidelity table
+#
+# `pretrained.compress.compress` prunes and quantizes with the package's own functions
+# (`prune`, `quant.ptq`, `quant.calibrate`) and picks what runs: W8A8 dynamic with
+# symmetric per-channel weights runs on **the int8 kernels** (`quant.runtime`); other
+# grids run in the simulation (`quant.linear.FakeQuantLinear`), weight-only models as
+# float with the dequantized weights. `report.bench_pretrained.compress_report` measures
+# each against the fp32 embeddings: mean and minimum cosine, Spearman's rho of the
+# pairwise similarities, top-5 neighbour overlap. With PyTorch installed, the same
+# weights go through `torch.ao.quantization.quantize_dynamic` for comparison.
+
+# %%
+from minicompress.pretrained.compress import CompressConfig, compress  # noqa: E402
+from minicompress.pretrained.fidelity import fidelity_report  # noqa: E402
+from minicompress.pretrained.sentences import sentences_outside  # noqa: E402
+from minicompress.report.bench_pretrained import have_torch, torch_int8_fidelity  # noqa: E402
+
+configs = [
+    CompressConfig(),  # W8 per channel, weights only
+    CompressConfig(granularity="tensor"),
+    CompressConfig(activations="dynamic"),  # W8A8 on the int8 kernels
+]
+if not FAST:
+    configs += [
+        CompressConfig(activations="dynamic", granularity="tensor"),
+        CompressConfig(activations="static"),
+        CompressConfig(bits=4, granularity="channel"),
+        CompressConfig(bits=4, granularity="group", scheme="asymmetric"),
+        CompressConfig(bits=None, sparsity=0.5),
+        CompressConfig(bits=None, head_sparsity=0.25),
+    ]
+calibration = sentences_outside(sentences)[:64]  # static ranges: never the evaluated sentences
+table = []
+for cc in configs:
+    cm = compress(model, cc, calibration)
+    emb = embed_texts(model, sentences, params=cm.params, cfg=cm.cfg, linear=cm.linear)
+    table.append({"method": cc.label(), "runtime": cm.runtime, **fidelity_report(ref, emb)})
+torch_row = None
+if have_torch():
+    theirs = torch_int8_fidelity(model, ref, sentences)
+    torch_row = {"method": "PyTorch quantize_dynamic", "runtime": "fbgemm int8", **theirs}
+    table.append(torch_row)
+print(format_table(table, floatfmt=".4f"))
+by = {r["method"]: r for r in table}
+assert by["W8 channel"]["mean_cosine"] >= 0.999  # issue 15's target
+assert by["W8A8 dynamic channel"]["mean_cosine"] >= 0.99  # issue 15's target
+assert by["W8 tensor"]["mean_cosine"] < by["W8 channel"]["mean_cosine"]
+if torch_row is not None:
+    assert torch_row["mean_cosine"] < by["W8A8 dynamic channel"]["mean_cosine"]
+
+# %% [markdown]
+# ## 7. What our int8 path does that PyTorch's does not
+#
+# Both run every linear layer as int8 x int8 -> int32 and keep LayerNorm, softmax and GELU
+# in float. The differences are the grids:
+#
+# | | PyTorch `quantize_dynamic` | ours (`quant.runtime.Int8Linear`) |
+# |---|---|---|
+# | weights | one scale per **tensor** (qint8) | one scale per **output channel** |
+# | activations | one range per **tensor** (whole batch), 7 bits | one range per **token**, 8 bits |
+#
+# (PyTorch's `DynamicQuantizedLinear` calls fbgemm with `reduce_range=True`: uint8 codes
+# on 7 bits of range; ours are uint8 with a zero point, per token.)
+#
+# Section 5 shows what each costs on this model: the weight column that reaches 7.9 sets
+# the step of every column of its matrix, and the [CLS] token whose channel 99 reaches 30
+# sets the step of every token of the batch. Per-channel weights alone take the weight-only
+# cosine from the per-tensor row to above 0.999; per-token ranges confine the [CLS] outlier
+# to its own row. Static calibration has to fix one range per layer ahead of time, so it
+# pays for the outlier on every token, and a percentile observer that clips it destroys
+# the [CLS] token instead (try `CompressConfig(activations="static", calibration="percentile")`).
+
+# %% [markdown]
+# ## 8. Speed
+#
+# `report.bench_pretrained.run_pretrained_bench` times a batch of 32 x 64 tokens on 2
+# threads, every contender in turn in the same process: our fp32 forward (the training
+# path's `nn.model.forward`), the W8A8 model on the int8 kernels, PyTorch eager fp32 and
+# PyTorch's dynamic int8 of the same weights. On a shared machine the figures move by tens
+# of percent from run to run; they are reported, not asserted (`python -m minicompress
+# pretrained compress ... --json` writes them).
+
+# %%
+from minicompress.report.bench_pretrained import run_pretrained_bench  # noqa: E402
+
+w8a8 = compress(model, CompressConfig(activations="dynamic"))
+bench = run_pretrained_bench(
+    model,
+    {"ours_w8a8_int8": lambda b: lambda: sentence_embeddings(w8a8.params, cfg, b, w8a8.linear)},
+    batch_size=8 if FAST else 32,  # fast mode: a smaller batch, timed once
+    seq_len=32 if FAST else 64,
+    rounds=1 if FAST else 3,
+    repeat=1 if FAST else 5,
+)
+speed = [
+    {"contender": k, "ms / batch": v, "cosine to our fp32": bench["cosine_to_fp32"][k]}
+    for k, v in bench["ms"].items()
+]
+print(format_table(speed, floatfmt=".4f"))
+print(f"batch {bench['batch']}, {bench['threads']} threads, {bench['blas']}")
+
+# %% [markdown]
+# ## 9. A 3-layer student, distilled on the teacher's embeddings
+#
+# Removing layers is the coarsest structured pruning. `pretrained.student.distill_student`
+# starts a 3-layer student from blocks 0, 2 and 4 of the teacher
+# (`distill.student_from_teacher`, DistilBERT's initialisation) and trains it through the
+# one training loop on the course's MSE between its embeddings and the teacher's
+# (`distill.losses.mse_rows_forward`, chained back through `l2_normalize_backward`,
+# `mean_pool_backward` and the model's backward), on corpus sentences outside the
+# evaluation set. Fast mode takes a few steps only, to show the mechanism.
+
+# %%
+import dataclasses  # noqa: E402
+
+from minicompress.pretrained.student import DISTILL_TRAIN, distill_student  # noqa: E402
+
+tc = dataclasses.replace(DISTILL_TRAIN, steps=8 if FAST else 300, batch_size=16 if FAST else 32)
+from minicompress.distill.student import student_from_teacher  # noqa: E402
+
+p3, c3 = student_from_teacher(params, cfg, 3)
+before = fidelity_report(ref, embed_texts(model, sentences, params=p3, cfg=c3))
+p3, c3, hist = distill_student(model, sentences, tc=tc, progress=not FAST)
+after = fidelity_report(ref, embed_texts(model, sentences, params=p3, cfg=c3))
+print(format_table([{"student": "blocks 0, 2, 4 as they are", **before},
+                    {"student": f"after {tc.steps} steps of distillation", **after}],
+                   floatfmt=".4f"))  # fmt: skip
+print(f"loss {hist.loss[0]:.3f} -> {hist.loss[-1]:.3f} in {hist.seconds:.0f} s")
+assert after["mean_cosine"] > before["mean_cosine"]
