@@ -164,6 +164,7 @@ def test_a_missing_directory_is_named(tmp_path):
         ({"is_decoder": True}, "decoder"),
         ({"num_attention_heads": 3}, "divisible"),
         ({"hidden_size": None}, "n_embd"),
+        ({"intermediate_size": 0}, "intermediate_size"),
     ],
 )
 def test_another_architecture_is_refused_naming_config(tiny, change, message):

@@ -168,6 +168,8 @@ def bert_config(hf: dict, source: str = CONFIG_FILE) -> TransformerConfig:
             f"{source}: a decoder (is_decoder / add_cross_attention) is not an encoder"
         )
     c, f = hf["hidden_size"], hf["intermediate_size"]
+    if isinstance(f, bool) or not isinstance(f, int) or f < 1:
+        raise ValueError(f"{source}: intermediate_size must be an integer >= 1; got {f!r}")
     try:
         return TransformerConfig(
             vocab_size=hf["vocab_size"],
@@ -176,7 +178,7 @@ def bert_config(hf: dict, source: str = CONFIG_FILE) -> TransformerConfig:
             n_head=hf["num_attention_heads"],
             n_embd=c,
             # the MLP width itself comes from the weights; this only sizes init_params
-            mlp_ratio=max(1, round(f / c)) if isinstance(f, int) and isinstance(c, int) else f,
+            mlp_ratio=max(1, round(f / c)) if isinstance(c, int) and c > 0 else 1,
             norm="post",
             gelu=_GELU[act],
             causal=False,
