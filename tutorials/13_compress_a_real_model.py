@@ -356,7 +356,7 @@ import dataclasses  # noqa: E402
 
 from minicompress.pretrained.student import DISTILL_TRAIN, distill_student  # noqa: E402
 
-tc = dataclasses.replace(DISTILL_TRAIN, steps=8 if FAST else 300, batch_size=16 if FAST else 32)
+tc = dataclasses.replace(DISTILL_TRAIN, steps=4 if FAST else 300, batch_size=8 if FAST else 32)
 from minicompress.distill.student import student_from_teacher  # noqa: E402
 
 p3, c3 = student_from_teacher(params, cfg, 3)
