@@ -42,6 +42,9 @@ def test_embed_writes_rows_in_input_order(tmp_path, capsys):
 )
 def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
     minilm()
+    if argv[1] == "compress":
+        pytest.importorskip("minicompress.quant.runtime", reason="the quant package")
+        pytest.importorskip("minicompress.prune.structured", reason="the prune package")
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
@@ -49,6 +52,8 @@ def test_bad_input_is_one_line_and_status_2(argv, message, capsys):
 
 def test_compress_writes_the_metrics(tmp_path):
     minilm()
+    pytest.importorskip("minicompress.quant.runtime", reason="the quant package")
+    pytest.importorskip("minicompress.prune.structured", reason="the prune package")
     path = tmp_path / "m.json"
     argv = ["pretrained", "compress", "--activations", "dynamic", "--sentences", "8",
             "--no-bench", "--json", str(path)]  # fmt: skip
