@@ -212,7 +212,7 @@ assert at_cls.min() > 10 * elsewhere.max()
 # ||x - x_hat|| / ||x|| of the outlier layers above:
 
 # %%
-needed = ("minicompress.quant.runtime", "minicompress.prune.structured", "minicompress.distill")
+needed = ("minicompress.quant", "minicompress.prune", "minicompress.distill")
 if any(importlib.util.find_spec(m) is None for m in needed):  # while those land on main
     print(f"the rest of this chapter needs {needed}")
     sys.exit(0)
