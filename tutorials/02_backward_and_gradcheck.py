@@ -41,7 +41,7 @@ import numpy as np
 
 from minicompress.data import CharTokenizer, builtin_text
 from minicompress.nn import attention, model, ops
-from minicompress.nn.backend import FUSED_OPS, REFERENCE_OPS
+from minicompress.nn.backend import NUMBA_OPS, NUMPY_OPS
 
 FAST = os.environ.get("MINICOMPRESS_FAST") == "1"
 # next to this file; in a notebook (no __file__), next to the notebook
@@ -302,10 +302,10 @@ for norm, gelu in [("pre", "tanh"), ("post", "none")]:
         gelu=gelu,
     )
     params = o1_params(cfg, rng)
-    loss, grads = model.loss_and_grads(params, x_tok, y_tok, cfg, ops=REFERENCE_OPS)
+    loss, grads = model.loss_and_grads(params, x_tok, y_tok, cfg, op_impl=NUMPY_OPS)
 
     def f(cfg=cfg, params=params):
-        logits, _ = model.forward(params, x_tok, cfg, ops=REFERENCE_OPS)
+        logits, _ = model.forward(params, x_tok, cfg, op_impl=NUMPY_OPS)
         return float(ops.cross_entropy_forward(logits, y_tok)[0])
 
     worst = 0.0
@@ -330,9 +330,9 @@ for norm, gelu in [("pre", "tanh"), ("post", "none")]:
 # ## The Numba fused ops give the same gradients
 #
 # Training does not run the readable ops above: by default (`MINICOMPRESS_KERNEL=auto`) it
-# runs `nn.backend.FUSED_OPS`, Numba kernels that do layer norm, the tanh GELU and the masked
+# runs `nn.backend.NUMBA_OPS`, Numba kernels that do layer norm, the tanh GELU and the masked
 # attention softmax in one pass over each row. They have the same signatures and cache types
-# as `REFERENCE_OPS`; `MINICOMPRESS_KERNEL=reference` switches back. Here each fused op is
+# as `NUMPY_OPS`; `MINICOMPRESS_KERNEL=reference` switches back. Here each fused op is
 # compared with its reference twin, forward and backward, in float64 (where the two must
 # agree to rounding) and in float32 (what training uses).
 
@@ -346,7 +346,7 @@ for dtype, tol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
     dy = r.standard_normal((4, 16, 32)).astype(dtype)
     dya = r.standard_normal((4, 2, 16, 16)).astype(dtype)
     results = {}
-    for label, impl in [("reference", REFERENCE_OPS), ("fused", FUSED_OPS)]:
+    for label, impl in [("reference", NUMPY_OPS), ("fused", NUMBA_OPS)]:
         ln_y, ln_c = impl.layernorm_forward(x, g, b)
         ge_y, ge_c = impl.gelu_forward(x, "tanh")
         at_y, at_c = impl.attention_forward(q, k, v, True, None)
@@ -377,8 +377,8 @@ cfg = model.TransformerConfig(
     vocab_size=tok.vocab_size, block_size=Tm, n_layer=2, n_head=2, n_embd=8, mlp_ratio=2
 )
 params = o1_params(cfg, rng)
-loss_ref, grads_ref = model.loss_and_grads(params, x_tok, y_tok, cfg, ops=REFERENCE_OPS)
-loss_fus, grads_fus = model.loss_and_grads(params, x_tok, y_tok, cfg, ops=FUSED_OPS)
+loss_ref, grads_ref = model.loss_and_grads(params, x_tok, y_tok, cfg, op_impl=NUMPY_OPS)
+loss_fus, grads_fus = model.loss_and_grads(params, x_tok, y_tok, cfg, op_impl=NUMBA_OPS)
 worst = max(rel_error(grads_fus[n], grads_ref[n]) for n in params)
 print(f"model loss: reference {loss_ref:.12f}, fused {loss_fus:.12f}")
 print(f"model gradients, fused vs reference (float64): worst relative difference {worst:.1e}")
@@ -386,7 +386,7 @@ assert abs(loss_ref - loss_fus) < 1e-12 and worst < 1e-12
 
 
 def f():
-    logits, _ = model.forward(params, x_tok, cfg, ops=FUSED_OPS)
+    logits, _ = model.forward(params, x_tok, cfg, op_impl=NUMBA_OPS)
     return float(ops.cross_entropy_forward(logits, y_tok)[0])
 
 
