@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minicompress.nn.model import layer_shapes
+
 KINDS = ("heads", "neurons", "layers")
 LAYER_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")  # the linears of a block
 
@@ -52,39 +54,22 @@ def check_layer(cfg, layer: int) -> int:
     return int(layer)
 
 
-def n_heads(params: dict, cfg, layer: int) -> int:
-    """H_i: read from the width of the qkv output, 3 * H_i * D (the model does the same)."""
-    name = f"blocks.{layer}.attn.qkv.w"
-    if name not in params:
-        raise ValueError(f"parameter {name!r} is missing")
-    width = params[name].shape[-1]
-    if width % (3 * cfg.head_dim):
-        raise ValueError(
-            f"{name} has {width} columns, not a multiple of 3 * D = {3 * cfg.head_dim}"
-        )
-    return width // (3 * cfg.head_dim)
-
-
 def structure_parts(params: dict, cfg, kind: str, layer: int) -> list[Part]:
     """The parts of the groups of one kind in block ``layer`` (see the module docstring)."""
     check_kind(kind)
     layer = check_layer(cfg, layer)
     pre = f"blocks.{layer}."
-    missing = [
-        pre + n + s for n in LAYER_LINEARS for s in (".w", ".b") if pre + n + s not in params
-    ]
-    if missing:
-        raise ValueError(f"parameters {missing} are missing: not a model of this config")
+    shape = layer_shapes(params, cfg)[layer]  # H_i, F_i read from the arrays (checked)
     c, d = cfg.n_embd, cfg.head_dim
     if kind == "heads":
-        h = n_heads(params, cfg, layer)
+        h = shape.n_head
         return [
             Part(pre + "attn.qkv.w", (c, 3, h, d), 2, 1),
             Part(pre + "attn.qkv.b", (3, h, d), 1, 0),
             Part(pre + "attn.proj.w", (h, d, c), 0, 0),
         ]
     if kind == "neurons":
-        f = params[pre + "mlp.fc.w"].shape[1]
+        f = shape.mlp_width
         return [
             Part(pre + "mlp.fc.w", (c, f), 1, 1),
             Part(pre + "mlp.fc.b", (f,), 0, 0),

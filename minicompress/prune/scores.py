@@ -178,6 +178,42 @@ def element_scores(
     return {n: random_scores(params[n].shape, rng) for n in names}
 
 
+def mean_gradients(
+    params: dict[str, np.ndarray],
+    cfg,
+    batches: Iterable,
+    names: Iterable[str] | None = None,
+    loss=None,
+    linear=None,
+) -> dict[str, np.ndarray]:
+    """dL/dw of the loss averaged over calibration batches: (1 / n) sum_b dL_b/dw, i.e. the
+    gradient of the mean loss over the n batches (the course's dL/dw, on more data than one
+    batch). Accumulated in float64, returned in each weight's dtype.
+
+    batches: ``data.Batch`` objects (e.g. ``data.lm_batch`` draws); loss: a loss hook
+    ``(params, batch, cfg, linear) -> (loss, grads)``, default next-token cross-entropy;
+    names: the weights wanted (default all).  ->  name -> mean gradient.
+    """
+    from minicompress.nn.linear import DENSE
+    from minicompress.nn.train import next_token_loss
+
+    loss = next_token_loss if loss is None else loss
+    linear = DENSE if linear is None else linear
+    total: dict[str, np.ndarray] = {}
+    count = 0
+    for batch in batches:
+        _, grads = loss(params, batch, cfg, linear)
+        wanted = grads.keys() if names is None else names
+        for n in wanted:
+            if n not in grads:
+                raise ValueError(f"the loss returned no gradient for {n!r}")
+            total[n] = total.get(n, 0.0) + grads[n].astype(np.float64)
+        count += 1
+    if count == 0:
+        raise ValueError("batches is empty: give at least one calibration batch")
+    return {n: (g / count).astype(params[n].dtype) for n, g in total.items()}
+
+
 class Movement:
     """After-step hook accumulating movement scores S <- S - w * dL/dw (``movement_update``)
     for the weights ``names`` at every optimizer step.
