@@ -94,7 +94,7 @@ def test_structured_methods_shrink_the_model(tiny, kind):
 
 def test_group_lasso_removes_the_groups_it_zeroed(tiny):
     # a strong penalty at a high rate: some neurons die, and exactly those are removed
-    r = _run(tiny, method="neurons", regularizer="group-lasso", lam=5.0, lr=1e-2,
+    r = _run(tiny, method="neurons", regularizer="group-lasso", lam=0.003, lr=1e-2,
              finetune_steps=9)  # fmt: skip
     widths = [s.mlp_width for s in layer_shapes(r.params, r.cfg)]
     assert min(widths) >= 1 and sum(widths) < 64, widths
@@ -104,7 +104,7 @@ def test_group_lasso_removes_the_groups_it_zeroed(tiny):
 
 def test_group_lasso_that_kills_a_whole_block_is_refused(tiny):
     with pytest.raises(ValueError, match="zeroed every head of block 0: lower lambda"):
-        _run(tiny, method="heads", regularizer="group-lasso", lam=40.0, lr=1e-2,
+        _run(tiny, method="heads", regularizer="group-lasso", lam=0.1, lr=1e-2,
              finetune_steps=9)  # fmt: skip
 
 

@@ -107,3 +107,48 @@ def test_bad_tau_and_penalty_names():
         soft_threshold(np.ones(3), -1.0)
     with pytest.raises(ValueError, match="regularizer must be one of"):
         make_penalty("l2", 1.0, None, ["w"], ())
+
+
+def test_proximal_steps_scale_with_adams_metric():
+    """After an AdamW step with second moments v (here b2 = 0, t = 1: v_hat = v, eps = 0),
+    the L1 threshold of weight i is tau / sqrt(v_i) and a group's is tau / mean(sqrt(v))."""
+    from types import SimpleNamespace
+
+    from minicompress.prune.regularizers import L1Penalty, adam_metric
+
+    opt = SimpleNamespace(
+        v={"w": np.array([[4.0, 1.0]], np.float32)}, m={}, t=1, betas=(0.9, 0.0), eps=0.0
+    )
+    assert adam_metric(opt, "w").tolist() == [[2.0, 1.0]]
+    assert adam_metric(opt, "other") is None and adam_metric(None, "w") is None
+    params = {"w": np.array([[0.6, 0.6]], np.float32)}
+    L1Penalty(("w",), 1.0).prox(params, 1.0, opt)  # thresholds 0.5 and 1.0
+    assert_close(params["w"], np.array([[0.1, 0.0]]), rtol=1e-6, atol=1e-7)
+    params = {"w": np.array([[0.6, 0.6]], np.float32)}
+    L1Penalty(("w",), 1.0).prox(params, 0.5, None)  # no optimizer: one threshold, 0.5
+    assert_close(params["w"], np.array([[0.1, 0.1]]), rtol=1e-6, atol=1e-7)
+
+
+def test_group_prox_uses_the_groups_mean_metric():
+    from types import SimpleNamespace
+
+    from minicompress.nn.model import TransformerConfig, init_params
+    from minicompress.prune import groups as G
+    from minicompress.prune.regularizers import GroupLasso
+
+    cfg = TransformerConfig(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=4, mlp_ratio=1)
+    params = init_params(cfg, np.random.default_rng(0))
+    parts = G.structure_parts(params, cfg, "neurons", 0)
+    rows = G.gather_groups(params, parts)  # [4 neurons, 9 entries]
+    norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+    # second moments: neuron j's entries all have sqrt(v) = j + 1, so tau_j = tau / (j + 1)
+    v = {p.name: np.ones_like(params[p.name]) for p in parts}
+    v = {**v, **G.scale_groups(v, parts, np.array([1.0, 4.0, 9.0, 16.0]))}
+    opt = SimpleNamespace(v=v, m={}, t=1, betas=(0.9, 0.0), eps=0.0)
+    tau = float(norms[0] * 1.01)  # neuron 0 (tau / 1) dies, neuron 3 (tau / 4) survives
+    expected = group_soft_threshold(rows, tau / np.array([1.0, 2.0, 3.0, 4.0]))
+    work = {k: a.copy() for k, a in params.items()}
+    GroupLasso(cfg, ("neurons",), 1.0).prox(work, tau, opt)
+    assert_close(G.gather_groups(work, parts), expected, rtol=1e-6, atol=1e-7)
+    dead = ~expected.any(axis=1)
+    assert dead.any() and not dead.all()

@@ -5,17 +5,25 @@ Two penalties:
 - group lasso on heads or neurons: R(w) = sum_g ||w_g||_2 (Yuan & Lin 2006), the L2 norm of
   each group summed, which drives whole groups to zero at once: those are then removed.
 
-A penalty reaches the loop in one of two ways (``regularize``):
-- ``"subgradient"``: a loss hook returns L0 + lambda R and adds lambda dR/dw to the
-  gradients (sign(w) for L1, w_g / ||w_g|| for a group). Weights get small but, with a
-  step size that does not vanish, oscillate around zero instead of reaching it.
-- ``"proximal"`` (proximal gradient): the loss hook still reports L0 + lambda R but the
-  optimizer steps on L0 alone; after each step the after-step hook applies the proximal
-  operator of tau R with tau = lr_t * lambda — soft thresholding for L1, group soft
-  thresholding for group lasso — which sets weights and whole groups to exactly zero.
-  With AdamW the gradient step is rescaled per coordinate, so this is the usual heuristic
-  rather than an exact proximal-gradient method; a group stays at zero when the penalty
-  outweighs the rescaled steps of its entries (tutorial 11 shows the groups that die).
+A penalty reaches the loop in one of two ways:
+- ``"subgradient"``: a loss hook (``RegularizedLoss``) returns L0 + lambda R and adds
+  lambda dR/dw to the gradients (sign(w) for L1, w_g / ||w_g|| for a group). Weights get
+  small but, with a step size that does not vanish, oscillate around zero instead of
+  reaching it.
+- ``"proximal"`` (proximal gradient): the optimizer steps on L0 alone (the loss hook only
+  reports L0 + lambda R); after each step the after-step hook (``ProximalStep``) applies the
+  proximal operator of tau R — soft thresholding for L1, group soft thresholding for group
+  lasso — which sets weights and whole groups to exactly zero.
+
+The step size tau. For plain gradient descent with rate eta, tau = eta * lambda. AdamW's
+step is w - eta * m_hat / D with D = sqrt(v_hat) + eps per coordinate: a different step
+size per coordinate, so the matching proximal step is taken in the metric D (Yun, Lozano &
+Yang 2021, "Adaptive proximal gradient methods for structured neural networks"): for L1
+exactly a threshold tau_i = eta * lambda / D_i per weight; for a group, approximated with the
+group's mean, tau_g = eta * lambda / mean_g(D). With it a group ends at exactly zero when
+the norm of its (averaged) loss gradient stays below lambda — the optimality condition of
+group lasso — instead of whenever Adam's normalized steps happen to be small; with one
+threshold tau = eta * lambda for all, every group of a layer tends to die or live together.
 """
 
 from __future__ import annotations
@@ -41,7 +49,12 @@ def check_lambda(lam: object) -> float:
     return float(lam)
 
 
-def _check_tau(tau: object) -> float:
+def _check_tau(tau: object):
+    """tau: a real >= 0, or an array of them (one threshold per entry or per group)."""
+    if isinstance(tau, np.ndarray):
+        if not np.issubdtype(tau.dtype, np.floating) or not (tau >= 0).all():
+            raise ValueError("tau must hold real numbers >= 0")
+        return tau
     if isinstance(tau, bool) or not isinstance(tau, Real) or not tau >= 0:
         raise ValueError(f"tau must be a real number >= 0; got {tau!r}")
     return float(tau)
@@ -53,11 +66,12 @@ def soft_threshold(w: np.ndarray, tau: float) -> np.ndarray:
         prox(w)_i = argmin_x 1/2 (x - w_i)^2 + tau |x| = sign(w_i) * max(|w_i| - tau, 0)
 
     Entries with |w_i| <= tau become exactly 0; the others move tau towards zero.
-    w: float [...]; tau >= 0  ->  same shape and dtype (w is not modified).
+    w: float [...]; tau >= 0, a number or an array broadcasting to w (one threshold per
+    entry)  ->  same shape and dtype (w is not modified).
     """
     tau = _check_tau(tau)
     w = np.asarray(w)
-    return (np.sign(w) * np.maximum(np.abs(w) - w.dtype.type(tau), 0)).astype(w.dtype)
+    return (np.sign(w) * np.maximum(np.abs(w) - tau, 0)).astype(w.dtype)
 
 
 def group_soft_threshold(rows: np.ndarray, tau: float) -> np.ndarray:
@@ -67,7 +81,8 @@ def group_soft_threshold(rows: np.ndarray, tau: float) -> np.ndarray:
 
     A group whose norm is <= tau becomes exactly 0 (all its entries at once); the others
     shrink towards 0 along their own direction by tau. A zero group stays 0.
-    rows: float [G, n], one group per row; tau >= 0  ->  [G, n], rows' dtype.
+    rows: float [G, n], one group per row; tau >= 0, a number or one per group [G]
+    ->  [G, n], rows' dtype.
     """
     tau = _check_tau(tau)
     rows = np.asarray(rows)
@@ -76,12 +91,23 @@ def group_soft_threshold(rows: np.ndarray, tau: float) -> np.ndarray:
     return (rows * group_shrink_factors(rows, tau)[:, None]).astype(rows.dtype)
 
 
-def group_shrink_factors(rows: np.ndarray, tau: float) -> np.ndarray:
+def group_shrink_factors(rows: np.ndarray, tau) -> np.ndarray:
     """max(0, 1 - tau / ||w_g||_2) per group (0 for a zero group): the factor of
-    ``group_soft_threshold``.  rows: float [G, n]  ->  float64 [G]."""
+    ``group_soft_threshold``.  rows: float [G, n]; tau: number or [G]  ->  float64 [G]."""
     norms = np.sqrt(np.square(np.asarray(rows, dtype=np.float64)).sum(axis=1))  # [G]
-    with np.errstate(divide="ignore"):
-        return np.where(norms > tau, 1.0 - tau / np.where(norms > 0, norms, 1.0), 0.0)
+    return np.where(norms > tau, 1.0 - tau / np.where(norms > 0, norms, 1.0), 0.0)
+
+
+def adam_metric(opt, name: str) -> np.ndarray | None:
+    """D = sqrt(v_hat) + eps, v_hat = v / (1 - b2^t): the per-coordinate scale by which AdamW
+    divided the step of parameter ``name`` (None when ``opt`` keeps no second moment for it,
+    e.g. plain SGD, or before its first step).  ->  float64, the parameter's shape."""
+    v = getattr(opt, "v", None)
+    t = getattr(opt, "t", 0)
+    if v is None or name not in v or not t:
+        return None
+    b2 = opt.betas[1]
+    return np.sqrt(v[name].astype(np.float64) / (1.0 - b2**t)) + opt.eps
 
 
 def l1_value_and_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
@@ -119,9 +145,11 @@ class L1Penalty:
         return self.lam * total, grads
 
     def prox(self, params: dict, tau: float, opt=None) -> None:
-        """w <- soft_threshold(w, tau) in place, tau = lr * lambda."""
+        """w <- soft_threshold(w, tau / D) in place, tau = lr * lambda, D = ``adam_metric``
+        (1 without an adaptive optimizer)."""
         for n in self.names:
-            params[n][...] = soft_threshold(params[n], tau)
+            d = adam_metric(opt, n)
+            params[n][...] = soft_threshold(params[n], tau if d is None else tau / d)
 
 
 @dataclass(frozen=True)
@@ -153,18 +181,22 @@ class GroupLasso:
         return self.lam * total, grads
 
     def prox(self, params: dict, tau: float, opt=None) -> None:
-        """Group soft threshold of every group in place, tau = lr * lambda. For the groups
-        that are exactly zero afterwards, AdamW's first moment is zeroed too (its second
-        moment is kept: zeroing it would make the next step of those entries larger)."""
+        """Group soft threshold of every group in place with tau_g = tau / mean_g(D),
+        tau = lr * lambda, D = ``adam_metric`` (tau_g = tau without an adaptive optimizer).
+        For the groups that are exactly zero afterwards, AdamW's first moment is zeroed too
+        (its second moment is kept: zeroing it would make the next step larger)."""
         m = getattr(opt, "m", None)
         for parts in self._all_parts(params):
-            rows = group_soft_threshold(G.gather_groups(params, parts), tau)  # [G, n]
+            tau_g = tau
+            metric = {p.name: adam_metric(opt, p.name) for p in parts}
+            if all(d is not None for d in metric.values()):
+                tau_g = tau / G.gather_groups(metric, parts).mean(axis=1)  # [G]
+            rows = group_soft_threshold(G.gather_groups(params, parts), tau_g)  # [G, n]
             dead = ~rows.any(axis=1)  # [G]: groups now exactly zero
             for n, a in G.scatter_groups(params, parts, rows).items():
                 params[n][...] = a
-            if m is not None and dead.any():
-                alive = (~dead).astype(np.float32)
-                for n, a in G.scale_groups(m, [p for p in parts if p.name in m], alive).items():
+            if m is not None and dead.any() and all(p.name in m for p in parts):
+                for n, a in G.scale_groups(m, parts, (~dead).astype(np.float32)).items():
                     m[n][...] = a
 
 
@@ -190,9 +222,10 @@ class RegularizedLoss:
 
 
 class ProximalStep:
-    """After-step hook: the penalty's proximal operator with tau = lr_t * lambda, where
-    ``lr(step)`` gives the learning rate of the step just taken (``step`` counts from 1);
-    only up to step ``until`` (None: every step), e.g. a regularized phase before pruning."""
+    """After-step hook: the penalty's proximal operator with tau = lr_t * lambda (scaled by
+    AdamW's metric, see the module docstring), where ``lr(step)`` gives the learning rate of
+    the step just taken (``step`` counts from 1); only up to step ``until`` (None: every
+    step), e.g. a regularized phase before pruning."""
 
     def __init__(self, penalty, lr: Callable[[int], float], until: int | None = None):
         self.penalty, self.lr, self.until = penalty, lr, until
