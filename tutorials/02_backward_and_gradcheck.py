@@ -64,7 +64,7 @@ TOL = 1e-6  # the largest relative error we accept from a float64 gradient check
 # %%
 import inspect
 
-from minicompress.nn.gradcheck import numerical_grad, rel_error
+from minicompress.nn.gradcheck import numerical_grad, random_params64, rel_error
 
 print(inspect.getsource(numerical_grad))
 
@@ -257,7 +257,8 @@ check("cross-entropy", f, {"z": z}, {"z": ops.cross_entropy_backward(1.0, cache)
 #
 # One subtlety: `init_params` draws weights with std 0.02, which makes the gradients of the
 # deep parameters tiny (~1e-6), below what finite differences can resolve. For the check we
-# use O(1) float64 parameters instead — the derivative formulas do not care about the scale.
+# use O(1) float64 parameters instead (`nn.gradcheck.random_params64`) — the derivative
+# formulas do not care about the scale.
 #
 # The step $h$ is a trade-off: truncation error grows like $h^2$, rounding error like
 # $\varepsilon |L| / h$, and the loss here ($\approx 5$) is large next to a single
@@ -276,19 +277,6 @@ n_sampled = 3 if FAST else 8  # entries checked per parameter tensor
 H_MODEL = 1e-5  # finite-difference step for the whole model (see above)
 
 
-def o1_params(cfg, rng):
-    """float64 parameters of size O(1), same names and shapes as init_params."""
-    out = {}
-    for name, a in model.init_params(cfg, rng).items():
-        if name.endswith(".g"):
-            out[name] = 1.0 + 0.2 * rng.standard_normal(a.shape)
-        elif a.ndim == 1:
-            out[name] = 0.2 * rng.standard_normal(a.shape)
-        else:
-            out[name] = 0.5 * rng.standard_normal(a.shape)
-    return out
-
-
 model_errors = {}
 for norm, gelu in [("pre", "tanh"), ("post", "none")]:
     cfg = model.TransformerConfig(
@@ -301,7 +289,7 @@ for norm, gelu in [("pre", "tanh"), ("post", "none")]:
         norm=norm,
         gelu=gelu,
     )
-    params = o1_params(cfg, rng)
+    params = random_params64(cfg, rng)
     loss, grads = model.loss_and_grads(params, x_tok, y_tok, cfg, op_impl=NUMPY_OPS)
 
     def f(cfg=cfg, params=params):
@@ -376,7 +364,7 @@ for dtype, tol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
 cfg = model.TransformerConfig(
     vocab_size=tok.vocab_size, block_size=Tm, n_layer=2, n_head=2, n_embd=8, mlp_ratio=2
 )
-params = o1_params(cfg, rng)
+params = random_params64(cfg, rng)
 loss_ref, grads_ref = model.loss_and_grads(params, x_tok, y_tok, cfg, op_impl=NUMPY_OPS)
 loss_fus, grads_fus = model.loss_and_grads(params, x_tok, y_tok, cfg, op_impl=NUMBA_OPS)
 worst = max(rel_error(grads_fus[n], grads_ref[n]) for n in params)
