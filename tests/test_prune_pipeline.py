@@ -189,3 +189,36 @@ def test_bad_configs_are_refused(kw, match):
 def test_pruning_every_head_of_a_block_is_refused_in_a_run(tiny):
     with pytest.raises(ValueError, match="every head of block"):
         _run(tiny, method="heads", sparsity=1.0)
+
+
+def test_run_prune_writes_checkpoint_and_json(tiny, tmp_path):
+    from minicompress.fileio import load_json
+    from minicompress.nn.checkpoint import load_checkpoint, save_checkpoint
+    from minicompress.prune.pipeline import run_prune
+
+    params, cfg, data = tiny
+    src = save_checkpoint(tmp_path / "model", params, cfg, data.tokenizer.chars)
+    text = builtin_text()[:20000]
+    pc = PruneConfig("heads", 0.25, eval_windows=4)
+    m = run_prune(src, pc, tmp_path / "out", tmp_path / "m.json", text=text, progress=False)
+    saved = load_json(tmp_path / "m.json")
+    for key in ("val_ppl", "baseline_val_ppl", "sparsity", "nonzero_params", "file_bytes",
+                "baseline_file_bytes"):  # fmt: skip
+        assert key in saved and saved[key] == m[key]
+    assert 0 < saved["file_bytes"] < saved["baseline_file_bytes"]  # heads really removed
+    pruned, pcfg, _, _ = load_checkpoint(tmp_path / "out")
+    assert [s.n_head for s in layer_shapes(pruned, pcfg)] == [3, 3]
+
+    before = (tmp_path / "out" / "model.npz").read_bytes()
+    with pytest.raises(ValueError, match="already holds a checkpoint; pass --overwrite"):
+        run_prune(src, pc, tmp_path / "out", text=text, progress=False)
+    with pytest.raises(ValueError, match="is the input model"):
+        run_prune(src, pc, src, text=text, overwrite=True, progress=False)
+    # a run that fails (every head of a block) writes nothing and keeps what was there
+    with pytest.raises(ValueError, match="every head of block"):
+        run_prune(src, PruneConfig("heads", 1.0), tmp_path / "out", text=text, overwrite=True,
+                  progress=False)  # fmt: skip
+    assert (tmp_path / "out" / "model.npz").read_bytes() == before
+    with pytest.raises(ValueError, match="does not exist"):
+        run_prune(tmp_path / "nothing", pc, tmp_path / "o2", text=text, progress=False)
+    assert not (tmp_path / "o2").exists()

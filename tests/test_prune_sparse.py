@@ -86,3 +86,13 @@ def test_sparse_layers_have_no_backward(rng):
     y, cache = SPARSE.forward("head", x, params["head.w"], None)
     dx, dw, _ = SPARSE.backward("head", np.ones_like(y), cache)
     assert dx.shape == x.shape and dw.shape == params["head.w"].shape
+
+
+def test_break_even_benchmark_runs_and_reports_every_point():
+    """The benchmark's structure only (speed is never asserted in a test)."""
+    from minicompress.report.bench_prune import break_even
+
+    rows, lowest = break_even([(16, 8)], m=4, sparsities=(0.0, 0.9), rounds=1, repeat=1)
+    assert [(r["K"], r["N"], r["sparsity"]) for r in rows] == [(16, 8, 0.0), (16, 8, 0.9)]
+    assert all(r["dense_ms"] > 0 and r["csr_ms"] > 0 for r in rows)
+    assert set(lowest) == {"16x8"} and lowest["16x8"] in (None, 0.0, 0.9)

@@ -41,7 +41,7 @@ from minicompress.prune.structured import prune_structures
 from minicompress.report.table import format_table
 from minicompress.report.timing import best_of_rounds, blas_summary
 
-SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+SPARSITIES = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
 def block_shapes(params: dict, cfg) -> list[tuple[int, int]]:
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     with threadpool_limits(limits=args.threads, user_api="blas"):
         print(f"BLAS: {blas_summary()}; Numba threads: {numba.get_num_threads()}")
         m = args.batch * cfg.block_size
-        sparsities = (0.5, 0.8, 0.95) if args.quick else SPARSITIES
+        sparsities = (0.0, 0.5, 0.8, 0.95) if args.quick else SPARSITIES
         rows, lowest = break_even(
             block_shapes(params, cfg), m, sparsities, rounds=2 if args.quick else 3
         )
