@@ -194,6 +194,10 @@ def zhu_gupta(
 
 BARS = {  # name: (PruneConfig keywords, the bar on delta_vs_control)
     "magnitude 50% global": (dict(method="magnitude", sparsity=0.5, scope="global"), 0.01),
+    "magnitude 50% cubic global": (
+        dict(method="magnitude", sparsity=0.5, scope="global", schedule="cubic"),
+        0.01,
+    ),
     "magnitude 80% cubic global": (
         dict(method="magnitude", sparsity=0.8, scope="global", schedule="cubic"),
         0.10,
