@@ -182,7 +182,7 @@ class PruneResult:
     control_params: dict | None = None  # the unpruned model after the same fine-tune
 
 
-def _group_fraction(params: dict, cfg, kind: str) -> int:
+def _group_entries(params: dict, cfg, kind: str) -> int:
     """Entries that belong to the groups of ``kind`` (what structured pruning acts on)."""
     return sum(
         params[p.name].size
@@ -325,11 +325,11 @@ def prune_model(
     # 3. structures leave physically
     out_cfg = cfg
     if structured:
-        before = _group_fraction(work, cfg, pc.method)
+        before = _group_entries(work, cfg, pc.method)
         if pruner.masks:
             keep = _keep_from_masks(work, cfg, pc.method, pruner.masks)
             work, out_cfg = remove_structures(work, cfg, pc.method, keep)
-        sparsity = 1.0 - _group_fraction(work, out_cfg, pc.method) / before
+        sparsity = 1.0 - _group_entries(work, out_cfg, pc.method) / before
     else:
         sparsity = zero_fraction(work, names)
 

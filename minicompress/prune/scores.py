@@ -131,16 +131,11 @@ def structure_scores(
        kind layers: one float64 array [n_layer].
     Which entries belong to a group is ``groups.structure_parts``.
     """
-    if kind == "layers":
-        per_layer = [
-            group_score(G.gather_groups(values, G.structure_parts(values, cfg, kind, i)), criterion)
-            for i in range(cfg.n_layer)
-        ]
-        return [np.concatenate(per_layer)]
-    return [
+    per_layer = [
         group_score(G.gather_groups(values, G.structure_parts(values, cfg, kind, i)), criterion)
         for i in range(cfg.n_layer)
     ]
+    return [np.concatenate(per_layer)] if kind == "layers" else per_layer
 
 
 def element_scores(
