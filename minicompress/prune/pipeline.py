@@ -32,6 +32,7 @@ from minicompress.nn.train import TrainConfig, evaluate, train
 from minicompress.prune import groups as G
 from minicompress.prune.gradual import GradualPruner
 from minicompress.prune.masks import (
+    chain,
     check_sparsity,
     global_masks,
     local_masks,
@@ -244,6 +245,29 @@ def _schedule(pc: PruneConfig, final: float | None):
     return make_schedule(pc.schedule, final, steps, start)
 
 
+def _scores_and_masks(pc: PruneConfig, cfg, data, work: dict, names: list, movement):
+    """The method's (scores_fn, mask_fn, final sparsity) for ``GradualPruner``."""
+    if pc.method in STRUCTURED:
+        return (lambda p: p), _structure_mask_fn(cfg, pc, work), pc.sparsity
+    if pc.method == "magnitude":
+        scores_fn = lambda p: {n: magnitude_scores(p[n]) for n in names}  # noqa: E731
+    elif pc.method in ("gradient", "taylor"):
+        calib = _calibration(data, cfg, pc)  # the same batches at every pruning event
+        scores_fn = lambda p: element_scores(  # noqa: E731
+            pc.method, p, names, mean_gradients(p, cfg, calib, names)
+        )
+    elif pc.method == "random":  # drawn once: the masks of a schedule nest
+        fixed = element_scores("random", work, names, rng=np.random.default_rng([pc.seed, 3]))
+        scores_fn = lambda p: fixed  # noqa: E731
+    else:
+        scores_fn = lambda p: movement.scores  # noqa: E731
+    if pc.nm is None:
+        return scores_fn, (global_masks if pc.scope == "global" else local_masks), pc.sparsity
+    n_keep, m = parse_nm(pc.nm)
+    nm_fn = lambda s, sparsity, keep: {k: nm_mask(v, n_keep, m) for k, v in s.items()}  # noqa: E731
+    return scores_fn, nm_fn, 1 - n_keep / m
+
+
 def prune_model(
     params: dict,
     cfg,
@@ -274,29 +298,8 @@ def prune_model(
     names = prunable_names(cfg)
 
     # 1. scores and masks
-    final = pc.sparsity
     movement = Movement(work, names) if pc.method == "movement" else None
-    if structured:
-        scores_fn, mask_fn = (lambda p: p), _structure_mask_fn(cfg, pc, work)
-    else:
-        if pc.method == "magnitude":
-            scores_fn = lambda p: {n: magnitude_scores(p[n]) for n in names}  # noqa: E731
-        elif pc.method in ("gradient", "taylor"):
-            calib = _calibration(data, cfg, pc)
-            scores_fn = lambda p: element_scores(  # noqa: E731
-                pc.method, p, names, mean_gradients(p, cfg, calib, names)
-            )
-        elif pc.method == "random":
-            fixed = element_scores("random", work, names, rng=np.random.default_rng([pc.seed, 3]))
-            scores_fn = lambda p: fixed  # noqa: E731
-        else:
-            scores_fn = lambda p: movement.scores  # noqa: E731
-        if pc.nm is not None:
-            n_keep, m = parse_nm(pc.nm)
-            final = 1 - n_keep / m
-            mask_fn = lambda s, sp, keep: {k: nm_mask(v, n_keep, m) for k, v in s.items()}  # noqa: E731
-        else:
-            mask_fn = global_masks if pc.scope == "global" else local_masks
+    scores_fn, mask_fn, final = _scores_and_masks(pc, cfg, data, work, names, movement)
     pruner = GradualPruner(_schedule(pc, final), scores_fn, mask_fn)
 
     # 2. fine-tuning, with the masks (and the regularizer) as after-step hooks
@@ -309,16 +312,9 @@ def prune_model(
         )
         prox = ProximalStep(penalty, step_lr(tc), until=pruner.schedule.start)
     pruner.start(work)
-    if pc.finetune_steps > 0:
-        hooks = [h for h in (movement, prox, pruner) if h is not None]
-
-        def after_step(step, p, grads, opt):
-            for h in hooks:
-                h(step, p, grads, opt)
-
-        train(
-            work, cfg, data, tc, after_step=after_step, progress=progress, desc=f"prune {pc.method}"
-        )
+    if pc.finetune_steps > 0:  # movement scores first, then the penalty, then the masks
+        hooks = chain(movement, prox, pruner)
+        train(work, cfg, data, tc, after_step=hooks, progress=progress, desc=f"prune {pc.method}")
     if pruner.masks is None:  # sparsity 0: nothing was pruned
         pruner.masks = {}
 
