@@ -1,8 +1,10 @@
 """Speed and size of pruned models: where CSR breaks even, and what pruning buys a whole model.
 
-- ``break_even``: for each block shape of a model, ``kernels.sparse_linear`` against the dense
-  float32 product ``x @ w`` at several sparsities, timed in alternation in the same process
-  (``report.timing.best_of_rounds``); the lowest sparsity at which CSR is faster.
+- ``break_even``: for each block shape of a model, the sparse layer (``prune.sparse.SPARSE``:
+  ``kernels.sparse_linear``) against the dense one (``nn.linear.DENSE``: ``x @ w``), both
+  called through the ``linear`` contract as the model calls them, at several sparsities,
+  timed in alternation in the same process (``report.timing.best_of_rounds``); the lowest
+  sparsity at which CSR is faster.
 - ``model_bench``: the forward pass of the dense model, of its 80%-sparse version on the CSR
   kernels (``prune.sparse.SPARSE``; layers below the break-even stay dense) and of
   structurally shrunk versions (heads or neurons removed), timed in alternation; the bytes of
@@ -26,6 +28,7 @@ from threadpoolctl import threadpool_limits
 from minicompress.fileio import save_json
 from minicompress.kernels.bench_csr import pruned_weight
 from minicompress.nn.checkpoint import load_checkpoint, save_checkpoint
+from minicompress.nn.linear import DENSE
 from minicompress.nn.model import count_params, forward
 from minicompress.prune.masks import apply_masks, global_masks
 from minicompress.prune.pipeline import prunable_names
@@ -65,7 +68,8 @@ def break_even(
         x = rng.standard_normal((m, k)).astype(np.float32)  # [M, K]
         fns, weights = {}, {}
         w_dense = rng.standard_normal((k, n)).astype(np.float32)
-        fns["dense"] = lambda w=w_dense, x=x: x @ w
+        # both through the linear contract, as the model calls them
+        fns["dense"] = lambda w=w_dense, x=x: DENSE.forward("bench", x, w, None)
         for s in sparsities:
             weights[s] = to_sparse_weight(pruned_weight(rng, k, n, s))
             fns[s] = lambda sw=weights[s], x=x: SPARSE.forward("bench", x, sw, None)
@@ -164,32 +168,42 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer rounds and points")
     ap.add_argument("--batch", type=int, default=8, help="sequences per forward pass")
     ap.add_argument("--threads", type=int, default=1, help="BLAS and Numba threads")
+    ap.add_argument(
+        "--rows", type=int, default=None, help="rows M of the break-even layers (default batch x T)"
+    )
+    ap.add_argument("--no-models", action="store_true", help="only the break-even table")
     args = ap.parse_args(argv)
     params, cfg, _, _ = load_checkpoint(args.model)
     numba.set_num_threads(args.threads)
     with threadpool_limits(limits=args.threads, user_api="blas"):
         print(f"BLAS: {blas_summary()}; Numba threads: {numba.get_num_threads()}")
-        m = args.batch * cfg.block_size
+        m = args.rows or args.batch * cfg.block_size
         sparsities = (0.0, 0.5, 0.8, 0.95) if args.quick else SPARSITIES
         rows, lowest = break_even(
             block_shapes(params, cfg), m, sparsities, rounds=2 if args.quick else 3
         )
         print(format_table(rows))
         print("lowest sparsity at which CSR beat dense, per shape:", lowest)
-        model_rows = model_bench(
-            params, cfg, args.batch, rounds=2 if args.quick else 3, repeat=3 if args.quick else 5
-        )
-        print(format_table(model_rows))
+        model_rows = []
+        if not args.no_models:
+            model_rows = model_bench(
+                params,
+                cfg,
+                args.batch,
+                rounds=2 if args.quick else 3,
+                repeat=3 if args.quick else 5,
+            )
+            print(format_table(model_rows))
     if args.out:
         from minicompress.report.prune_plots import plot_break_even
 
         out = Path(args.out)
         save_json(
-            out / "bench_prune.json",
+            out / f"bench_prune_M{m}.json",
             {"break_even": rows, "lowest": lowest, "models": model_rows, "M": m,
              "threads": args.threads, "blas": blas_summary(), "params": count_params(params)},
         )  # fmt: skip
-        print("figure:", plot_break_even(rows, out / "break_even.png"))
+        print("figure:", plot_break_even(rows, out / f"break_even_M{m}.png"))
     return 0
 
 
