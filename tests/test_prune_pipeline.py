@@ -209,7 +209,7 @@ def test_run_prune_writes_checkpoint_and_json(tiny, tmp_path):
     pruned, pcfg, _, _ = load_checkpoint(tmp_path / "out")
     assert [s.n_head for s in layer_shapes(pruned, pcfg)] == [3, 3]
 
-    before = (tmp_path / "out" / "model.npz").read_bytes()
+    before = (tmp_path / "out" / "model.mc").read_bytes()
     with pytest.raises(ValueError, match="already holds a checkpoint; pass --overwrite"):
         run_prune(src, pc, tmp_path / "out", text=text, progress=False)
     with pytest.raises(ValueError, match="is the input model"):
@@ -218,7 +218,7 @@ def test_run_prune_writes_checkpoint_and_json(tiny, tmp_path):
     with pytest.raises(ValueError, match="every head of block"):
         run_prune(src, PruneConfig("heads", 1.0), tmp_path / "out", text=text, overwrite=True,
                   progress=False)  # fmt: skip
-    assert (tmp_path / "out" / "model.npz").read_bytes() == before
+    assert (tmp_path / "out" / "model.mc").read_bytes() == before
     with pytest.raises(ValueError, match="does not exist"):
         run_prune(tmp_path / "nothing", pc, tmp_path / "o2", text=text, progress=False)
     assert not (tmp_path / "o2").exists()

@@ -357,11 +357,6 @@ def prune_model(
     return PruneResult(work, out_cfg, metrics, control_params)
 
 
-def checkpoint_bytes(folder: str | Path) -> int:
-    """Bytes on disk of a checkpoint folder's files (what a user copies)."""
-    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
-
-
 def run_prune(
     model: str | Path,
     pc: PruneConfig,
@@ -373,39 +368,41 @@ def run_prune(
     progress: bool = True,
 ) -> dict:
     """The ``prune`` command: load the checkpoint ``model``, prune it (``prune_model``), save
-    the pruned model to ``out`` and the metrics to ``json_path``.
+    the pruned model to ``out`` (a folder, or a file name ending in ``.mc``) and the metrics
+    to ``json_path``.
 
-    The metrics add ``file_bytes`` and ``baseline_file_bytes`` (the two checkpoints' bytes on
-    disk) to ``prune_model``'s. Refused before any work: ``out`` is the input model, or
-    already holds a checkpoint and ``overwrite`` is False. Nothing is written when the run
+    The metrics add ``file_bytes`` and ``baseline_file_bytes`` (the two checkpoint files'
+    bytes on disk) to ``prune_model``'s. Refused before any work: ``out`` is the input model,
+    or already holds a checkpoint and ``overwrite`` is False. Nothing is written when the run
     fails (every file is written atomically, at the end).
     """
     from minicompress.data.corpus import CharTokenizer, builtin_text, make_dataset
     from minicompress.fileio import save_json
-    from minicompress.nn.checkpoint import CONFIG_FILE, load_checkpoint, save_checkpoint
+    from minicompress.nn.checkpoint import checkpoint_file, load_checkpoint, save_checkpoint
 
-    src, dst = Path(model), Path(out)
-    src_folder = src.parent if src.name == CONFIG_FILE else src
-    if dst.exists() and src_folder.exists() and dst.resolve() == src_folder.resolve():
-        raise ValueError(f"--out {str(dst)!r} is the input model: choose another folder")
-    if (dst / CONFIG_FILE).exists() and not overwrite:
+    src, dst = checkpoint_file(model), checkpoint_file(out)
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"--out {str(out)!r} is the input model: choose another folder")
+    if dst.exists() and not overwrite:
         raise ValueError(
-            f"--out {str(dst)!r} already holds a checkpoint; pass --overwrite to replace it "
+            f"--out {str(out)!r} already holds a checkpoint; pass --overwrite to replace it "
             "or choose another folder"
         )
     if json_path is not None and Path(json_path).is_dir():
         raise ValueError(f"--json {str(json_path)!r} is a folder: give a file name")
-    params, cfg, vocab, meta = load_checkpoint(src_folder)
+    params, cfg, vocab, meta = load_checkpoint(src)
     data = make_dataset(
         builtin_text() if text is None else text, cfg.block_size, tokenizer=CharTokenizer(vocab)
     )
     result = prune_model(params, cfg, data, pc, progress=progress)
     metrics = dict(result.metrics)
-    save_checkpoint(dst, result.params, result.cfg, vocab, {"source": meta, "prune": metrics})
-    metrics["file_bytes"] = checkpoint_bytes(dst)
-    metrics["baseline_file_bytes"] = checkpoint_bytes(src_folder)
-    metrics["model"] = str(src_folder)
-    metrics["out"] = str(dst)
+    written = save_checkpoint(
+        out, result.params, result.cfg, vocab, {"source": meta, "prune": metrics}
+    )
+    metrics["file_bytes"] = written.stat().st_size
+    metrics["baseline_file_bytes"] = src.stat().st_size
+    metrics["model"] = str(src)
+    metrics["out"] = str(written)
     if json_path is not None:
         save_json(json_path, metrics)
     return metrics
