@@ -96,3 +96,49 @@ def test_break_even_benchmark_runs_and_reports_every_point():
     assert [(r["K"], r["N"], r["sparsity"]) for r in rows] == [(16, 8, 0.0), (16, 8, 0.9)]
     assert all(r["dense_ms"] > 0 and r["csr_ms"] > 0 for r in rows)
     assert set(lowest) == {"16x8"} and lowest["16x8"] in (None, 0.0, 0.9)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_csr_saved_model_reloads_to_identical_weights(rng, tmp_path, int8):
+    from minicompress.nn.checkpoint import save_checkpoint
+    from minicompress.prune.sparse import load_sparse, save_sparse
+
+    cfg, params = _pruned_model(rng, sparsity=0.8)
+    vocab = [chr(97 + i) for i in range(cfg.vocab_size)]
+    file = save_sparse(tmp_path / "sparse", params, cfg, vocab, {"note": 1}, 0.5, int8)
+    runtime, cfg2, vocab2, meta = load_sparse(file)
+    assert cfg2 == cfg and vocab2 == vocab and meta == {"note": 1}
+    assert sorted(sparse_layers(runtime)) == sorted(prunable_names(cfg))
+    back = unpack_sparse(runtime)
+    expected = unpack_sparse(pack_sparse(params, cfg, 0.5, int8))  # int8: the dequantized
+    for k in params:
+        assert np.array_equal(back[k], expected[k]), k
+        if not int8:
+            assert np.array_equal(back[k], params[k]), k
+    dense = save_checkpoint(tmp_path / "dense", params, cfg, vocab)
+    assert file.stat().st_size < 0.7 * dense.stat().st_size
+    idx = rng.integers(0, cfg.vocab_size, (2, cfg.block_size))
+    ours, _ = forward(runtime, idx, cfg, SPARSE)
+    theirs, _ = forward(expected, idx, cfg)
+    assert_close(ours, theirs, rtol=1e-4, atol=1e-5, name="reloaded CSR model")
+
+
+def test_damaged_csr_tensors_are_refused(rng):
+    from minicompress.prune.sparse import decode_sparse_weight, encode_sparse_weight
+
+    w = rng.standard_normal((8, 6)).astype(np.float32)
+    w[w < 0.3] = 0
+    enc = encode_sparse_weight(to_sparse_weight(w))
+    assert np.array_equal(to_dense_weight(decode_sparse_weight(enc.attrs, enc.arrays)), w)
+    bad_indices = dict(enc.arrays, indices=enc.arrays["indices"] + 100)
+    with pytest.raises(ValueError, match="indices must lie in"):
+        decode_sparse_weight(enc.attrs, bad_indices)
+    with pytest.raises(ValueError, match="shape must be two positive integers"):
+        decode_sparse_weight({"shape": [8]}, enc.arrays)
+    with pytest.raises(ValueError, match="holds indptr, indices, data"):
+        decode_sparse_weight(enc.attrs, {"indptr": enc.arrays["indptr"]})
+    q = encode_sparse_weight(to_sparse_weight(w, int8=True))
+    with pytest.raises(ValueError, match="int8 values need their float32 scale"):
+        decode_sparse_weight(q.attrs, {k: v for k, v in q.arrays.items() if k != "scale"})
+    with pytest.raises(ValueError, match="finite and positive"):
+        decode_sparse_weight(q.attrs, dict(q.arrays, scale=-q.arrays["scale"]))
