@@ -34,11 +34,14 @@ from minicompress.prune.masks import apply_masks, global_masks
 from minicompress.prune.pipeline import prunable_names
 from minicompress.prune.scores import magnitude_scores
 from minicompress.prune.sparse import (
+    BREAK_EVEN,
     SPARSE,
     SparseWeight,
     pack_sparse,
+    save_sparse,
     sparse_layers,
     to_sparse_weight,
+    unpack_sparse,
 )
 from minicompress.prune.structured import prune_structures
 from minicompress.report.table import format_table
@@ -116,8 +119,8 @@ def model_bench(
     names = prunable_names(cfg)
     masks = global_masks({n: magnitude_scores(params[n]) for n in names}, sparsity)
     sparse_dense = apply_masks(params, masks)
-    kwargs = {} if min_sparsity is None else {"min_sparsity": min_sparsity}
-    sparse_rt = pack_sparse(sparse_dense, cfg, **kwargs)
+    min_sparsity = BREAK_EVEN if min_sparsity is None else min_sparsity
+    sparse_rt = pack_sparse(sparse_dense, cfg, min_sparsity)
     heads, heads_cfg, _ = prune_structures(params, cfg, "heads", 0.25)
     neurons, neurons_cfg, _ = prune_structures(params, cfg, "neurons", 0.5)
     models = {
@@ -134,13 +137,15 @@ def model_bench(
     }
     best = best_of_rounds(fns, rounds=rounds, repeat=repeat, pause_s=0.1)
     rows = []
+    vocab = [chr(32 + i) for i in range(cfg.vocab_size)]
     with tempfile.TemporaryDirectory() as tmp:
         for name, (p, c, _) in models.items():
-            ckpt = None
-            if not sparse_layers(p):  # a dense-array model: its real checkpoint size
-                folder = Path(tmp) / name.replace(" ", "_").replace("%", "")
-                save_checkpoint(folder, p, c, [chr(32 + i) for i in range(c.vocab_size)])
-                ckpt = sum(f.stat().st_size for f in folder.iterdir())
+            folder = Path(tmp) / name.replace(" ", "_").replace("%", "").replace(",", "")
+            if sparse_layers(p):  # the CSR checkpoint of the same weights: its real size
+                file = save_sparse(folder, unpack_sparse(p), c, vocab, None, min_sparsity)
+            else:
+                file = save_checkpoint(folder, p, c, vocab)
+            ckpt = file.stat().st_size
             rows.append(
                 {
                     "model": name,
