@@ -48,10 +48,11 @@ from minicompress.prune.masks import check_sparsity
 
 # Lowest sparsity from which kernels.sparse_linear beat the dense float32 product on all four
 # block shapes of the default teacher (128x384, 128x128, 128x512, 512x128), both called
-# through the linear contract, one thread, M = 128 and M = 1024 rows (a sequence, a batch of
-# 8): 0.2 for the first three, 0.4 for 512x128 (``python -m minicompress.report.bench_prune
-# --rows M``, 2-core AVX-512 VM). At M = 1 (one token of generation) CSR never won on these
-# small layers: a call costs a few microseconds more than the dense product takes.
+# through the linear contract, one thread: at M = 1024 rows (a batch of 8 sequences) 0.2 for
+# the first three and 0.4 for 512x128; at M = 128 (one sequence) 0-0.2 and 0.3
+# (``python -m minicompress.report.bench_prune --rows M``, 2-core AVX-512 VM). At M = 1 (one
+# token of generation) CSR never won on these small layers: a call costs a few microseconds
+# more than the dense product takes.
 BREAK_EVEN = 0.4
 
 
