@@ -67,6 +67,9 @@ from minicompress.report.table import format_table
 from minicompress.report.timing import best_of_rounds
 
 FAST = os.environ.get("MINICOMPRESS_FAST") == "1"
+# One BLAS thread for the whole chapter: its matrices are small, and on a busy machine
+# OpenBLAS's second thread spins waiting for a core (measured: 15x the CPU time in fast mode)
+threadpool_limits(limits=1, user_api="blas")
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 FIGURES = HERE / "figures"
 os.makedirs(FIGURES, exist_ok=True)
