@@ -82,12 +82,14 @@ def test_structured_methods_shrink_the_model(tiny, kind):
     _, cfg, _ = tiny
     r = _run(tiny, method=kind, sparsity=0.5, finetune_steps=3)
     shapes = layer_shapes(r.params, r.cfg)
+    kept = r.metrics["kept"]  # original indices that remain, increasing
+    assert all(k == sorted(set(k)) for k in kept)
     if kind == "heads":
-        assert [s.n_head for s in shapes] == [2, 2]
+        assert [s.n_head for s in shapes] == [2, 2] and [len(k) for k in kept] == [2, 2]
     elif kind == "neurons":
-        assert [s.mlp_width for s in shapes] == [16, 16]
+        assert [s.mlp_width for s in shapes] == [16, 16] and [len(k) for k in kept] == [16, 16]
     else:
-        assert r.cfg.n_layer == 1
+        assert r.cfg.n_layer == 1 and len(kept) == 1 and len(kept[0]) == 1
     assert r.metrics["sparsity"] == pytest.approx(0.5)
     assert r.metrics["params"] < r.metrics["baseline_params"]
 

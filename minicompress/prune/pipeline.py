@@ -286,7 +286,8 @@ def prune_model(
     -> PruneResult; ``metrics`` holds val_loss, val_ppl, baseline_val_ppl, control_val_ppl
     (when fine-tuned), delta_vs_baseline and delta_vs_control (relative change of val ppl),
     sparsity (measured over the weights the method prunes), nonzero_params, params,
-    layer_shapes, events (step, sparsity) and seconds.
+    layer_shapes, events (step, sparsity), kept (structured methods: the original indices of
+    the heads / neurons of each block, or of the layers, that remain) and seconds.
     """
     t_start = time.perf_counter()
     layer_shapes(params, cfg)  # refuse a model that is not one of cfg before any work
@@ -319,12 +320,13 @@ def prune_model(
         pruner.masks = {}
 
     # 3. structures leave physically
-    out_cfg = cfg
+    out_cfg, kept = cfg, None
     if structured:
         before = _group_entries(work, cfg, pc.method)
         if pruner.masks:
             keep = _keep_from_masks(work, cfg, pc.method, pruner.masks)
             work, out_cfg = remove_structures(work, cfg, pc.method, keep)
+            kept = [np.flatnonzero(k).tolist() for k in keep]  # original indices that stay
         sparsity = 1.0 - _group_entries(work, out_cfg, pc.method) / before
     else:
         sparsity = zero_fraction(work, names)
@@ -349,6 +351,7 @@ def prune_model(
         "baseline_params": count_params(params),
         "layer_shapes": [list(s) for s in layer_shapes(work, out_cfg)],
         "events": [[int(s), float(v)] for s, v in pruner.events],
+        "kept": kept,
         "seconds": time.perf_counter() - t_start,
     }
     if pc.finetune_steps > 0 and control_loss is not None:
