@@ -21,6 +21,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from minicompress.nn.linear import DENSE
+from minicompress.nn.train import next_token_loss
 from minicompress.prune import groups as G
 
 CRITERIA = ("l1", "l2", "mean_abs")  # group criteria, course 3.3.1
@@ -124,8 +126,9 @@ def structure_scores(
 ) -> list[np.ndarray]:
     """Score of every head / MLP neuron / layer of the model, layer by layer.
 
-    values: the parameters (scores by L1, L2, mean |w| of the weights) or element scores
-    under the same names (e.g. Taylor scores); kind: ``"heads"``, ``"neurons"`` or
+    values: the parameters (scores by L1, L2, mean |w| of the weights), or element scores
+    under the same names merged into them (``{**params, **taylor}``: the geometry is read
+    from a complete model, ``nn.model.layer_shapes``); kind: ``"heads"``, ``"neurons"`` or
     ``"layers"`` (``groups.KINDS``); criterion: see ``group_score``.
     -> kind heads / neurons: one float64 array [H_i] / [F_i] per block;
        kind layers: one float64 array [n_layer].
@@ -189,9 +192,6 @@ def mean_gradients(
     ``(params, batch, cfg, linear) -> (loss, grads)``, default next-token cross-entropy;
     names: the weights wanted (default all).  ->  name -> mean gradient.
     """
-    from minicompress.nn.linear import DENSE
-    from minicompress.nn.train import next_token_loss
-
     loss = next_token_loss if loss is None else loss
     linear = DENSE if linear is None else linear
     total: dict[str, np.ndarray] = {}
