@@ -123,3 +123,28 @@ def test_outputs_are_refused_before_any_work(setup, capsys):
     assert main(["prune", str(model.parent / "none"), "--out", str(model.parent / "o"),
                  *flags]) == 2  # fmt: skip
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_prune_stores_sparse_weights_as_csr(setup, capsys):
+    from minicompress.prune.sparse import load_sparse, sparse_layers, unpack_sparse
+
+    model, text = setup
+    sizes = {}
+    for store in ("dense", "csr", "csr-int8"):
+        js, out = model.parent / f"{store}.json", model.parent / store
+        flags = ["--method", "magnitude", "--sparsity", "0.8", "--store", store]
+        assert _prune(model, text, *flags, "--json", str(js), out=out) == 0, capsys.readouterr()
+        sizes[store] = json.loads(js.read_text())["file_bytes"]
+    # the tiny model's embeddings and head stay dense: its block weights are a third of it
+    assert sizes["csr-int8"] < sizes["csr"] < sizes["dense"], sizes
+    dense_params, _, _, _ = load_checkpoint(model.parent / "dense")
+    csr_params = unpack_sparse(load_sparse(model.parent / "csr")[0])
+    assert all(np.array_equal(csr_params[k], dense_params[k]) for k in dense_params)
+    for store in ("csr", "csr-int8"):
+        runtime, cfg, _, _ = load_sparse(model.parent / store)
+        assert sorted(sparse_layers(runtime)) == sorted(prunable_names(cfg))
+        dense = unpack_sparse(runtime)
+        zeros = sum(int((dense[n] == 0).sum()) for n in prunable_names(cfg))
+        assert zeros >= sum(round(0.8 * dense[n].size) for n in prunable_names(cfg))
+        with pytest.raises(ValueError, match="csr"):  # the dense loader says what it cannot read
+            load_checkpoint(model.parent / store)

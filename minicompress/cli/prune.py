@@ -21,7 +21,7 @@ from minicompress.cli.common import (
 )
 from minicompress.nn.checkpoint import CHECKPOINT_FILE, SUFFIX, checkpoint_file
 from minicompress.prune.masks import check_sparsity, parse_nm
-from minicompress.prune.pipeline import METHODS, REGULARIZERS, PruneConfig, run_prune
+from minicompress.prune.pipeline import METHODS, REGULARIZERS, STORES, PruneConfig, run_prune
 from minicompress.prune.regularizers import check_lambda
 from minicompress.prune.schedules import SCHEDULES
 from minicompress.prune.scores import CRITERIA
@@ -60,6 +60,13 @@ def register(sub) -> None:
     p.add_argument("--text", help="the UTF-8 text file the model was trained on")
     p.add_argument("--out", required=True, help="folder (or .mc file) for the pruned model")
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument(
+        "--store",
+        choices=STORES,
+        default="dense",
+        help="dense fp32 (read by eval/generate), or sparse weights as CSR with float32 or int8 "
+        "values (default dense)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint at --out")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -99,7 +106,7 @@ def run(args) -> int:
     text = read_text(args.text)
     m = run_prune(
         args.model, pc, args.out, args.json, text=text, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not args.no_progress, store=args.store,
     )  # fmt: skip
     row = {
         "method": m["method"],

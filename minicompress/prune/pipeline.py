@@ -56,6 +56,7 @@ from minicompress.prune.scores import (
     mean_gradients,
     structure_scores,
 )
+from minicompress.prune.sparse import save_sparse
 from minicompress.prune.structured import (
     SCOPES,
     remove_structures,
@@ -67,6 +68,7 @@ UNSTRUCTURED = ("magnitude", "gradient", "taylor", "movement", "random")
 STRUCTURED = ("heads", "neurons", "layers")
 METHODS = UNSTRUCTURED + STRUCTURED
 REGULARIZERS = ("l1", "group-lasso")
+STORES = ("dense", "csr", "csr-int8")  # how run_prune writes the pruned model
 
 
 def prunable_names(cfg) -> list[str]:
@@ -369,10 +371,15 @@ def run_prune(
     text: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    store: str = "dense",
 ) -> dict:
     """The ``prune`` command: load the checkpoint ``model``, prune it (``prune_model``), save
     the pruned model to ``out`` (a folder, or a file name ending in ``.mc``) and the metrics
     to ``json_path``.
+
+    store: ``"dense"`` (every tensor fp32: ``load_checkpoint``, ``eval`` and ``generate``
+    read it), ``"csr"`` or ``"csr-int8"`` (the linear weights at least ``sparse.BREAK_EVEN``
+    sparse in the "csr" encoding, float32 or int8 values: ``sparse.load_sparse`` reads it).
 
     The metrics add ``file_bytes`` and ``baseline_file_bytes`` (the two checkpoint files'
     bytes on disk) to ``prune_model``'s. Refused before any work: ``out`` is the input model,
@@ -393,15 +400,21 @@ def run_prune(
         )
     if json_path is not None and Path(json_path).is_dir():
         raise ValueError(f"--json {str(json_path)!r} is a folder: give a file name")
+    if store not in STORES:
+        raise ValueError(f"store must be one of {', '.join(STORES)}; got {store!r}")
     params, cfg, vocab, meta = load_checkpoint(src)
     data = make_dataset(
         builtin_text() if text is None else text, cfg.block_size, tokenizer=CharTokenizer(vocab)
     )
     result = prune_model(params, cfg, data, pc, progress=progress)
     metrics = dict(result.metrics)
-    written = save_checkpoint(
-        out, result.params, result.cfg, vocab, {"source": meta, "prune": metrics}
-    )
+    meta_out = {"source": meta, "prune": metrics}
+    if store == "dense":
+        written = save_checkpoint(out, result.params, result.cfg, vocab, meta_out)
+    else:
+        written = save_sparse(
+            out, result.params, result.cfg, vocab, meta_out, int8=store == "csr-int8"
+        )
     metrics["file_bytes"] = written.stat().st_size
     metrics["baseline_file_bytes"] = src.stat().st_size
     metrics["model"] = str(src)
