@@ -18,7 +18,6 @@ from minicompress.prune.regularizers import (
     L1Penalty,
     ProximalStep,
     RegularizedLoss,
-    step_lr,
 )
 
 
@@ -118,7 +117,7 @@ def test_proximal_l1_makes_exact_zeros_through_the_loop(tiny):
     penalty = L1Penalty(tuple(names), 1.0)
     zeros_before = sum(int((params[n] == 0).sum()) for n in names)
     loss = RegularizedLoss(next_token_loss, penalty, "proximal")
-    train(params, cfg, data, tc, loss=loss, after_step=ProximalStep(penalty, step_lr(tc)),
+    train(params, cfg, data, tc, loss=loss, after_step=ProximalStep(penalty),
           progress=False)  # fmt: skip
     zeros_after = sum(int((params[n] == 0).sum()) for n in names)
     assert zeros_before == 0 and zeros_after > 0.3 * sum(params[n].size for n in names)

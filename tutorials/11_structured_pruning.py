@@ -53,7 +53,7 @@ from minicompress.nn.train import TrainConfig, evaluate, train
 from minicompress.prune import groups as G
 from minicompress.prune.masks import apply_masks
 from minicompress.prune.pipeline import PruneConfig, prune_model
-from minicompress.prune.regularizers import GroupLasso, ProximalStep, step_lr
+from minicompress.prune.regularizers import GroupLasso, ProximalStep
 from minicompress.prune.scores import structure_scores
 from minicompress.prune.structured import (
     prune_structures,
@@ -213,7 +213,7 @@ def record(step, p, grads, opt):
     norms.append(np.linalg.norm(rows, axis=1))
 
 
-prox = ProximalStep(penalty, step_lr(ft))
+prox = ProximalStep(penalty)
 
 
 def after_step(step, p, grads, opt):

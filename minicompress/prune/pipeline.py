@@ -45,7 +45,6 @@ from minicompress.prune.regularizers import (
     L1Penalty,
     ProximalStep,
     check_lambda,
-    step_lr,
 )
 from minicompress.prune.schedules import SCHEDULES, OneShot, make_schedule
 from minicompress.prune.scores import (
@@ -313,7 +312,7 @@ def prune_model(
             if pc.regularizer == "l1"
             else GroupLasso(cfg, (pc.method,), pc.lam)
         )
-        prox = ProximalStep(penalty, step_lr(tc), until=pruner.schedule.start)
+        prox = ProximalStep(penalty, until=pruner.schedule.start)
     pruner.start(work)
     if pc.finetune_steps > 0:  # movement scores first, then the penalty, then the masks
         hooks = chain(movement, prox, pruner)

@@ -223,26 +223,16 @@ class RegularizedLoss:
 
 class ProximalStep:
     """After-step hook: the penalty's proximal operator with tau = lr_t * lambda (scaled by
-    AdamW's metric, see the module docstring), where ``lr(step)`` gives the learning rate of
-    the step just taken (``step`` counts from 1); only up to step ``until`` (None: every
-    step), e.g. a regularized phase before pruning."""
+    AdamW's metric, see the module docstring), where lr_t is the learning rate of the step
+    just taken (``opt.last_lr``); only up to step ``until`` (None: every step, counted from
+    1), e.g. a regularized phase before pruning."""
 
-    def __init__(self, penalty, lr: Callable[[int], float], until: int | None = None):
-        self.penalty, self.lr, self.until = penalty, lr, until
+    def __init__(self, penalty, until: int | None = None):
+        self.penalty, self.until = penalty, until
 
     def __call__(self, step: int, params: dict, grads: dict, opt) -> None:
         if self.until is None or step <= self.until:
-            self.penalty.prox(params, self.lr(step) * self.penalty.lam, opt)
-
-
-def step_lr(tc) -> Callable[[int], float]:
-    """The learning rate ``nn.train.train`` used for step ``step`` (counted from 1) under the
-    step-based schedule of ``tc`` (``nn.optim.lr_at`` at step - 1)."""
-    from minicompress.nn.optim import lr_at
-
-    if tc.minutes is not None:
-        raise ValueError("a proximal step needs a step-based schedule: TrainConfig(minutes=None)")
-    return lambda step: lr_at(step - 1, tc.steps, tc.lr, tc.warmup, tc.min_lr)
+            self.penalty.prox(params, opt.last_lr * self.penalty.lam, opt)
 
 
 def make_penalty(name: str, lam: float, cfg, names: Iterable[str], kinds: tuple[str, ...]):
