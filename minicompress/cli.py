@@ -227,8 +227,8 @@ def cmd_bench(args) -> int:
 
 
 def _bench_kernels(args) -> dict:
-    from minicompress.kernels.bench_csr import run_csr_bench, storage_bytes
-    from minicompress.kernels.bench_int8 import run_int8_bench
+    from minicompress.report.bench_csr import run_csr_bench, storage_bytes
+    from minicompress.report.bench_int8 import run_int8_bench
     from minicompress.report.timing import blas_summary
 
     threads = (2,) if args.quick else (1, 2)

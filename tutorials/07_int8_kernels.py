@@ -38,6 +38,7 @@ import numpy as np
 
 from minicompress.kernels import (
     MAX_K_INT32,
+    cpu,
     int8_gemm,
     int8_gemm_reference,
     int8_kernel_path,
@@ -47,9 +48,9 @@ from minicompress.kernels import (
     quantize_weight_per_channel,
     quantized_linear_reference,
 )
-from minicompress.kernels import amx as amx_kernels
-from minicompress.kernels import vnni as vnni_kernels
-from minicompress.kernels.bench_int8 import run_int8_bench
+from minicompress.kernels.x86 import amx as amx_kernels
+from minicompress.kernels.x86 import vnni as vnni_kernels
+from minicompress.report.bench_int8 import run_int8_bench
 from minicompress.report.timing import blas_summary
 
 FAST = os.environ.get("MINICOMPRESS_FAST") == "1"
@@ -57,9 +58,9 @@ HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd(
 FIGURES = HERE / "figures"
 os.makedirs(FIGURES, exist_ok=True)
 rng = np.random.default_rng(0)
-HAS_VNNI = vnni_kernels.vnni_supported()
-HAS_AMX = amx_kernels.amx_supported()
-PATHS = ["reference", "portable"] + (["vnni"] if HAS_VNNI else []) + (["amx"] if HAS_AMX else [])
+PATHS = cpu.int8_paths_here()  # the int8 paths this CPU runs, slowest first
+HAS_VNNI = "vnni" in PATHS
+HAS_AMX = "amx" in PATHS
 print(
     f"this CPU runs AVX-512 VNNI: {HAS_VNNI}, AMX-INT8 tiles: {HAS_AMX}; "
     f"the 'auto' path is {int8_kernel_path('auto')!r}"
@@ -158,11 +159,11 @@ print(
 
 # %%
 w_small = np.arange(8 * 16, dtype=np.int8).reshape(8, 16)  # [K=8, N=16], w[k, n] = 16k + n
-packed_small = vnni_kernels.pack_vnni_weight(w_small)  # [N/16, K/4, 16, 4]
+packed_small = vnni_kernels.pack_weight(w_small)  # [N/16, K/4, 16, 4]
 print("packed shape", packed_small.shape)
 print("block [0, 0]: lane i holds w[0:4, i] =", packed_small[0, 0, :3].tolist(), "...")
 assert np.array_equal(packed_small[0, 0, 1], w_small[0:4, 1])
-assert np.array_equal(vnni_kernels.unpack_vnni_weight(packed_small, 8, 16), w_small)
+assert np.array_equal(vnni_kernels.unpack_weight(packed_small, 8, 16), w_small)
 
 # %% [markdown]
 # No loop form makes Numba's auto-vectorizer emit `vpdpbusd`, so the micro-kernel is an
@@ -180,7 +181,7 @@ if HAS_VNNI:
         nv,
         a_pad,
         0,
-        vnni_kernels.pack_vnni_weight(np.zeros((8, 16 * nv), np.int8)),
+        vnni_kernels.pack_weight(np.zeros((8, 16 * nv), np.int8)),
         0,
         c_tile,
         0,

@@ -45,7 +45,7 @@ from minicompress.kernels import (
     quantize_csr,
     sparse_linear,
 )
-from minicompress.kernels.bench_csr import pruned_weight, storage_bytes
+from minicompress.report.bench_csr import pruned_weight, storage_bytes
 from minicompress.report.table import format_table
 from minicompress.report.timing import blas_summary, median_ms
 
@@ -212,5 +212,5 @@ print("saved", figure)
 # - The CSR kernel does work proportional to the stored weights, but each one costs more
 #   than a dense multiply-add (an indirect load): it wins only at high sparsity — around 80-90%
 #   against dense float32 here, higher against int8 — unstructured sparsity needs to be high
-#   to pay. `python -m minicompress bench` and `minicompress.kernels.bench_csr` give the full
+#   to pay. `python -m minicompress bench` and `minicompress.report.bench_csr` give the full
 #   table for several shapes and thread counts.

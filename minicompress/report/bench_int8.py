@@ -1,9 +1,9 @@
 """Benchmark of the int8 linear layer end to end (float32 in, float32 out) against NumPy fp32
 ``x @ w + b`` and, when PyTorch is installed, ``torch.ao.quantization.quantize_dynamic``.
 
-The path that ``auto`` picks (``amx`` on a CPU with AMX-INT8 tiles, ``vnni`` on one with
-AVX-512 VNNI), the ``vnni`` path where it runs, and the ``portable`` path are measured, on
-each thread count. Numba threads are set with
+Every int8 path that runs here is measured (``cpu.int8_paths_here``: ``amx`` on a CPU with
+AMX-INT8 tiles, ``vnni`` on one with AVX-512 VNNI, always ``portable``), the one ``auto``
+picks first, on each thread count. Numba threads are set with
 ``numba.set_num_threads``, BLAS threads with ``threadpoolctl.threadpool_limits`` and
 PyTorch's with ``torch.set_num_threads``; all are restored afterwards. Nothing is printed:
 the CLI formats the records.
@@ -17,8 +17,8 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from minicompress.kernels.cpu import int8_paths_here
 from minicompress.kernels.int8 import int8_kernel_path, int8_linear, pack_int8_linear
-from minicompress.kernels.vnni import vnni_supported
 from minicompress.report.timing import best_of_rounds
 
 M_VALUES = (1, 32, 128, 512)
@@ -56,7 +56,7 @@ def _torch_dynamic_linear(w: np.ndarray, bias: np.ndarray):
 def run_int8_bench(
     quick: bool, threads_list: tuple[int, ...] = (1, 2), rounds: int | None = None
 ) -> list[dict]:
-    """Time ``int8_linear`` (auto path and portable path) against NumPy fp32 and torch.
+    """Time ``int8_linear`` (every kernel path that runs here) against NumPy fp32 and torch.
 
     quick: True for one shape family and few repeats (a few seconds, for CI).
     threads_list: thread counts to run on.
@@ -83,9 +83,9 @@ def run_int8_bench(
         if not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds must be an int >= 1; got {rounds!r}")
         timing["rounds"] = rounds
-    # auto first, then VNNI where it runs (if auto is amx), then portable; no duplicate
-    paths = [int8_kernel_path(), "vnni" if vnni_supported() else "portable", "portable"]
-    paths = list(dict.fromkeys(paths))
+    # auto first, then every other kernel path that runs here, fastest first; no duplicate
+    here = [p for p in reversed(int8_paths_here()) if p != "reference"]
+    paths = list(dict.fromkeys([int8_kernel_path(), *here]))
     rng = np.random.default_rng(0)
     records = []
     old_numba_threads = numba.get_num_threads()
