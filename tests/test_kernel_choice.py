@@ -70,11 +70,11 @@ def test_bad_values_name_their_source(monkeypatch):
 def test_every_reader_refuses_what_kernel_choice_refuses(monkeypatch):
     """The model's ops, the int8 and the CSR kernels read the same variable the same way."""
     monkeypatch.setenv("MINICOMPRESS_KERNEL", "gpu")
-    for read in (backend.select_ops, int8.int8_kernel_path, csr.csr_kernel_path):
+    for read in (backend.default_op_impl, int8.int8_kernel_path, csr.csr_kernel_path):
         with pytest.raises(ValueError, match="MINICOMPRESS_KERNEL must be one of"):
             read()
     monkeypatch.setenv("MINICOMPRESS_KERNEL", "reference")
-    assert backend.select_ops() is backend.REFERENCE_OPS
+    assert backend.default_op_impl() is backend.NUMPY_OPS
     assert int8.int8_kernel_path() == csr.csr_kernel_path() == "reference"
     assert set(int8.KERNEL_PATHS) == set(CHOICES) - {"auto"}
 
