@@ -11,8 +11,8 @@ Values, case and surrounding spaces ignored, empty meaning ``auto``:
 - ``reference``: the readable NumPy code everywhere (``kernels/reference.py``, ``nn/ops.py``);
 - ``portable``: the Numba kernels that run on any CPU (and as plain Python with
   ``NUMBA_DISABLE_JIT=1``);
-- ``vnni``, ``amx``: one x86 int8 path, refused by the int8 kernels on a CPU without its
-  instructions.
+- ``avx2``, ``vnni``, ``amx``: one x86 int8 path, refused by the int8 kernels on a CPU
+  without its instructions.
 
 The variable is read on every call, so a change made while the program runs (a notebook
 cell, ``monkeypatch.setenv`` in a test) takes effect at once. The M = 1 CSR product reads it
@@ -31,7 +31,7 @@ import ctypes
 import os
 
 ENV_VAR = "MINICOMPRESS_KERNEL"
-CHOICES = ("auto", "reference", "portable", "vnni", "amx")
+CHOICES = ("auto", "reference", "portable", "avx2", "vnni", "amx")
 
 # raw value (None when unset) -> checked choice; grows by one entry per distinct valid value
 _parsed: dict[str | bytes | None, str] = {None: "auto"}

@@ -44,9 +44,11 @@ AUTO = cpu.auto_int8_path()
 REPO = Path(__file__).resolve().parents[1]
 NO_ZP = (np.float32(0.0), np.int32(0))  # dynamic activation ranges, for quantize_rows
 
+HAS_AVX2 = "avx2" in HERE
 PATHS = [
     "reference",
     "portable",
+    pytest.param("avx2", marks=pytest.mark.skipif(not HAS_AVX2, reason="CPU lacks AVX2")),
     pytest.param("vnni", marks=pytest.mark.skipif(not HAS_VNNI, reason="CPU lacks AVX-512 VNNI")),
     pytest.param("amx", marks=pytest.mark.skipif(not HAS_AMX, reason="no AMX-INT8 tiles here")),
 ]
@@ -115,6 +117,7 @@ def assert_same_integers(ours: np.ndarray, ref: np.ndarray) -> None:
 # ----------------------------------------------------------------------------------------
 
 ZEN3 = frozenset({"avx", "avx2", "fma", "bmi2"})  # AVX2, no AVX-512
+ALDER_LAKE = ZEN3 | cpu.AVX_VNNI  # AVX2 and AVX-VNNI (vpdpbusd on ymm), no AVX-512
 ICELAKE = ZEN3 | cpu.AVX512_VNNI
 SAPPHIRE_RAPIDS = ICELAKE | cpu.AMX_INT8
 
@@ -123,7 +126,10 @@ SAPPHIRE_RAPIDS = ICELAKE | cpu.AMX_INT8
     "features, tiles, jit, expected",
     [
         (frozenset(), False, True, "portable"),  # generic x86-64, or an ARM CPU
-        (ZEN3, False, True, "portable"),
+        (frozenset({"avx", "fma"}), False, True, "portable"),  # Sandy Bridge: AVX, no AVX2
+        (ZEN3, False, True, "avx2"),
+        (ALDER_LAKE, False, True, "avx2"),
+        (ZEN3, False, False, "portable"),
         (ICELAKE, False, True, "vnni"),
         (SAPPHIRE_RAPIDS, False, True, "vnni"),  # the OS did not lend the tiles
         (SAPPHIRE_RAPIDS, True, True, "amx"),
@@ -135,8 +141,15 @@ def test_auto_picks_the_fastest_path_each_cpu_runs(features, tiles, jit, expecte
     assert cpu.choose_int8_path(features, jit, tiles) == expected
 
 
+def test_the_avx2_path_uses_avx_vnni_where_the_cpu_has_it():
+    assert cpu.uses_avx_vnni(ALDER_LAKE) and cpu.uses_avx_vnni(ICELAKE | cpu.AVX_VNNI)
+    assert not cpu.uses_avx_vnni(ZEN3) and not cpu.uses_avx_vnni(ICELAKE)
+
+
 def test_explicit_paths_are_refused_with_the_reason(monkeypatch):
     assert cpu.why_not("portable", frozenset(), jit=False) == ""
+    assert "avx2" in cpu.why_not("avx2", frozenset({"avx"}))
+    assert cpu.why_not("avx2", ZEN3) == ""
     assert "avx512vnni" in cpu.why_not("vnni", ZEN3)
     assert "NUMBA_DISABLE_JIT" in cpu.why_not("vnni", ICELAKE, jit=False)
     assert "tile registers" in cpu.why_not("amx", SAPPHIRE_RAPIDS, tiles=False)
@@ -147,6 +160,8 @@ def test_explicit_paths_are_refused_with_the_reason(monkeypatch):
     with pytest.raises(ValueError, match="MINICOMPRESS_KERNEL='vnni' cannot run here"):
         int8_kernel_path()
     monkeypatch.setenv("MINICOMPRESS_KERNEL", "auto")
+    assert int8_kernel_path() == "avx2"
+    monkeypatch.setattr(cpu, "target_features", lambda: frozenset({"avx"}))
     assert int8_kernel_path() == "portable"
 
 
@@ -419,15 +434,11 @@ def test_linear_matches_reference(path, m, k, n, with_bias, rng):
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
 def test_linear_fast_paths_agree_bit_for_bit(m, k, n, rng):
-    if not HAS_VNNI:
-        pytest.skip("CPU lacks AVX-512 VNNI")
     x, w, bias = random_layer(rng, m, k, n)
     y_portable = int8_linear(x, pack_int8_linear(w, bias, path="portable"))
-    y_vnni = int8_linear(x, pack_int8_linear(w, bias, path="vnni"))
-    np.testing.assert_array_equal(y_portable, y_vnni)
-    if HAS_AMX:
+    for path in FAST_PATHS_HERE:
         np.testing.assert_array_equal(
-            y_portable, int8_linear(x, pack_int8_linear(w, bias, path="amx"))
+            int8_linear(x, pack_int8_linear(w, bias, path=path)), y_portable, err_msg=path
         )
 
 

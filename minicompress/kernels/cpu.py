@@ -27,10 +27,12 @@ import sys
 import llvmlite.binding as llvm
 import numba
 
+AVX2 = frozenset({"avx2"})
+AVX_VNNI = frozenset({"avxvnni"})  # vpdpbusd on ymm registers (Intel Alder Lake and later)
 AVX512_VNNI = frozenset({"avx512f", "avx512bw", "avx512vnni"})
 AMX_INT8 = frozenset({"amx-tile", "amx-int8"})
-INT8_PATHS = ("reference", "portable", "vnni", "amx")  # every int8 path, slowest first
-X86_PATHS = ("vnni", "amx")
+INT8_PATHS = ("reference", "portable", "avx2", "vnni", "amx")  # every int8 path, slowest first
+X86_PATHS = ("avx2", "vnni", "amx")
 
 _SYS_ARCH_PRCTL = 158  # x86-64 Linux
 _ARCH_REQ_XCOMP_PERM = 0x1023
@@ -87,7 +89,7 @@ def why_not(path: str, features: frozenset[str], jit: bool = True, tiles: bool =
             "NUMBA_DISABLE_JIT=1 runs the kernels as plain Python, which only the portable "
             "path can do (its x86 code is LLVM IR)"
         )
-    needs = {"vnni": AVX512_VNNI, "amx": AVX512_VNNI | AMX_INT8}[path]
+    needs = {"avx2": AVX2, "vnni": AVX512_VNNI, "amx": AVX512_VNNI | AMX_INT8}[path]
     if not needs <= features:
         missing = ", ".join(sorted(needs - features))
         return f"Numba's target here lacks {missing} (see kernels/cpu.py)"
@@ -97,12 +99,30 @@ def why_not(path: str, features: frozenset[str], jit: bool = True, tiles: bool =
 
 
 def choose_int8_path(features: frozenset[str], jit: bool = True, tiles: bool = False) -> str:
-    """The int8 path ``auto`` runs: the fastest of amx, vnni that ``why_not`` allows, else
-    portable."""
-    for path in ("amx", "vnni"):
+    """The int8 path ``auto`` runs: the fastest of amx, vnni, avx2 that ``why_not`` allows,
+    else portable."""
+    for path in ("amx", "vnni", "avx2"):
         if not why_not(path, features, jit, tiles):
             return path
     return "portable"
+
+
+def uses_avx_vnni(features: frozenset[str]) -> bool:
+    """Whether the avx2 path multiplies with AVX-VNNI's ``vpdpbusd`` on ymm registers (else
+    with ``vpmaddubsw`` + ``vpmaddwd``, ``x86/avx2.py``)."""
+    return AVX_VNNI <= features
+
+
+def instructions(path: str, features: frozenset[str]) -> str:
+    """What the int8 path multiplies with on a CPU with these target features."""
+    if path == "avx2":
+        return "vpdpbusd ymm" if uses_avx_vnni(features) else "vpmaddubsw+vpmaddwd"
+    return {
+        "reference": "NumPy int64 matmul",
+        "portable": "LLVM's loop (vpmaddwd)",
+        "vnni": "vpdpbusd zmm",
+        "amx": "tdpbusd tiles",
+    }[path]
 
 
 def int8_paths_here() -> list[str]:

@@ -6,6 +6,9 @@ for the layer (the dequantization does the same float32 operations in the same o
 - ``reference``: the NumPy functions of ``reference.py`` (tier 0);
 - ``portable``: the Numba kernels of ``int8_portable.py`` (tier 1), for any CPU, and the one
   that runs as plain Python under ``NUMBA_DISABLE_JIT=1``;
+- ``avx2``: ``x86/avx2.py``, for CPUs with AVX2 but not AVX-512 VNNI (most laptops):
+  ``vpmaddubsw`` + ``vpmaddwd``, or AVX-VNNI's ``vpdpbusd`` on ymm registers where the CPU
+  has it; 32 products per instruction;
 - ``vnni``: ``x86/vnni.py``, AVX-512 VNNI's ``vpdpbusd`` on zmm registers, 64 products per
   instruction;
 - ``amx``: ``x86/amx.py``, AMX tiles (``tdpbusd``, 16 x 16 x 64 products per instruction)
@@ -13,8 +16,8 @@ for the layer (the dequantization does the same float32 operations in the same o
   ``int8_gemm`` runs the VNNI kernel on this path).
 
 ``MINICOMPRESS_KERNEL`` (read by ``minicompress.kernel_choice``) = ``auto`` (default: the
-fastest of amx, vnni this CPU and Numba's target run, see ``cpu.py``, else portable)
-| ``reference`` | ``portable`` | ``vnni`` | ``amx`` chooses; every public
+fastest of amx, vnni, avx2 this CPU and Numba's target run, see ``cpu.py``, else
+portable) | ``reference`` | ``portable`` | ``avx2`` | ``vnni`` | ``amx`` chooses; every public
 function also takes ``path=``; ``int8_kernel_path()`` says which one runs. An x86 path is
 imported the first time it is chosen, never on a CPU that cannot run it.
 
@@ -56,7 +59,7 @@ from minicompress.kernels.reference import (
     quantized_linear_reference,
 )
 
-KERNEL_PATHS = cpu.INT8_PATHS  # ("reference", "portable", "vnni", "amx")
+KERNEL_PATHS = cpu.INT8_PATHS  # ("reference", "portable", "avx2", "vnni", "amx")
 # M*K*N below which a layer runs on the calling thread: waking another core (a few us, a
 # whole time slice on a busy machine) costs more than the product (256 KB of weights at M=1)
 SERIAL_MAX_WORK = 2**19
@@ -70,7 +73,7 @@ SERIAL_MAX_WORK = 2**19
 def int8_kernel_path(path: str | None = None) -> str:
     """The int8 path that runs: ``path`` if given, else ``MINICOMPRESS_KERNEL`` (default auto).
 
-    ``auto`` resolves to ``cpu.choose_int8_path`` for this machine: amx or vnni where
+    ``auto`` resolves to ``cpu.choose_int8_path`` for this machine: amx, vnni or avx2 where
     the CPU and Numba's target run them, else portable (always portable under
     ``NUMBA_DISABLE_JIT=1``). Asking for an x86 path that cannot run here, or for an unknown
     path, raises ValueError saying why.
@@ -107,7 +110,8 @@ def int8_gemm(a: np.ndarray, b: np.ndarray, path: str | None = None) -> np.ndarr
     int8 activations on the x86 paths (whose instructions multiply *unsigned* by signed
     bytes) are shifted into uint8 and corrected with the column sums of b:
     a @ b = (a + 128) @ b - 128 * sum_k b[k, :]. This entry point packs b on every call; a
-    layer should pack once with ``pack_int8_linear``.
+    layer should pack once with ``pack_int8_linear``. On the avx2 path without AVX-VNNI, a b
+    holding -128 runs the portable kernel (``x86/avx2.py`` says why).
     """
     path = int8_kernel_path(path)
     check_array("a", a, (np.uint8, np.int8), 2)
@@ -117,12 +121,14 @@ def int8_gemm(a: np.ndarray, b: np.ndarray, path: str | None = None) -> np.ndarr
     check_k_fits_int32(a.shape[1])
     if path == "reference":
         return int8_gemm_reference(a, b)
+    if path == "avx2" and not _x86("avx2").exact_for(b):
+        path = "portable"
     (m, k), n = a.shape, b.shape[1]
     if path == "portable":
         c = np.empty((m, n), dtype=np.int32)  # [M, N]
         int8_portable.gemm_kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), c)
         return c
-    module = _x86("vnni")  # amx too: the VNNI GEMM
+    module = _x86("avx2" if path == "avx2" else "vnni")  # amx: the VNNI GEMM
     w_packed = module.pack_weight(b)  # [Np/L, Kp/4, L, 4]
     a_pad = np.zeros((m, w_packed.shape[1] * 4), dtype=np.uint8)  # [M, Kp], zero padding
     a_pad[:, :k] = a.view(np.uint8) ^ np.uint8(0x80) if a.dtype == np.int8 else a
@@ -144,8 +150,8 @@ class PackedInt8Linear(NamedTuple):
 
     path:    one of KERNEL_PATHS, the path ``int8_linear`` will run
     weight:  int8, [K, N] (reference, portable), or the k4 layout of ``x86/layout.py``:
-             [ceil(N/16), ceil(K/4), 16, 4] (vnni) or [ceil(N/16), 16 ceil(K/64), 16, 4]
-             (amx)
+             [ceil(N/16), ceil(K/4), 16, 4] (vnni), [ceil(N/16), 16 ceil(K/64), 16, 4]
+             (amx), [ceil(N/8), ceil(K/4), 8, 4] (avx2)
     col_sum: int32 [N], sum_k w_q[k, n], for the zero-point correction
     w_scale: float32 [N], per-output-channel weight scale
     bias:    float32 [N] or None
@@ -192,8 +198,11 @@ def pack_quantized_int8_linear(
     w_q: int8 [K, N]; w_scale: float32 [N], finite; bias: float32 [N], finite, or None;
     path: as in ``int8_kernel_path``  ->  PackedInt8Linear. The arrays are copied, never
     aliased (on the x86 paths into 64-byte aligned memory, ``x86/aligned.py``: a vector load
-    never straddles two cache lines).
+    never straddles two cache lines). The avx2 path without AVX-VNNI cannot multiply a
+    weight of -128 exactly (``x86/avx2.py``): asked for explicitly, such a layer is refused;
+    chosen by ``auto``, it is packed for the portable path instead.
     """
+    choice = kernel_choice(path)
     path = int8_kernel_path(path)
     check_array("w_q", w_q, (np.int8,), 2)
     k, n = w_q.shape
@@ -202,6 +211,14 @@ def pack_quantized_int8_linear(
     check_finite("w_scale", check_vector("w_scale", w_scale, n))
     if bias is not None:
         check_finite("bias", check_vector("bias", bias, n))
+    if path == "avx2" and not _x86("avx2").exact_for(w_q):
+        if choice == "avx2":
+            raise ValueError(
+                "w_q holds -128, which the avx2 path cannot multiply exactly on this CPU "
+                "(vpmaddubsw without AVX-VNNI; see x86/avx2.py): quantize to [-127, 127] "
+                "(quantize_weight_per_channel does) or use path='portable'"
+            )
+        path = "portable"
     col_sum = w_q.sum(axis=0, dtype=np.int32)  # [K, N] -> [N]; exact, as K <= MAX_K_INT32
     if path in cpu.X86_PATHS:
         copy = _x86("aligned").aligned_copy
@@ -236,8 +253,11 @@ _KERNELS: dict[str, tuple] = {}
 def _layer_kernels(path: str) -> tuple:
     """The layer kernels of ``path`` (raises if this CPU cannot run it), remembered."""
     int8_kernel_path(path)  # raises: this CPU or Numba's target lacks the instructions
-    module = int8_portable if path == "portable" else _x86("vnni" if path == "amx" else path)
-    kernels = (module.linear_kernel, module.linear_kernel_serial, module.linear_kernel_static)
+    if path == "avx2":
+        kernels = _x86("avx2").layer_kernels(cpu.uses_avx_vnni(cpu.target_features()))
+    else:
+        module = int8_portable if path == "portable" else _x86("vnni" if path == "amx" else path)
+        kernels = (module.linear_kernel, module.linear_kernel_serial, module.linear_kernel_static)
     if path == "amx":  # the tiles where they win (``amx.use_tiles``), the VNNI kernels elsewhere
         amx = _x86("amx")
         tiles = (amx.linear_kernel, amx.linear_kernel_serial, amx.linear_kernel_static)

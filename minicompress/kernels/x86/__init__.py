@@ -6,6 +6,8 @@ hand (Numba ``@intrinsic``), which no loop form makes LLVM emit on its own. Read
 ``csr_portable.py``: how it is computed in plain Numba).
 
 - ``layout.py``: the packed int8 weight layout (4 consecutive k of a column side by side);
+- ``avx2.py``: AVX2 ``vpmaddubsw`` + ``vpmaddwd`` micro-kernel (exact: no int16 saturation),
+  or AVX-VNNI ``vpdpbusd`` on ymm registers (int8 GEMM and layer);
 - ``vnni.py``: AVX-512 VNNI ``vpdpbusd`` micro-kernel, register-tiled (int8 GEMM and layer);
 - ``amx.py``: AMX tiles (``tdpbusd``) for the int8 layer;
 - ``simd.py``: W-float accumulators and 16 x 16 register transposes (CSR);
