@@ -21,7 +21,7 @@
 # | path | runs on | multiplies with | products / instr. |
 # |---|---|---|---|
 # | **portable** | any CPU | LLVM's own loop (`vpmaddwd` on x86) | 8-16 |
-# | **avx2** | AVX2 only: most laptops (Intel 4th-9th, 12th gen. on, AMD Zen 1-3) | `vpmaddubsw`+`vpmaddwd` | 32 |
+# | **avx2** | AVX2 only: Intel 4th-9th, 12th gen. on, AMD Zen 1-3 | `vpmaddubsw`+`vpmaddwd` | 32 |
 # | | ... with AVX-VNNI (Intel 12th generation on) | `vpdpbusd` on ymm | 32 |
 # | **vnni** | AVX-512 VNNI: Intel 10th-11th gen., Xeons, AMD Zen 4 on | `vpdpbusd` on zmm | 64 |
 # | **amx** | AMX-INT8: Xeons since Sapphire Rapids | `tdpbusd` on tiles | 16,384 |
