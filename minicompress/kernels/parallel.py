@@ -2,7 +2,7 @@
 thread computes which part of the output.
 
 ``run_layer(path, ...)`` is the int8 linear layer (``reference.quantized_linear_reference``)
-for one path (``"portable"``, ``"vnni"``, ``"amx"``). It runs the same steps
+for one path (``"portable"``, ``"avx2"``, ``"vnni"``, ``"amx"``). It runs the same steps
 whatever the path:
 
 1. check the arrays (``int8_quant.layer_status`` and the path's ``weight_status``);
@@ -51,8 +51,6 @@ the path module whose functions it inlines.
 
 from __future__ import annotations
 
-import types as pytypes
-
 import numpy as np
 from numba import literally, njit, prange, types
 from numba.extending import overload
@@ -62,12 +60,13 @@ from minicompress.kernels.threads import threads_here
 
 MIN_ROWS_SPLIT_M = 8  # with fewer rows, the threads share the columns (default split_columns)
 
-_PATHS: dict[str, pytypes.ModuleType] = {}
+_PATHS: dict[str, object] = {}  # path -> the object whose attributes are its steps
 
 
-def register(path: str, module: pytypes.ModuleType) -> None:
-    """Make ``module``'s functions the steps of ``run_layer(path, ...)``."""
-    _PATHS[path] = module
+def register(path: str, steps: object) -> None:
+    """Make the Numba functions that are attributes of ``steps`` (a path's module, or a
+    namespace) the steps of ``run_layer(path, ...)``."""
+    _PATHS[path] = steps
 
 
 # ----------------------------------------------------------------------------------------
