@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from minicompress.kernels import (
     MAX_K_INT32,
@@ -715,6 +717,55 @@ def test_a_layer_whose_scale_was_made_non_finite_is_refused(path, rng):
         values[5] = np.nan
         with pytest.raises(ValueError, match=f"{name} must be finite"):
             int8_linear(x, packed._replace(**{name: values}))
+
+
+SPECIALS = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, 3e38, -3e38, 1e6, -1e-7]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_range_whose_scale_underflows_gets_scale_1(path, rng):
+    """(hi - lo) / 255 underflows to 0 in float32 for a range of a few denormals: the row
+    is treated as a row of zeros (scale 1, zero point 0), not divided by 0."""
+    x, w, bias = random_layer(rng, 3, 10, 6)
+    x[1] = 0.0
+    x[1, 4] = 1e-45  # the smallest float32: 1e-45 / 255 == 0
+    q, s, z = quantize_rows_uint8(x)
+    assert s[1] == 1.0 and z[1] == 0 and not q[1].any()
+    with np.errstate(divide="raise", invalid="raise"):  # no x / 0 or 0 / 0 in the reference
+        ref = quantized_linear_reference(x, *quantize_weight_per_channel(w), bias)
+    packed = pack_int8_linear(w, bias, path=path)
+    np.testing.assert_array_equal(int8_linear(x, packed), ref)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    m=st.integers(0, 9),
+    k=st.integers(1, 40),
+    n=st.integers(1, 40),
+    seed=st.integers(0, 2**32 - 1),
+    specials=st.lists(st.sampled_from(SPECIALS), max_size=3),
+    static=st.one_of(st.none(), st.tuples(st.floats(1e-3, 10.0), st.integers(0, 255))),
+)
+def test_every_path_gives_the_reference_or_a_clear_error(m, k, n, seed, specials, static):
+    """Any input: every path raises the ValueError the reference raises, or gives its bits
+    (NaN, inf, huge values and ranges that overflow included)."""
+    rng = np.random.default_rng(seed)
+    x, w, bias = random_layer(rng, m, k, n)
+    for value in specials:
+        if m:
+            x[rng.integers(m), rng.integers(k)] = value
+    act = {} if static is None else {"act_scale": static[0], "act_zero_point": static[1]}
+    try:
+        expected = quantized_linear_reference(x, *quantize_weight_per_channel(w), bias, **act)
+    except ValueError as error:
+        expected = error
+    for path in ["reference", *FAST_PATHS_HERE]:
+        packed = pack_int8_linear(w, bias, path=path)
+        if isinstance(expected, ValueError):
+            with pytest.raises(ValueError, match="x must"):
+                int8_linear(x, packed, **act)
+        else:
+            np.testing.assert_array_equal(int8_linear(x, packed, **act), expected, err_msg=path)
 
 
 # ----------------------------------------------------------------------------------------

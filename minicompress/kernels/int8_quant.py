@@ -109,7 +109,9 @@ def _quantize_row(x, q, s_x, z_x, m, act_scale, act_zp):
     else:
         span = hi - lo
         finite = finite and span < np.float32(np.inf)
-        scale = span / np.float32(255.0) if span > np.float32(0.0) else np.float32(1.0)
+        scale = span / np.float32(255.0)
+        if not scale > np.float32(0.0):  # a row of zeros, or a range whose scale underflows
+            scale = np.float32(1.0)
         z_f = min(max(round_half_even(-lo / scale), np.float32(0.0)), np.float32(255.0))
         z = np.int32(z_f)
     _write_codes(row, q_row, scale, z_f)

@@ -184,8 +184,10 @@ def quantize_rows_uint8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
     x: float32 [M, K], finite  ->  q: uint8 [M, K], scale: float32 [M], zero_point: int32 [M].
     Holding 0 in the range makes zero (padding, ReLU/GELU zeros) exact. A row of zeros gets
-    scale 1 and zero point 0. Rounding is half to even. NaN or inf is refused, and so is a
-    row whose range hi - lo overflows float32 (|x| near 3.4e38: its scale would be inf).
+    scale 1 and zero point 0, and so does a row whose range is so small that (hi - lo) / 255
+    underflows to 0 in float32 (below about 3.6e-43). Rounding is half to even. NaN or inf
+    is refused, and so is a row whose range hi - lo overflows float32 (|x| near 3.4e38: its
+    scale would be inf).
     """
     check_array("x", x, (np.float32,), 2)
     check_finite("x", x)
@@ -199,7 +201,8 @@ def quantize_rows_uint8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
             f"x must have rows whose range max - min fits float32; row {row} spans "
             f"[{lo[row]}, {hi[row]}]"
         )
-    scale = np.where(span > 0, span / np.float32(255.0), np.float32(1.0)).astype(np.float32)
+    scale = (span / np.float32(255.0)).astype(np.float32)  # [M]
+    scale[~(scale > 0)] = 1.0  # rows of zeros, and ranges below 255 x 1.4e-45 (it underflows)
     zero_point = np.clip(np.rint(-lo / scale), 0, 255).astype(np.int32)  # [M]
     q = quantize_uint8(x, scale[:, None], zero_point[:, None])  # [M, K]
     return q, scale, zero_point
