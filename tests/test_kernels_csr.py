@@ -1,6 +1,8 @@
-"""CSR kernels (``kernels/csr.py``) against ``kernels/reference.py``, scipy.sparse and dense NumPy.
+"""CSR kernels (``kernels/csr.py``, ``kernels/csr_portable.py``, ``kernels/x86/csr_spmm.py``,
+``kernels/x86/csr_spmv.py``) against ``kernels/reference.py``, scipy.sparse and dense NumPy.
 
-Every test runs on both paths: ``reference`` (the NumPy contracts) and ``portable`` (Numba).
+Every test runs on the three paths: ``reference`` (the NumPy contracts), ``portable`` (plain
+Numba) and ``simd`` (the x86 kernels).
 Conversions must agree exactly; products agree with a float64 dense product to float32
 rounding: |y - y64| <= 1e-5 * (|x| @ |w| + |bias|), the size of the terms being summed.
 """
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from minicompress.kernels import csr, row_parts
+from minicompress.kernels import cpu, csr, row_parts
 from minicompress.kernels.reference import (
     CSR,
     csr_matmul_reference,
@@ -25,8 +27,10 @@ from minicompress.kernels.reference import (
     quantize_weight_per_channel,
     sparse_linear_reference,
 )
+from minicompress.kernels.x86 import csr_spmm
 
-PATHS = ("reference", "portable")
+PATHS = ("reference", "portable", "simd")
+AUTO = "simd" if cpu.is_x86_64() else "portable"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -66,8 +70,9 @@ def assert_close_to_dense(ours: np.ndarray, x: np.ndarray, w: np.ndarray, bias=N
     [
         ("reference", "reference"),
         ("portable", "portable"),
-        ("vnni", "portable"),
-        ("auto", "portable"),
+        ("vnni", "simd"),
+        ("amx", "simd"),
+        ("auto", AUTO),
         (" Reference ", "reference"),
     ],
 )
@@ -78,8 +83,9 @@ def test_kernel_path_follows_environment(monkeypatch, env, expected):
 
 def test_kernel_path_default_and_bad_values(monkeypatch):
     monkeypatch.delenv("MINICOMPRESS_KERNEL", raising=False)
-    assert csr.csr_kernel_path() == "portable"
+    assert csr.csr_kernel_path() == AUTO
     assert csr.csr_kernel_path("reference") == "reference"  # explicit path beats the env
+    assert csr.csr_kernel_path("simd") == "simd"  # the CSR names are accepted too
     monkeypatch.setenv("MINICOMPRESS_KERNEL", "gpu")
     with pytest.raises(ValueError, match="MINICOMPRESS_KERNEL.*gpu"):
         csr.csr_kernel_path()
@@ -187,7 +193,7 @@ def test_parallel_and_serial_kernels_agree(rng, monkeypatch, min_work, m, k, n):
     w[:, 5:40] = 0.0  # a run of empty rows: parts of unequal length
     x = rng.standard_normal((m, k)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
-    y = csr.sparse_linear(x, csr.dense_to_csr(np.ascontiguousarray(w.T)), bias, path="portable")
+    y = csr.sparse_linear(x, csr.dense_to_csr(np.ascontiguousarray(w.T)), bias, path="simd")
     assert_close_to_dense(y, x, w, bias)
 
 
@@ -199,7 +205,7 @@ def test_packed_blocks_hold_x_transposed_and_zero_padded(rng, m, k, transposed):
     width = 16 if m <= 16 else 32
     x = rng.standard_normal((m, k)).astype(np.float32)  # [M, K]
     xp = np.full(((m + width - 1) // width, k, width), np.nan, np.float32)
-    csr._pack_blocks(x if transposed else np.ascontiguousarray(x.T), transposed, xp, False)
+    csr_spmm._pack_blocks(x if transposed else np.ascontiguousarray(x.T), transposed, xp, False)
     padded = np.zeros((xp.shape[0] * width, k), np.float32)
     padded[:m] = x
     expected = padded.reshape(xp.shape[0], width, k).transpose(0, 2, 1)  # [blocks, K, W]
@@ -242,9 +248,9 @@ def test_spmv_sums_in_its_documented_order_exactly(
     scale = np.ones(n, np.float32)
     if int8_values:
         w_t, scale = csr.quantize_csr(w_t)
-    for m in range(1, csr.SPMV_MAX_M):
+    for m in range(1, csr_spmm.SPMV_MAX_M):
         x = rng.standard_normal((m, k)).astype(np.float32)
-        y = csr.sparse_linear(x, w_t, scale=scale if int8_values else None, path="portable")
+        y = csr.sparse_linear(x, w_t, scale=scale if int8_values else None, path="simd")
         np.testing.assert_array_equal(y, spmv_in_lane_order(x, w_t, scale))
 
 
@@ -268,7 +274,7 @@ def test_spmv_finds_a_bad_index_in_any_lane_of_any_chunk(
     m = _long_rows()
     x = rng.standard_normal((1, 64)).astype(np.float32)
     np.testing.assert_allclose(
-        csr.sparse_linear(x, m, path="portable"), sparse_linear_reference(x, m), rtol=1e-5
+        csr.sparse_linear(x, m, path="simd"), sparse_linear_reference(x, m), rtol=1e-5
     )
     bad = m.indices.copy()
     if fault == "repeated":
@@ -276,7 +282,7 @@ def test_spmv_finds_a_bad_index_in_any_lane_of_any_chunk(
     else:
         bad[position] = 64 if fault == "too large" else -1
     with pytest.raises(ValueError, match=r"w_t.indices must (increase strictly|lie in \[0, 64\))"):
-        csr.sparse_linear(x, m._replace(indices=bad), path="portable")
+        csr.sparse_linear(x, m._replace(indices=bad), path="simd")
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -289,6 +295,24 @@ def test_csr_matmul_matches_reference_and_dense(rng, path, r, c, m):
     assert_close_to_dense(ours, a, b)
     ref = csr_matmul_reference(dense_to_csr(a), b)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+
+
+@pytest.mark.parametrize("m", [1, 3, 20])
+def test_non_finite_values_propagate_alike_on_every_path(rng, m):
+    """The CSR products' rule for NaN and inf (reference.py): they propagate as in a dense
+    product of the stored entries, on every path, to the same outputs."""
+    w = random_sparse(rng, (30, 24), 0.7)  # [K, N]
+    w[7, :] = 0.0  # input 7 meets no stored weight: its NaN reaches no output
+    w_t = csr.dense_to_csr(np.ascontiguousarray(w.T))
+    x = rng.standard_normal((m, 30)).astype(np.float32)
+    x[0, 3], x[0, 7], x[-1, 11] = np.nan, np.nan, np.inf
+    outputs = [csr.sparse_linear(x, w_t, path=path) for path in PATHS]
+    for y in outputs:
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(outputs[0]))
+        np.testing.assert_array_equal(np.isinf(y), np.isinf(outputs[0]))
+    if m > 1:  # row 0 holds NaN only: exactly the outputs with a stored weight on input 3
+        assert np.isnan(outputs[0][0]).tolist() == (w[3] != 0).tolist()
+        assert np.all(np.isfinite(outputs[0][1:-1]))
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -508,21 +532,23 @@ _SMALL_CHECK = textwrap.dedent(
     w_t = csr.dense_to_csr(np.ascontiguousarray(w.T), path="portable")
     assert all(np.array_equal(a, b) for a, b in zip(w_t[:3], ref.dense_to_csr(w.T.copy())[:3]))
     assert np.array_equal(csr.csr_to_dense(w_t, path="portable"), w.T)
-    for work in (0, 10**9):  # the parallel kernels, then the serial ones
-        row_parts.PARALLEL_MIN_WORK = row_parts.PARALLEL_MIN_BLOCK_WORK = work
-        for m in (1, 5, 16, 20, 32):  # SpMV, partial and full 16- and 32-wide blocks
-            x = rng.standard_normal((m, 9)).astype(np.float32)
-            y = csr.sparse_linear(x, w_t, path="portable")
-            assert np.allclose(y, x @ w, rtol=1e-5, atol=1e-5), (m, y, x @ w)
-            c = csr.csr_matmul(w_t, np.ascontiguousarray(x.T), path="portable")
-            assert np.allclose(c, w.T @ x.T, rtol=1e-5, atol=1e-5)
-    bad = w_t._replace(indices=np.where(w_t.indices == w_t.indices.max(), 11, w_t.indices)
-                       .astype(np.int32))
-    try:
-        csr.sparse_linear(x, bad, path="portable")
-        raise SystemExit("bad CSR accepted")
-    except ValueError:
-        pass
+    print("auto:", csr.csr_kernel_path())
+    for path in ("portable", "simd"):
+        for work in (0, 10**9):  # the parallel kernels, then the serial ones
+            row_parts.PARALLEL_MIN_WORK = row_parts.PARALLEL_MIN_BLOCK_WORK = work
+            for m in (1, 5, 16, 20, 32):  # SpMV, partial and full 16- and 32-wide blocks
+                x = rng.standard_normal((m, 9)).astype(np.float32)
+                y = csr.sparse_linear(x, w_t, path=path)
+                assert np.allclose(y, x @ w, rtol=1e-5, atol=1e-5), (m, y, x @ w)
+                c = csr.csr_matmul(w_t, np.ascontiguousarray(x.T), path=path)
+                assert np.allclose(c, w.T @ x.T, rtol=1e-5, atol=1e-5)
+        bad = w_t._replace(indices=np.where(w_t.indices == w_t.indices.max(), 11, w_t.indices)
+                           .astype(np.int32))
+        try:
+            csr.sparse_linear(x, bad, path=path)
+            raise SystemExit("bad CSR accepted")
+        except ValueError:
+            pass
     print("ok")
     """
 )
@@ -544,7 +570,7 @@ def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_kernels_run_as_plain_python_with_jit_disabled():
     done = _run_python(_SMALL_CHECK, NUMBA_DISABLE_JIT="1")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().endswith("ok")
+    assert done.stdout.split() == ["auto:", "portable", "ok"]  # auto never needs the JIT
 
 
 def test_kernels_are_loaded_from_the_disk_cache():
@@ -555,10 +581,11 @@ def test_kernels_are_loaded_from_the_disk_cache():
     loaded = [ln for ln in lines if "data loaded" in ln]
     saved = [ln for ln in lines if "data saved" in ln]
     for kernel in (
-        "csr._spmm-",
-        "csr._pack_blocks-",
+        "csr_spmm._spmm-",
+        "csr_spmm._pack_blocks-",
         "csr_spmv.spmv-",
-        "_fill_csr",
+        "csr_portable.spmm_rows-",
+        "csr_portable.fill_csr-",
     ):
         assert any(kernel in ln for ln in loaded), f"{kernel} not loaded from cache:\n{lines}"
     assert not saved, f"second run compiled again:\n{saved}"

@@ -1,6 +1,6 @@
-"""int8 GEMM and int8 linear kernels (``kernels/int8.py``, ``kernels/vnni.py``,
-``kernels/amx.py``) against the contracts of ``kernels/reference.py``: integers bit for bit,
-floats to rtol 1e-5 (and the fast paths bit for bit against each other)."""
+"""int8 GEMM and int8 linear kernels (``kernels/int8.py``, ``kernels/int8_portable.py``,
+``kernels/x86/vnni.py``, ``kernels/x86/amx.py``) against the contracts of
+``kernels/reference.py``: integers bit for bit, and the layer's floats bit for bit too."""
 
 from __future__ import annotations
 
@@ -12,10 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from minicompress.kernels import MAX_K_INT32, int8_gemm_reference, quantized_linear_reference
-from minicompress.kernels import amx as amx_module
-from minicompress.kernels import vnni as vnni_module
+from minicompress.kernels import (
+    MAX_K_INT32,
+    cpu,
+    int8,
+    int8_gemm_reference,
+    quantized_linear_reference,
+)
 from minicompress.kernels.int8 import (
     PackedInt8Linear,
     int8_gemm,
@@ -25,20 +31,31 @@ from minicompress.kernels.int8 import (
     pack_quantized_int8_linear,
 )
 from minicompress.kernels.int8_quant import quantize_rows, round_half_even, row_range
-from minicompress.kernels.reference import quantize_rows_uint8, quantize_weight_per_channel
+from minicompress.kernels.reference import (
+    quantize_rows_uint8,
+    quantize_uint8,
+    quantize_weight_per_channel,
+)
+from minicompress.kernels.x86 import amx as amx_module
+from minicompress.kernels.x86 import vnni as vnni_module
 
-HAS_VNNI = vnni_module.vnni_supported()
-HAS_AMX = amx_module.amx_supported()
-AUTO = "amx" if HAS_AMX else "vnni" if HAS_VNNI else "portable"
+HERE = cpu.int8_paths_here()
+HAS_VNNI = "vnni" in HERE
+HAS_AMX = "amx" in HERE
+AUTO = cpu.auto_int8_path()
 REPO = Path(__file__).resolve().parents[1]
+NO_ZP = (np.float32(0.0), np.int32(0))  # dynamic activation ranges, for quantize_rows
 
+HAS_AVX2 = "avx2" in HERE
 PATHS = [
     "reference",
     "portable",
+    pytest.param("avx2", marks=pytest.mark.skipif(not HAS_AVX2, reason="CPU lacks AVX2")),
     pytest.param("vnni", marks=pytest.mark.skipif(not HAS_VNNI, reason="CPU lacks AVX-512 VNNI")),
     pytest.param("amx", marks=pytest.mark.skipif(not HAS_AMX, reason="no AMX-INT8 tiles here")),
 ]
 FAST_PATHS = PATHS[1:]
+FAST_PATHS_HERE = [p for p in HERE if p != "reference"]
 
 # (M, K, N): M = 1, odd K, N not a multiple of 16, edges of the VNNI tiles (MR = 8 rows,
 # NV = 3 vectors: 48 columns) and M >= 8 (rows quantized in parallel), with several row tiles
@@ -79,7 +96,7 @@ def test_shapes_reach_every_thread_split():
     on_tiles = [
         (m, k, n)
         for m, k, n in SHAPES
-        if amx_module.use_tiles(m, np.empty(amx_module.amx_weight_shape(k, n), np.int8))
+        if amx_module.use_tiles(m, np.empty(amx_module.weight_shape(k, n), np.int8))
     ]
     assert any(m <= 2 * amx_module.M_BLOCK for m, _, _ in on_tiles)  # N split
     assert any(m > 2 * amx_module.M_BLOCK and m % amx_module.M_BLOCK for m, _, _ in on_tiles)
@@ -101,6 +118,71 @@ def assert_same_integers(ours: np.ndarray, ref: np.ndarray) -> None:
 # path selection
 # ----------------------------------------------------------------------------------------
 
+ZEN3 = frozenset({"avx", "avx2", "fma", "bmi2"})  # AVX2, no AVX-512
+ALDER_LAKE = ZEN3 | cpu.AVX_VNNI  # AVX2 and AVX-VNNI (vpdpbusd on ymm), no AVX-512
+ICELAKE = ZEN3 | cpu.AVX512_VNNI
+SAPPHIRE_RAPIDS = ICELAKE | cpu.AMX_INT8
+
+
+@pytest.mark.parametrize(
+    "features, tiles, jit, expected",
+    [
+        (frozenset(), False, True, "portable"),  # generic x86-64, or an ARM CPU
+        (frozenset({"avx", "fma"}), False, True, "portable"),  # Sandy Bridge: AVX, no AVX2
+        (ZEN3, False, True, "avx2"),
+        (ALDER_LAKE, False, True, "avx2"),
+        (ZEN3, False, False, "portable"),
+        (ICELAKE, False, True, "vnni"),
+        (SAPPHIRE_RAPIDS, False, True, "vnni"),  # the OS did not lend the tiles
+        (SAPPHIRE_RAPIDS, True, True, "amx"),
+        (SAPPHIRE_RAPIDS, True, False, "portable"),  # NUMBA_DISABLE_JIT=1
+        (frozenset({"avx512f", "avx512vnni"}), False, True, "portable"),  # no avx512bw
+    ],
+)
+def test_auto_picks_the_fastest_path_each_cpu_runs(features, tiles, jit, expected):
+    assert cpu.choose_int8_path(features, jit, tiles) == expected
+
+
+def test_the_avx2_path_uses_avx_vnni_where_the_cpu_has_it():
+    assert cpu.uses_avx_vnni(ALDER_LAKE) and cpu.uses_avx_vnni(ICELAKE | cpu.AVX_VNNI)
+    assert not cpu.uses_avx_vnni(ZEN3) and not cpu.uses_avx_vnni(ICELAKE)
+
+
+def test_explicit_paths_are_refused_with_the_reason(monkeypatch):
+    assert cpu.why_not("portable", frozenset(), jit=False) == ""
+    assert "avx2" in cpu.why_not("avx2", frozenset({"avx"}))
+    assert cpu.why_not("avx2", ZEN3) == ""
+    assert "avx512vnni" in cpu.why_not("vnni", ZEN3)
+    assert "NUMBA_DISABLE_JIT" in cpu.why_not("vnni", ICELAKE, jit=False)
+    assert "tile registers" in cpu.why_not("amx", SAPPHIRE_RAPIDS, tiles=False)
+    monkeypatch.setattr(cpu, "target_features", lambda: ZEN3)
+    with pytest.raises(ValueError, match="path='vnni' cannot run here: .*avx512vnni"):
+        int8_kernel_path("vnni")
+    monkeypatch.setenv("MINICOMPRESS_KERNEL", "vnni")
+    with pytest.raises(ValueError, match="MINICOMPRESS_KERNEL='vnni' cannot run here"):
+        int8_kernel_path()
+    monkeypatch.setenv("MINICOMPRESS_KERNEL", "auto")
+    assert int8_kernel_path() == "avx2"
+    monkeypatch.setattr(cpu, "target_features", lambda: frozenset({"avx"}))
+    assert int8_kernel_path() == "portable"
+
+
+@pytest.mark.parametrize(
+    "cpu_name, cpu_features, host, expected",
+    [
+        (None, None, ICELAKE, ICELAKE),  # Numba passes the host's features
+        ("haswell", None, ICELAKE, ICELAKE),  # whatever the CPU name says
+        ("haswell", "+avx2,+fma", ICELAKE, frozenset({"avx2", "fma"})),
+        ("generic", "", ICELAKE, frozenset()),  # Numba's default for generic
+        ("skylake-avx512", "+avx512vnni,+avx2", ZEN3, frozenset({"avx2"})),  # host lacks it
+    ],
+)
+def test_target_features_follow_numba_config(monkeypatch, cpu_name, cpu_features, host, expected):
+    monkeypatch.setattr(cpu.numba.config, "CPU_NAME", cpu_name)
+    monkeypatch.setattr(cpu.numba.config, "CPU_FEATURES", cpu_features)
+    monkeypatch.setattr(cpu, "host_features", lambda: host)
+    assert cpu.target_features.__wrapped__() == expected
+
 
 def test_kernel_path_from_environment(monkeypatch):
     monkeypatch.setenv("MINICOMPRESS_KERNEL", "portable")
@@ -121,32 +203,13 @@ def test_kernel_path_refuses_unknown(monkeypatch):
         int8_kernel_path("fast")
 
 
-def test_vnni_refused_without_the_cpu_feature(monkeypatch):
-    monkeypatch.setattr(vnni_module, "vnni_supported", lambda: False)
-    monkeypatch.setattr(amx_module, "amx_supported", lambda: False)  # no AMX without VNNI
-    with pytest.raises(ValueError, match="AVX-512 VNNI"):
-        int8_kernel_path("vnni")
-    monkeypatch.setenv("MINICOMPRESS_KERNEL", "vnni")
-    with pytest.raises(ValueError, match="AVX-512 VNNI"):
-        int8_kernel_path()
-    monkeypatch.setenv("MINICOMPRESS_KERNEL", "auto")
-    assert int8_kernel_path() == "portable"
-
-
-def test_amx_refused_without_the_tiles(monkeypatch):
-    monkeypatch.setattr(amx_module, "amx_supported", lambda: False)
-    with pytest.raises(ValueError, match="AMX-INT8"):
-        int8_kernel_path("amx")
-    monkeypatch.setenv("MINICOMPRESS_KERNEL", "auto")
-    assert int8_kernel_path() == ("vnni" if HAS_VNNI else "portable")
-
-
 @pytest.mark.skipif(not HAS_AMX, reason="no AMX-INT8 tiles here")
 def test_amx_layer_refused_where_the_tiles_are_missing(monkeypatch, rng):
     x, w, bias = random_layer(rng, 130, 64, 40)
     packed = pack_int8_linear(w, bias, path="amx")
-    monkeypatch.setattr(amx_module, "amx_supported", lambda: False)
-    with pytest.raises(ValueError, match="AMX-INT8"):
+    monkeypatch.setattr(cpu, "amx_tiles_granted", lambda: False)
+    monkeypatch.setattr(int8, "_KERNELS", {})  # as in a new process
+    with pytest.raises(ValueError, match="tile registers"):
         int8_linear(x, packed)
 
 
@@ -161,9 +224,9 @@ def test_amx_tiles_are_used_where_they_win():
 
 def test_amx_weight_layout_is_the_vnni_one_padded_to_64_k(rng):
     w_q = rng.integers(-128, 128, size=(70, 33), dtype=np.int8)
-    packed = amx_module.pack_amx_weight(w_q)
-    assert packed.shape == amx_module.amx_weight_shape(70, 33) == (3, 32, 16, 4)
-    np.testing.assert_array_equal(vnni_module.unpack_vnni_weight(packed, 70, 33), w_q)
+    packed = amx_module.pack_weight(w_q)
+    assert packed.shape == amx_module.weight_shape(70, 33) == (3, 32, 16, 4)
+    np.testing.assert_array_equal(vnni_module.unpack_weight(packed, 70, 33), w_q)
     np.testing.assert_array_equal(packed[:, 70 // 4 + 1 :], 0)  # k = 72..127: zeros
     assert packed[0, 17, 0, 2:].tolist() == [0, 0]  # k = 70, 71: zeros
 
@@ -171,9 +234,10 @@ def test_amx_weight_layout_is_the_vnni_one_padded_to_64_k(rng):
 @pytest.mark.skipif(not HAS_VNNI, reason="CPU lacks AVX-512 VNNI")
 def test_vnni_layer_refused_on_a_cpu_without_vnni(monkeypatch, rng):
     x, w, bias = random_layer(rng, 2, 8, 5)
-    packed = pack_int8_linear(w, bias, path="vnni")  # e.g. packed here, unpickled elsewhere
-    monkeypatch.setattr(vnni_module, "vnni_supported", lambda: False)
-    with pytest.raises(ValueError, match="AVX-512 VNNI"):
+    packed = pack_int8_linear(w, bias, path="vnni")  # e.g. packed here, used elsewhere
+    monkeypatch.setattr(cpu, "target_features", lambda: ZEN3)
+    monkeypatch.setattr(int8, "_KERNELS", {})  # as in a new process
+    with pytest.raises(ValueError, match="path='vnni' cannot run here"):
         int8_linear(x, packed)
 
 
@@ -272,7 +336,7 @@ def test_numba_quantize_rows_is_bit_identical(rng):
     x[5, 3:] = 0.0
     q = np.full((20, 40), 99, dtype=np.uint8)  # K padded to 40: the pad must become 0
     s, z = np.empty(20, np.float32), np.empty(20, np.int32)
-    assert quantize_rows(x, q, s, z, 0, 20)
+    assert quantize_rows(x, q, s, z, 0, 20, *NO_ZP)
     q_ref, s_ref, z_ref = quantize_rows_uint8(x)
     np.testing.assert_array_equal(s, s_ref)
     np.testing.assert_array_equal(z, z_ref)
@@ -286,7 +350,7 @@ def test_half_to_even_rounding_is_kept():
     s = np.float32(2.0) / np.float32(255.0)
     x = np.array([[-1.0, 1.0, np.float32(0.5) * s, np.float32(1.5) * s]], dtype=np.float32)
     q, sc, z = np.zeros(x.shape, np.uint8), np.empty(1, np.float32), np.empty(1, np.int32)
-    quantize_rows(x, q, sc, z, 0, 1)
+    quantize_rows(x, q, sc, z, 0, 1, *NO_ZP)
     q_ref, _, _ = quantize_rows_uint8(x)
     np.testing.assert_array_equal(q, q_ref)
 
@@ -372,15 +436,11 @@ def test_linear_matches_reference(path, m, k, n, with_bias, rng):
 
 @pytest.mark.parametrize("m,k,n", SHAPES)
 def test_linear_fast_paths_agree_bit_for_bit(m, k, n, rng):
-    if not HAS_VNNI:
-        pytest.skip("CPU lacks AVX-512 VNNI")
     x, w, bias = random_layer(rng, m, k, n)
     y_portable = int8_linear(x, pack_int8_linear(w, bias, path="portable"))
-    y_vnni = int8_linear(x, pack_int8_linear(w, bias, path="vnni"))
-    np.testing.assert_array_equal(y_portable, y_vnni)
-    if HAS_AMX:
+    for path in FAST_PATHS_HERE:
         np.testing.assert_array_equal(
-            y_portable, int8_linear(x, pack_int8_linear(w, bias, path="amx"))
+            int8_linear(x, pack_int8_linear(w, bias, path=path)), y_portable, err_msg=path
         )
 
 
@@ -504,14 +564,104 @@ def test_kernels_refuse_arrays_of_the_wrong_shape(path, m, k, n, rng):
             int8_linear(x, packed._replace(**{name: short}))
 
 
-@pytest.mark.parametrize("path", FAST_PATHS)
+# ----------------------------------------------------------------------------------------
+# static activation quantization (a scale and zero point calibrated ahead of time)
+# ----------------------------------------------------------------------------------------
+
+
+def test_quantize_uint8_by_hand():
+    # s = 0.5, z = 3: x / s = -2, 0, 0.5, 0.6, 1.5, 2.5, 200, -10  ->  rint (half to even)
+    # -2, 0, 0, 1, 2, 2, 200, -10  ->  + 3 and clip to [0, 255]: 1, 3, 3, 4, 5, 5, 203, 0
+    x = np.array([-1.0, 0.0, 0.25, 0.3, 0.75, 1.25, 100.0, -5.0], dtype=np.float32)
+    q = quantize_uint8(x, np.float32(0.5), 3)
+    assert q.dtype == np.uint8
+    assert q.tolist() == [1, 3, 3, 4, 5, 5, 203, 0]
+    assert quantize_uint8(np.float32([1e3]), np.float32(1.0), 0).tolist() == [255]
+
+
+def test_static_equals_dynamic_for_the_row_s_own_range(rng):
+    """Given a row's own dynamic scale and zero point as static ones, the layer computes the
+    same bits: the two modes share everything after the choice of (s, z)."""
+    x, w, bias = random_layer(rng, 1, 70, 33)
+    _, s_x, z_x = quantize_rows_uint8(x)
+    for path in FAST_PATHS_HERE:
+        packed = pack_int8_linear(w, bias, path=path)
+        dynamic = int8_linear(x, packed)
+        static = int8_linear(x, packed, act_scale=float(s_x[0]), act_zero_point=int(z_x[0]))
+        np.testing.assert_array_equal(static, dynamic)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_static_linear_matches_reference(path, m, k, n, rng):
+    """Every path, bit for bit the reference's floats, with a range calibrated on other
+    data: some activations fall outside it (clipped to 0 or 255)."""
+    x, w, bias = random_layer(rng, m, k, n)
+    calibration = rng.standard_normal((64, k), dtype=np.float32) * np.float32(0.7)
+    lo, hi = min(calibration.min(), 0.0), max(calibration.max(), 0.0)
+    act_scale = float(np.float32(hi - lo) / np.float32(255.0))
+    act_zero_point = int(np.clip(np.rint(-lo / act_scale), 0, 255))
+    packed = pack_int8_linear(w, bias, path=path)
+    ours = int8_linear(x, packed, act_scale=act_scale, act_zero_point=act_zero_point)
+    ref = quantized_linear_reference(
+        x, *quantize_weight_per_channel(w), bias, act_scale, act_zero_point
+    )
+    assert ours.dtype == np.float32 and ours.shape == (m, n)
+    np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_static_linear_far_outside_the_range(path, rng):
+    """|x / s| beyond 2**22 (where the kernels' rounding trick is no longer exact) and x / s
+    overflowing to inf (a tiny scale) still clip exactly as the reference does."""
+    x, w, bias = random_layer(rng, 4, 40, 20)
+    x[0, :4] = [1e30, -1e30, 3e5, -3e5]
+    packed = pack_int8_linear(w, bias, path=path)
+    w_q, w_scale = quantize_weight_per_channel(w)
+    for act_scale, act_zero_point in ((0.01, 128), (1e-38, 7), (np.float32(2.0**-149), 0)):
+        ours = int8_linear(x, packed, act_scale=act_scale, act_zero_point=act_zero_point)
+        ref = quantized_linear_reference(x, w_q, w_scale, bias, act_scale, act_zero_point)
+        np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_static_parameters_are_checked(path, rng):
+    x, w, bias = random_layer(rng, 2, 8, 5)
+    packed = pack_int8_linear(w, bias, path=path)
+    with pytest.raises(ValueError, match="act_scale and act_zero_point go together"):
+        int8_linear(x, packed, act_scale=0.1)
+    with pytest.raises(ValueError, match="act_scale and act_zero_point go together"):
+        int8_linear(x, packed, act_zero_point=3)
+    for bad_scale in (0.0, -0.1, np.nan, np.inf, 1e-50, 1e40):
+        with pytest.raises(ValueError, match="act_scale must be finite and > 0"):
+            int8_linear(x, packed, act_scale=bad_scale, act_zero_point=3)
+    with pytest.raises(TypeError, match="act_scale must be a real number; got str"):
+        int8_linear(x, packed, act_scale="0.1", act_zero_point=3)
+    for bad_zero_point in (-1, 256):
+        with pytest.raises(ValueError, match=r"act_zero_point must be in \[0, 255\]"):
+            int8_linear(x, packed, act_scale=0.1, act_zero_point=bad_zero_point)
+    for bad_type in (3.0, True, np.int64):
+        with pytest.raises(TypeError, match="act_zero_point must be an integer"):
+            int8_linear(x, packed, act_scale=0.1, act_zero_point=bad_type)
+    x[1, 2] = np.nan
+    with pytest.raises(ValueError, match="x must be finite"):
+        int8_linear(x, packed, act_scale=0.1, act_zero_point=3)
+
+
+# ----------------------------------------------------------------------------------------
+# non-finite values: one rule on every path (refused, with a ValueError naming the argument)
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(
     "m,k,n",
     [(40, 8, 5), (40, 128, 130), (3, 1024, 300), (16, 256, 300), (130, 64, 40), (20, 1024, 1030)],
 )
 def test_linear_refuses_non_finite_input(path, m, k, n, rng):
     # serial kernel; parallel kernel with M split; parallel kernel with N split (M < 8);
-    # on amx, the tiles with M split (130 rows) and N split (20 rows of 1 MB of weights)
+    # on amx, the tiles with M split (130 rows) and N split (20 rows of 1 MB of weights);
+    # the reference path too (it returned finite numbers for NaN input)
     x, w, bias = random_layer(rng, m, k, n)
     packed = pack_int8_linear(w, bias, path=path)
     for bad in (np.nan, np.inf, -np.inf):
@@ -521,6 +671,153 @@ def test_linear_refuses_non_finite_input(path, m, k, n, rng):
             int8_linear(x_bad, packed)
         with pytest.raises(ValueError, match="x must be finite"):
             int8_linear(x_bad[-2:-1], packed)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_linear_refuses_a_row_whose_range_overflows(path, rng):
+    """Finite values whose range max - min overflows float32 would make the row's scale
+    inf (and the output NaN): refused on every path, like a non-finite x."""
+    x, w, bias = random_layer(rng, 4, 16, 8)
+    packed = pack_int8_linear(w, bias, path=path)
+    x[2, 3], x[2, 5] = 3e38, -3e38
+    with pytest.raises(ValueError, match="x must .*(range|finite)"):
+        int8_linear(x, packed)
+    x[2, 5] = 0.0  # one side only: the range fits, the layer runs
+    y = int8_linear(x, packed)
+    assert np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_packing_refuses_non_finite_weights_scales_and_bias(path, bad, rng):
+    """One NaN in a weight column used to quantize that column to garbage (its scale NaN)."""
+    _, w, bias = random_layer(rng, 2, 12, 6)
+    w_bad = w.copy()
+    w_bad[4, 2] = bad
+    with pytest.raises(ValueError, match=r"w must be finite; it holds .* at index \(4, 2\)"):
+        pack_int8_linear(w_bad, bias, path=path)
+    with pytest.raises(ValueError, match="w must be finite"):
+        quantize_weight_per_channel(w_bad)
+    bias_bad = bias.copy()
+    bias_bad[1] = bad
+    with pytest.raises(ValueError, match="bias must be finite"):
+        pack_int8_linear(w, bias_bad, path=path)
+    w_q, w_scale = quantize_weight_per_channel(w)
+    w_scale[0] = bad
+    with pytest.raises(ValueError, match="w_scale must be finite"):
+        pack_quantized_int8_linear(w_q, w_scale, bias, path=path)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_layer_whose_scale_was_made_non_finite_is_refused(path, rng):
+    x, w, bias = random_layer(rng, 3, 12, 6)
+    packed = pack_int8_linear(w, bias, path=path)
+    for name in ("w_scale", "bias"):
+        values = getattr(packed, name).copy()
+        values[5] = np.nan
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            int8_linear(x, packed._replace(**{name: values}))
+
+
+SPECIALS = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, 3e38, -3e38, 1e6, -1e-7]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_range_whose_scale_underflows_gets_scale_1(path, rng):
+    """(hi - lo) / 255 underflows to 0 in float32 for a range of a few denormals: the row
+    is treated as a row of zeros (scale 1, zero point 0), not divided by 0."""
+    x, w, bias = random_layer(rng, 3, 10, 6)
+    x[1] = 0.0
+    x[1, 4] = 1e-45  # the smallest float32: 1e-45 / 255 == 0
+    q, s, z = quantize_rows_uint8(x)
+    assert s[1] == 1.0 and z[1] == 0 and not q[1].any()
+    with np.errstate(divide="raise", invalid="raise"):  # no x / 0 or 0 / 0 in the reference
+        ref = quantized_linear_reference(x, *quantize_weight_per_channel(w), bias)
+    packed = pack_int8_linear(w, bias, path=path)
+    np.testing.assert_array_equal(int8_linear(x, packed), ref)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    m=st.integers(0, 9),
+    k=st.integers(1, 40),
+    n=st.integers(1, 40),
+    seed=st.integers(0, 2**32 - 1),
+    specials=st.lists(st.sampled_from(SPECIALS), max_size=3),
+    static=st.one_of(st.none(), st.tuples(st.floats(1e-3, 10.0), st.integers(0, 255))),
+)
+def test_every_path_gives_the_reference_or_a_clear_error(m, k, n, seed, specials, static):
+    """Any input: every path raises the ValueError the reference raises, or gives its bits
+    (NaN, inf, huge values and ranges that overflow included)."""
+    rng = np.random.default_rng(seed)
+    x, w, bias = random_layer(rng, m, k, n)
+    for value in specials:
+        if m:
+            x[rng.integers(m), rng.integers(k)] = value
+    act = {} if static is None else {"act_scale": static[0], "act_zero_point": static[1]}
+    try:
+        expected = quantized_linear_reference(x, *quantize_weight_per_channel(w), bias, **act)
+    except ValueError as error:
+        expected = error
+    for path in ["reference", *FAST_PATHS_HERE]:
+        packed = pack_int8_linear(w, bias, path=path)
+        if isinstance(expected, ValueError):
+            with pytest.raises(ValueError, match="x must"):
+                int8_linear(x, packed, **act)
+        else:
+            np.testing.assert_array_equal(int8_linear(x, packed, **act), expected, err_msg=path)
+
+
+# ----------------------------------------------------------------------------------------
+# a packed layer changed after packing is refused on every path
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("k, n", [(70, 33), (768, 64), (131, 256)])
+def test_a_layer_whose_k_was_changed_is_refused(path, k, n, rng):
+    """``packed._replace(k=k - 1)`` with an x of k - 1 columns was accepted on the VNNI path
+    (the layout pads K to a multiple of 4, so the shapes still fitted) and gave wrong
+    results: the dropped weight row still counted in col_sum. Now refused on every path;
+    so is k - 8 (past one block of 4 k: another shape on the VNNI path, inside the 64-k
+    padding of the AMX one) and k + 4 (a block more)."""
+    x, w, bias = random_layer(rng, 5, k, n)
+    packed = pack_int8_linear(w, bias, path=path)
+    for new_k in (k - 1, k - 8, k + 4):
+        with pytest.raises(ValueError, match="packed.(weight|k)"):
+            int8_linear(
+                np.ascontiguousarray(x[:, :1].repeat(new_k, axis=1)), packed._replace(k=new_k)
+            )
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_layer_whose_n_was_changed_is_refused(path, rng):
+    x, w, bias = random_layer(rng, 5, 40, 37)
+    packed = pack_int8_linear(w, bias, path=path)
+    with pytest.raises(ValueError, match="packed.(weight|col_sum|w_scale|bias)"):
+        int8_linear(x, packed._replace(n=36))  # the vectors keep 37 entries
+    shrunk = packed._replace(
+        n=36, col_sum=packed.col_sum[:36].copy(), w_scale=packed.w_scale[:36].copy(),
+        bias=packed.bias[:36].copy(),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="packed.weight"):
+        int8_linear(x, shrunk)  # column 36 still holds weights: not a 36-column layer
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_m_zero_and_leading_axes(path, rng):
+    """x [..., K] gives y [..., N]: the rows of all leading axes are one product."""
+    x, w, bias = random_layer(rng, 6, 20, 9)
+    packed = pack_int8_linear(w, bias, path=path)
+    y = int8_linear(x, packed)  # [6, 9]
+    np.testing.assert_array_equal(int8_linear(x.reshape(2, 3, 20), packed), y.reshape(2, 3, 9))
+    np.testing.assert_array_equal(int8_linear(x[0], packed), y[0])  # [K] -> [N]
+    assert int8_linear(x[:0], packed).shape == (0, 9)
+    assert int8_linear(x[:0].reshape(0, 4, 20), packed).shape == (0, 4, 9)
+    with pytest.raises(ValueError, match=r"x.shape\[-1\] must equal the layer's K=20"):
+        int8_linear(x.reshape(2, 3, 20)[..., :19], packed)
+    with pytest.raises(ValueError, match="0-d"):
+        int8_linear(np.ones((), np.float32), packed)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -548,7 +845,7 @@ def test_vnni_tile_emits_vpdpbusd():
 
     fresh = njit(vnni_module._tile.py_func)  # not cached, so the assembly can be inspected
     a = np.zeros((4, 8), np.uint8)
-    w = vnni_module.pack_vnni_weight(np.zeros((8, 64), np.int8))
+    w = vnni_module.pack_weight(np.zeros((8, 64), np.int8))
     c = np.zeros((4, 64), np.int32)
     fresh(4, 4, a, 0, w, 0, c, 0, 0)
     asm = fresh.inspect_asm(fresh.signatures[0])
@@ -561,14 +858,19 @@ def test_cached_kernels_load_in_a_second_process(tmp_path):
     kernels are the ones checked where they run: their intrinsics must survive the cache."""
     script = (
         "import numpy as np\n"
-        "from minicompress.kernels import amx, int8 as g, vnni\n"
+        "from minicompress.kernels import cpu, int8 as g, int8_portable\n"
         "x = np.ones((2, 512), np.float32); w = np.ones((512, 1024), np.float32)\n"
-        "path = 'vnni' if vnni.vnni_supported() else 'portable'\n"
+        "here = cpu.int8_paths_here()\n"
+        "path = 'vnni' if 'vnni' in here else 'portable'\n"
         "g.int8_linear(x, g.pack_int8_linear(w, None, path=path))\n"
-        "ks = [vnni.vnni_linear_kernel if path == 'vnni' else g.portable_linear_kernel]\n"
-        "if amx.amx_supported():\n"
+        "ks = [int8_portable.linear_kernel]\n"
+        "if path == 'vnni':\n"
+        "    from minicompress.kernels.x86 import vnni\n"
+        "    ks = [vnni.linear_kernel]\n"
+        "if 'amx' in here:\n"
+        "    from minicompress.kernels.x86 import amx\n"
         "    g.int8_linear(np.ones((130, 512), np.float32), g.pack_int8_linear(w, None, 'amx'))\n"
-        "    ks.append(amx.amx_linear_kernel)\n"
+        "    ks.append(amx.linear_kernel)\n"
         "print(sum(sum(k.stats.cache_misses.values()) for k in ks),\n"
         "      sum(sum(k.stats.cache_hits.values()) for k in ks))\n"
     )
@@ -594,23 +896,35 @@ def test_cached_kernels_load_in_a_second_process(tmp_path):
 
 
 def test_portable_kernels_run_as_plain_python():
-    """With NUMBA_DISABLE_JIT=1 the portable kernels are plain Python and still exact."""
+    """With NUMBA_DISABLE_JIT=1 (which the README offers for stepping through kernels) auto
+    picks the portable path, whose kernels are plain Python and still exact; the x86
+    paths, LLVM IR written by hand, are refused with the reason."""
     script = (
         "import numpy as np\n"
+        "import pytest\n"
         "from minicompress.kernels import int8 as g\n"
         "from minicompress.kernels import reference as r\n"
+        "assert g.int8_kernel_path() == 'portable', g.int8_kernel_path()\n"
+        "for x86_path in ('vnni', 'amx'):\n"
+        "    with pytest.raises(ValueError, match='NUMBA_DISABLE_JIT'):\n"
+        "        g.int8_kernel_path(x86_path)\n"
         "rng = np.random.default_rng(0)\n"
         "a = rng.integers(0, 256, (3, 9), dtype=np.uint8)\n"
         "b = rng.integers(-128, 128, (9, 5), dtype=np.int8)\n"
         "assert np.array_equal(g.int8_gemm(a, b, path='portable'), r.int8_gemm_reference(a, b))\n"
         "x = rng.standard_normal((9, 9), dtype=np.float32)\n"
         "w = rng.standard_normal((9, 5), dtype=np.float32)\n"
-        "y = g.int8_linear(x, g.pack_int8_linear(w, None, path='portable'))\n"
+        "packed = g.pack_int8_linear(w)\n"
+        "assert packed.path == 'portable'\n"
         "ref = r.quantized_linear_reference(x, *r.quantize_weight_per_channel(w))\n"
-        "np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)\n"
+        "assert np.array_equal(g.int8_linear(x, packed), ref)\n"
+        "x[0, 3] = np.nan\n"
+        "with pytest.raises(ValueError, match='x must be finite'):\n"
+        "    g.int8_linear(x, packed)\n"
         "print('ok')\n"
     )
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    env.pop("MINICOMPRESS_KERNEL", None)
     out = subprocess.run(
         [sys.executable, "-c", script],
         env=env,
@@ -620,51 +934,6 @@ def test_portable_kernels_run_as_plain_python():
         timeout=120,
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
-
-
-# ----------------------------------------------------------------------------------------
-# the benchmark's records (its speed is reported, never asserted)
-# ----------------------------------------------------------------------------------------
-
-
-def test_bench_records(monkeypatch):
-    from minicompress.kernels import bench_int8
-
-    monkeypatch.setattr(bench_int8, "_torch_dynamic_linear", lambda w, b: (None, None))
-    monkeypatch.setattr(bench_int8, "QUICK_KN_VALUES", ((64, 48),))  # keep the test short
-    records = bench_int8.run_int8_bench(quick=True, threads_list=(1,))
-    keys = {
-        "kernel",
-        "path",
-        "M",
-        "K",
-        "N",
-        "threads",
-        "ms",
-        "numpy_ms",
-        "speedup_vs_numpy",
-        "torch_ms",
-        "speedup_vs_torch",
-    }
-    assert records and all(keys <= set(r) for r in records)
-    assert {r["path"] for r in records} == {int8_kernel_path(), "portable"} | (
-        {"vnni"} if HAS_VNNI else set()
-    )
-    assert all(
-        r["ms"] > 0 and r["torch_ms"] is None and r["speedup_vs_torch"] is None for r in records
-    )
-    with pytest.raises(ValueError, match="threads_list entries must be ints"):
-        bench_int8.run_int8_bench(quick=True, threads_list=(0,))
-    with pytest.raises(ValueError, match="rounds must be an int >= 1; got 0"):
-        bench_int8.run_int8_bench(quick=True, threads_list=(1,), rounds=0)
-
-
-def test_every_module_accepts_the_same_kernel_choices():
-    """MINICOMPRESS_KERNEL is read by the training ops, the CSR and the int8 kernels."""
-    from minicompress.kernels import csr, int8
-    from minicompress.nn import backend
-
-    assert set(backend.KERNEL_CHOICES) == set(csr.KERNEL_CHOICES) == set(int8.KERNEL_CHOICES)
 
 
 def test_generic_numba_target_falls_back_to_portable():

@@ -82,14 +82,10 @@ def violates(module: str, rule: str) -> bool:
 
 
 MODULES = sorted(PACKAGE.rglob("*.py"))
-# known violations being moved right now (each entry must disappear with its fix)
-PENDING = {"kernels/bench_int8.py", "kernels/bench_csr.py"}
 
 
 @pytest.mark.parametrize("path", MODULES, ids=[str(p.relative_to(PACKAGE)) for p in MODULES])
 def test_imports_point_downward(path):
-    if path.relative_to(PACKAGE).as_posix() in PENDING:
-        pytest.xfail("benchmarks move from kernels/ to report/ (issue 9)")
     rel = path.relative_to(PACKAGE).with_suffix("").as_posix()
     layer = rel.split("/")[0]
     found = imports_of(path)

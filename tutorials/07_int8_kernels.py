@@ -15,15 +15,22 @@
 #
 # A quantized linear layer only saves time if its integer matrix product is fast. This
 # chapter builds one up: the exact contract (`kernels/reference.py`), why the sums must be
-# int32, what the activation zero point costs, and the two fast paths of
-# `minicompress.kernels`:
+# int32, what the activation zero point costs, and the fast paths of
+# `minicompress.kernels`, one per kind of CPU:
 #
-# - **portable**: a Numba loop that LLVM vectorizes, for any CPU;
-# - **vnni**: one AVX-512 VNNI instruction, `vpdpbusd`, doing 64 byte products per cycle,
-#   written as LLVM IR through a Numba `@intrinsic` over weights packed once.
+# | path | runs on | multiplies with | products / instr. |
+# |---|---|---|---|
+# | **portable** | any CPU | LLVM's own loop (`vpmaddwd` on x86) | 8-16 |
+# | **avx2** | AVX2 only: Intel 4th-9th, 12th gen. on, AMD Zen 1-3 | `vpmaddubsw`+`vpmaddwd` | 32 |
+# | | ... with AVX-VNNI (Intel 12th generation on) | `vpdpbusd` on ymm | 32 |
+# | **vnni** | AVX-512 VNNI: Intel 10th-11th gen., Xeons, AMD Zen 4 on | `vpdpbusd` on zmm | 64 |
+# | **amx** | AMX-INT8: Xeons since Sapphire Rapids | `tdpbusd` on tiles | 16,384 |
+#
+# `auto` picks the fastest one the CPU runs (`kernels/cpu.py`). The x86 ones are LLVM IR
+# written through Numba `@intrinsic`s over weights packed once; all give the same bits.
 #
 # Run with `python tutorials/07_int8_kernels.py` (`MINICOMPRESS_FAST=1`: fewer timings).
-# `MINICOMPRESS_KERNEL=portable` forces the portable path everywhere.
+# `MINICOMPRESS_KERNEL=portable` (or `avx2`, `vnni`, `amx`) forces one path everywhere.
 
 # %%
 import os
@@ -38,6 +45,7 @@ import numpy as np
 
 from minicompress.kernels import (
     MAX_K_INT32,
+    cpu,
     int8_gemm,
     int8_gemm_reference,
     int8_kernel_path,
@@ -47,9 +55,9 @@ from minicompress.kernels import (
     quantize_weight_per_channel,
     quantized_linear_reference,
 )
-from minicompress.kernels import amx as amx_kernels
-from minicompress.kernels import vnni as vnni_kernels
-from minicompress.kernels.bench_int8 import run_int8_bench
+from minicompress.kernels.x86 import amx as amx_kernels
+from minicompress.kernels.x86 import vnni as vnni_kernels
+from minicompress.report.bench_int8 import run_int8_bench
 from minicompress.report.timing import blas_summary
 
 FAST = os.environ.get("MINICOMPRESS_FAST") == "1"
@@ -57,13 +65,19 @@ HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd(
 FIGURES = HERE / "figures"
 os.makedirs(FIGURES, exist_ok=True)
 rng = np.random.default_rng(0)
-HAS_VNNI = vnni_kernels.vnni_supported()
-HAS_AMX = amx_kernels.amx_supported()
-PATHS = ["reference", "portable"] + (["vnni"] if HAS_VNNI else []) + (["amx"] if HAS_AMX else [])
-print(
-    f"this CPU runs AVX-512 VNNI: {HAS_VNNI}, AMX-INT8 tiles: {HAS_AMX}; "
-    f"the 'auto' path is {int8_kernel_path('auto')!r}"
-)
+PATHS = cpu.int8_paths_here()  # the int8 paths this CPU runs, slowest first
+HAS_VNNI = "vnni" in PATHS
+HAS_AMX = "amx" in PATHS
+print(f"int8 paths this CPU runs: {PATHS}; 'auto' is {int8_kernel_path('auto')!r}")
+for name, features in (
+    ("an AVX2 laptop (Zen 3)", cpu.AVX2),
+    ("an Alder Lake laptop", cpu.AVX2 | cpu.AVX_VNNI),
+    ("an Ice Lake server", cpu.AVX2 | cpu.AVX512_VNNI),
+    ("a CPU without AVX2", frozenset({"avx"})),
+):
+    path = cpu.choose_int8_path(features)
+    print(f"  on {name:24s} auto runs {path:8s} with {cpu.instructions(path, features)}")
+assert cpu.choose_int8_path(cpu.AVX2) == "avx2"
 
 # %% [markdown]
 # ## 1. The contract, and a triple loop
@@ -158,11 +172,11 @@ print(
 
 # %%
 w_small = np.arange(8 * 16, dtype=np.int8).reshape(8, 16)  # [K=8, N=16], w[k, n] = 16k + n
-packed_small = vnni_kernels.pack_vnni_weight(w_small)  # [N/16, K/4, 16, 4]
+packed_small = vnni_kernels.pack_weight(w_small)  # [N/16, K/4, 16, 4]
 print("packed shape", packed_small.shape)
 print("block [0, 0]: lane i holds w[0:4, i] =", packed_small[0, 0, :3].tolist(), "...")
 assert np.array_equal(packed_small[0, 0, 1], w_small[0:4, 1])
-assert np.array_equal(vnni_kernels.unpack_vnni_weight(packed_small, 8, 16), w_small)
+assert np.array_equal(vnni_kernels.unpack_weight(packed_small, 8, 16), w_small)
 
 # %% [markdown]
 # No loop form makes Numba's auto-vectorizer emit `vpdpbusd`, so the micro-kernel is an
@@ -180,7 +194,7 @@ if HAS_VNNI:
         nv,
         a_pad,
         0,
-        vnni_kernels.pack_vnni_weight(np.zeros((8, 16 * nv), np.int8)),
+        vnni_kernels.pack_weight(np.zeros((8, 16 * nv), np.int8)),
         0,
         c_tile,
         0,
@@ -192,6 +206,51 @@ if HAS_VNNI:
     assert lines
 else:
     print("no VNNI here: the portable path runs instead")
+
+# %% [markdown]
+# ### 4a. AVX2: two instructions, and a trap
+#
+# Most students' laptops have no AVX-512. Their int8 product is two AVX2 instructions on
+# 256-bit (ymm) registers, which int8 libraries use:
+#
+# - `vpmaddubsw p, a, b`: 32 unsigned bytes of `a` times 32 signed bytes of `b`; each pair
+#   of neighbouring products summed into an **int16, with saturation**:
+#   $p_i = \mathrm{sat}_{16}(a_{2i} b_{2i} + a_{2i+1} b_{2i+1})$;
+# - `vpmaddwd d, p, 1`: pairs of those int16 summed into int32, $d_j = p_{2j} + p_{2j+1}$.
+#
+# Together they add 4 products to each int32 lane, like `vpdpbusd`. The trap: $255 \cdot 127
+# = 32385$ fits an int16, but two of them, $64770$, do not, and the pair silently sticks at
+# $32767$. PyTorch's answer is `reduce_range` (7-bit activations: a different quantizer).
+# Ours keeps the reference's numbers by choosing the ranges (`x86/avx2.py`): centre the
+# activations, $x_8 = q - 128 \in [-128, 127]$, so that $\sum q w = \sum x_8 w + 128 \sum
+# w$ (the second sum is the layer's `col_sum`); multiply $|x_8| \in [0, 128]$ (unsigned,
+# `vpabsb`) by $w \cdot \mathrm{sign}(x_8) \in [-127, 127]$ (signed, `vpsignb`): a pair is
+# then at most $2 \cdot 128 \cdot 127 = 32512$. Below, the case that breaks the plain form:
+
+# %%
+k_sat = 8
+a_sat = np.full((1, k_sat), 255, dtype=np.uint8)  # [1, K]: codes at the top of the range
+b_sat = np.full((k_sat, 8), 127, dtype=np.int8)  # [K, 8]: weights at the top
+products = a_sat.astype(np.int64)[0, :, None] * b_sat.astype(np.int64)  # [K, 8]
+plain = np.clip(products[0::2] + products[1::2], -32768, 32767).sum(axis=0)  # saturated pairs
+exact_sat = int8_gemm_reference(a_sat, b_sat)[0]
+print(f"exact sum {exact_sat[0]}, plain vpmaddubsw + vpmaddwd {plain[0]}")
+assert plain[0] == 32767 * k_sat // 2 < exact_sat[0] == 255 * 127 * k_sat
+if "avx2" in PATHS:
+    assert np.array_equal(int8_gemm(a_sat, b_sat, path="avx2")[0], exact_sat)
+    print(f"the avx2 path ({cpu.instructions('avx2', cpu.target_features())}): exact")
+# the centred form, written out: every pair stays within 2 * 128 * 127
+x8 = a_sat.astype(np.int64) - 128  # [1, K] in [-128, 127]
+signed = b_sat.astype(np.int64) * np.sign(x8)[0, :, None]  # [K, 8] in [-127, 127]
+pairs = np.abs(x8)[0, 0::2, None] * signed[0::2] + np.abs(x8)[0, 1::2, None] * signed[1::2]
+assert np.abs(pairs).max() <= 2 * 128 * 127 < 32767
+centred = pairs.sum(axis=0) + 128 * b_sat.astype(np.int64).sum(axis=0)
+assert np.array_equal(centred, exact_sat)
+
+# %% [markdown]
+# Where the CPU has AVX-VNNI (Intel Alder Lake and later, and this machine), the avx2 path
+# uses its `vpdpbusd` on ymm registers instead: one instruction, no saturation, the same
+# packed weights (8 columns x 4 k per ymm register).
 
 # %% [markdown]
 # ### 4b. AMX: a matrix unit behind eight tile registers

@@ -48,8 +48,8 @@ def _bench_train(args) -> dict:
 
 
 def _bench_kernels(args) -> dict:
-    from minicompress.kernels.bench_csr import run_csr_bench, storage_bytes
-    from minicompress.kernels.bench_int8 import run_int8_bench
+    from minicompress.report.bench_csr import run_csr_bench, storage_bytes
+    from minicompress.report.bench_int8 import run_int8_bench
     from minicompress.report.timing import blas_summary
 
     threads = (2,) if args.quick else (1, 2)

@@ -1,72 +1,65 @@
-"""int8 GEMM and the int8 linear layer, with the contracts of ``reference.py``.
+"""The int8 GEMM and the int8 linear layer: the public functions, and which path runs.
 
-Three paths compute the same integers (and the same floats for the layer):
+Every path computes the integers of ``reference.py`` bit for bit, and the same float32 bits
+for the layer (the dequantization does the same float32 operations in the same order):
 
-- ``reference``: the NumPy functions of ``reference.py``;
-- ``portable``: Numba kernels below, for any CPU Numba supports. The inner loop
-  ``acc[n] += a[m, k] * w[k, n]`` runs over a contiguous row of w, so LLVM vectorizes it
-  (``vpmovsxbd`` + ``vpmaddwd`` on 256-bit vectors). Measured here it runs at a quarter to
-  half the speed of NumPy's fp32 sgemm (faster only at M = 1, where reading the weights
-  dominates): no loop form makes LLVM emit the int8 dot-product instructions;
-- ``vnni``: the AVX-512 VNNI micro-kernel of ``vnni.py`` (``vpdpbusd``, 64 uint8 x int8
-  products per instruction) over weights packed ``[N/16, K/4, 16, 4]``;
-- ``amx``: the AMX tile kernel of ``amx.py`` (``tdpbusd``, 16 x 16 x 64 products per
-  instruction) over the same layout with K padded to a multiple of 64, for the int8 linear
-  layer (the raw ``int8_gemm`` runs the VNNI kernel on this path).
+- ``reference``: the NumPy functions of ``reference.py`` (tier 0);
+- ``portable``: the Numba kernels of ``int8_portable.py`` (tier 1), for any CPU, and the one
+  that runs as plain Python under ``NUMBA_DISABLE_JIT=1``;
+- ``avx2``: ``x86/avx2.py``, for CPUs with AVX2 but not AVX-512 VNNI (most laptops):
+  ``vpmaddubsw`` + ``vpmaddwd``, or AVX-VNNI's ``vpdpbusd`` on ymm registers where the CPU
+  has it; 32 products per instruction;
+- ``vnni``: ``x86/vnni.py``, AVX-512 VNNI's ``vpdpbusd`` on zmm registers, 64 products per
+  instruction;
+- ``amx``: ``x86/amx.py``, AMX tiles (``tdpbusd``, 16 x 16 x 64 products per instruction)
+  for the layer where they win, the VNNI kernels on the same weights elsewhere (the raw
+  ``int8_gemm`` runs the VNNI kernel on this path).
 
-``MINICOMPRESS_KERNEL`` = ``auto`` (default: ``amx`` when the CPU has AMX-INT8 and the OS
-lends the tiles, else ``vnni`` when the CPU has it, else ``portable``) | ``reference`` |
-``portable`` | ``vnni`` | ``amx`` chooses; ``int8_kernel_path()`` says
-which one runs. Every public function also takes ``path=`` to ask for one explicitly.
+``MINICOMPRESS_KERNEL`` (read by ``minicompress.kernel_choice``) = ``auto`` (default: the
+fastest of amx, vnni, avx2 this CPU and Numba's target run, see ``cpu.py``, else
+portable) | ``reference`` | ``portable`` | ``avx2`` | ``vnni`` | ``amx`` chooses; every public
+function also takes ``path=``; ``int8_kernel_path()`` says which one runs. An x86 path is
+imported the first time it is chosen, never on a CPU that cannot run it.
 
 Weights are quantized and packed once (``pack_int8_linear``), for one path: the portable
-and reference paths keep ``w_q`` [K, N] as is, the VNNI path keeps the packed layout.
-Activations are quantized on every call, inside the Numba kernel (it is part of the cost).
-Layers with M*K*N <= SERIAL_MAX_WORK run on the calling thread, larger ones on all of
-Numba's threads (``numba.set_num_threads``), in one parallel region per call.
+and reference paths keep ``w_q`` [K, N] as is, the x86 paths their packed layout
+(``x86/layout.py``). Activations are quantized on every call, inside the kernel (it is part
+of the cost): per row from the row's range (dynamic), or with a static scale and zero point
+calibrated ahead of time (``act_scale``, ``act_zero_point``). Layers with M*K*N <=
+SERIAL_MAX_WORK run on the calling thread, larger ones on all of Numba's threads
+(``numba.set_num_threads``), in one parallel region per call (``parallel.py``).
 
-Numba's cache (``cache=True``) is keyed on the source file of each kernel only: after
-editing ``int8_quant.py``, delete ``minicompress/kernels/__pycache__/*.nb[ic]`` or the
-kernels of ``vnni.py`` and this file keep the old code.
-
-Input arrays that are not C-contiguous are copied to C order (never an error, never a
-wrong answer); wrong dtypes, shapes, non-finite activations and ``K > MAX_K_INT32`` raise
-``TypeError``/``ValueError`` naming the argument.
+Non-finite values: refused with a ValueError on every path, at packing time for weights,
+scales and biases, at call time for the activations (see ``reference.py``). A packed layer
+whose fields were changed after packing (its ``k``, ``n``, an array) is refused on every
+path unless it is still a valid layer. Input arrays that are not C-contiguous are copied to
+C order (never an error, never a wrong answer); wrong dtypes, shapes and ``K >
+MAX_K_INT32`` raise ``TypeError``/``ValueError`` naming the argument.
 """
 
 from __future__ import annotations
 
 import functools
-import os
+import importlib
 from typing import NamedTuple
 
-import numba
 import numpy as np
-from numba import njit, prange
 
-from minicompress.kernels import amx, vnni
-from minicompress.kernels.aligned import aligned_copy
-from minicompress.kernels.int8_quant import (
-    BAD_SHAPES,
-    NOT_FINITE,
-    OK,
-    dequantize_tile,
-    layer_status,
-    quantize_rows,
-)
+from minicompress.kernel_choice import choice_source, kernel_choice
+from minicompress.kernels import cpu, int8_portable
+from minicompress.kernels.int8_quant import BAD_SHAPES, BAD_VALUES, NOT_FINITE, OK
 from minicompress.kernels.reference import (
     check_array,
+    check_finite,
     check_k_fits_int32,
+    check_static_activation,
     check_vector,
     int8_gemm_reference,
     quantize_weight_per_channel,
     quantized_linear_reference,
 )
 
-KERNEL_PATHS = ("reference", "portable", "vnni", "amx")
-KERNEL_CHOICES = ("auto", *KERNEL_PATHS)
-N_TILE = 256  # int32 accumulators of the portable kernel per row: 1 KB, stays in L1
-MIN_ROWS_SPLIT_M = vnni.MIN_ROWS_SPLIT_M  # with fewer rows, the threads split N, else M
+KERNEL_PATHS = cpu.INT8_PATHS  # ("reference", "portable", "avx2", "vnni", "amx")
 # M*K*N below which a layer runs on the calling thread: waking another core (a few us, a
 # whole time slice on a busy machine) costs more than the product (256 KB of weights at M=1)
 SERIAL_MAX_WORK = 2**19
@@ -80,146 +73,28 @@ SERIAL_MAX_WORK = 2**19
 def int8_kernel_path(path: str | None = None) -> str:
     """The int8 path that runs: ``path`` if given, else ``MINICOMPRESS_KERNEL`` (default auto).
 
-    ``auto`` resolves to ``amx`` when ``amx.amx_supported()``, else to ``vnni`` when the CPU
-    has AVX-512 VNNI, else ``portable``. Asking for ``vnni`` or ``amx`` on a CPU without it,
-    or for an unknown path, raises ValueError.
+    ``auto`` resolves to ``cpu.choose_int8_path`` for this machine: amx, vnni or avx2 where
+    the CPU and Numba's target run them, else portable (always portable under
+    ``NUMBA_DISABLE_JIT=1``). Asking for an x86 path that cannot run here, or for an unknown
+    path, raises ValueError saying why.
     """
-    source = "path"
-    if path is None:
-        source = "MINICOMPRESS_KERNEL"
-        path = os.environ.get("MINICOMPRESS_KERNEL", "auto").strip().lower() or "auto"
-    if path not in KERNEL_CHOICES:
-        raise ValueError(f"{source} must be one of {', '.join(KERNEL_CHOICES)}; got {path!r}")
-    if path == "auto":
-        if amx.amx_supported():
-            return "amx"
-        return "vnni" if vnni.vnni_supported() else "portable"
-    if path == "amx" and not amx.amx_supported():
+    choice = kernel_choice(path)
+    here = (cpu.target_features(), cpu.jit_enabled(), cpu.amx_tiles_granted())
+    if choice == "auto":
+        return cpu.choose_int8_path(*here)
+    reason = cpu.why_not(choice, *here)
+    if reason:
+        source = choice_source(path)
         raise ValueError(
-            f"{source}='amx' needs a CPU with AMX-INT8 whose OS lends this process the tile "
-            "registers; this one does not. Use 'vnni', 'portable' or 'auto'."
+            f"{source}={choice!r} cannot run here: {reason}. Use 'portable' or 'auto'."
         )
-    if path == "vnni" and not vnni.vnni_supported():
-        raise ValueError(
-            f"{source}='vnni' needs a CPU with AVX-512 VNNI (avx512vnni); this one lacks it. "
-            "Use 'portable' or 'auto'."
-        )
-    return path
+    return choice
 
 
-# ----------------------------------------------------------------------------------------
-# portable Numba kernels
-# ----------------------------------------------------------------------------------------
-
-
-@njit(parallel=True, cache=True)
-def portable_gemm_kernel(a, w, c):
-    """c = a @ w: a uint8 or int8 [M, K], w int8 [K, N], c int32 [M, N] (written in full).
-
-    Work items are (256-column tile of N, row of M) pairs, so M = 1 still uses every core.
-    """
-    m_total, k = a.shape
-    n = w.shape[1]
-    n_tiles = (n + N_TILE - 1) // N_TILE
-    for t in prange(n_tiles * m_total):
-        n0 = (t // m_total) * N_TILE
-        m = t % m_total
-        width = min(n, n0 + N_TILE) - n0
-        acc = np.zeros(N_TILE, dtype=np.int32)  # [N_TILE]
-        for i in range(k):
-            a_mk = np.int32(a[m, i])
-            w_row = w[i, n0 : n0 + width]  # [width], contiguous: the loop below vectorizes
-            for j in range(width):
-                acc[j] += a_mk * w_row[j]
-        c[m, n0 : n0 + width] = acc[:width]
-
-
-@njit(cache=True)
-def _portable_linear_rows(
-    q, m0, m1, w_q, n_start, n_stop, s_x, z_x, col_sum, w_scale, bias, has_bias, y
-):
-    """y[m0:m1, n_start:n_stop] from the quantized rows, 256 columns at a time."""
-    k = w_q.shape[0]
-    acc = np.empty((1, N_TILE), dtype=np.int32)  # [1, N_TILE]
-    acc_row = acc[0]  # [N_TILE]
-    for n0 in range(n_start, n_stop, N_TILE):
-        n1 = min(n_stop, n0 + N_TILE)
-        for m in range(m0, m1):
-            acc_row[:] = 0
-            for i in range(k):
-                a_mk = np.int32(q[m, i])
-                w_row = w_q[i, n0:n1]  # [n1 - n0], contiguous: the loop below vectorizes
-                for j in range(n1 - n0):
-                    acc_row[j] += a_mk * w_row[j]
-            dequantize_tile(acc, m, 1, n0, n1, s_x, z_x, col_sum, w_scale, bias, has_bias, y)
-
-
-@njit(cache=True)
-def portable_linear_serial(x, w_q, col_sum, w_scale, bias, has_bias, y):
-    """``portable_linear_kernel`` on the calling thread only (same arguments, no ``threads``)."""
-    m_total, k = x.shape
-    status = layer_status(x, w_q, (k, y.shape[1]), col_sum, w_scale, bias, y)
-    if status != OK:
-        return status
-    q = np.empty((m_total, k), dtype=np.uint8)  # [M, K]
-    s_x = np.empty(m_total, dtype=np.float32)
-    z_x = np.empty(m_total, dtype=np.int32)
-    if not quantize_rows(x, q, s_x, z_x, 0, m_total):
-        return NOT_FINITE
-    _portable_linear_rows(
-        q, 0, m_total, w_q, 0, w_q.shape[1], s_x, z_x, col_sum, w_scale, bias, has_bias, y
-    )
-    return OK
-
-
-@njit(parallel=True, cache=True)
-def portable_linear_kernel(x, w_q, col_sum, w_scale, bias, has_bias, y, threads):
-    """``quantized_linear_reference`` on the portable path: the arguments of
-    ``vnni.vnni_linear_kernel`` with ``w_q`` int8 [K, N] in place of the packed weights, and
-    the same single parallel region (N split for few rows, one chunk of rows per thread for
-    many). Returns its status, as ``vnni.vnni_linear_kernel``."""
-    m_total, k = x.shape
-    n = y.shape[1]
-    status = layer_status(x, w_q, (k, n), col_sum, w_scale, bias, y)
-    if status != OK:
-        return status
-    q = np.empty((m_total, k), dtype=np.uint8)  # [M, K]
-    s_x = np.empty(m_total, dtype=np.float32)
-    z_x = np.empty(m_total, dtype=np.int32)
-    finite = True
-    if m_total < MIN_ROWS_SPLIT_M:
-        finite = quantize_rows(x, q, s_x, z_x, 0, m_total)
-        n_tiles = (n + N_TILE - 1) // N_TILE
-        if finite:  # (a conditional inside prange's argument would make it a plain range)
-            for t in prange(n_tiles):
-                _portable_linear_rows(
-                    q,
-                    0,
-                    m_total,
-                    w_q,
-                    t * N_TILE,
-                    min(n, (t + 1) * N_TILE),
-                    s_x,
-                    z_x,
-                    col_sum,
-                    w_scale,
-                    bias,
-                    has_bias,
-                    y,
-                )
-    else:
-        chunk = -(-m_total // threads)
-        n_chunks = -(-m_total // chunk)
-        chunk_finite = np.empty(n_chunks, dtype=np.bool_)
-        for c in prange(n_chunks):
-            m0, m1 = c * chunk, min(m_total, (c + 1) * chunk)
-            chunk_finite[c] = quantize_rows(x, q, s_x, z_x, m0, m1)
-            _portable_linear_rows(
-                q, m0, m1, w_q, 0, n, s_x, z_x, col_sum, w_scale, bias, has_bias, y
-            )
-        for c in range(n_chunks):
-            finite &= chunk_finite[c]
-    return OK if finite else NOT_FINITE
+@functools.cache
+def _x86(name: str):
+    """The module ``x86/<name>.py``, imported on first use."""
+    return importlib.import_module(f"minicompress.kernels.x86.{name}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -232,10 +107,11 @@ def int8_gemm(a: np.ndarray, b: np.ndarray, path: str | None = None) -> np.ndarr
 
     a: uint8 or int8 [M, K]; b: int8 [K, N]  ->  c: int32 [M, N].
 
-    int8 activations on the VNNI path (``vpdpbusd`` multiplies *unsigned* by signed bytes)
-    are shifted into uint8 and corrected with the column sums of b:
+    int8 activations on the x86 paths (whose instructions multiply *unsigned* by signed
+    bytes) are shifted into uint8 and corrected with the column sums of b:
     a @ b = (a + 128) @ b - 128 * sum_k b[k, :]. This entry point packs b on every call; a
-    layer should pack once with ``pack_int8_linear``.
+    layer should pack once with ``pack_int8_linear``. On the avx2 path without AVX-VNNI, a b
+    holding -128 runs the portable kernel (``x86/avx2.py`` says why).
     """
     path = int8_kernel_path(path)
     check_array("a", a, (np.uint8, np.int8), 2)
@@ -245,16 +121,19 @@ def int8_gemm(a: np.ndarray, b: np.ndarray, path: str | None = None) -> np.ndarr
     check_k_fits_int32(a.shape[1])
     if path == "reference":
         return int8_gemm_reference(a, b)
+    if path == "avx2" and not _x86("avx2").exact_for(b):
+        path = "portable"
     (m, k), n = a.shape, b.shape[1]
     if path == "portable":
         c = np.empty((m, n), dtype=np.int32)  # [M, N]
-        portable_gemm_kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), c)
+        int8_portable.gemm_kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), c)
         return c
-    w_packed = vnni.pack_vnni_weight(b)  # [Np/16, Kp/4, 16, 4]
+    module = _x86("avx2" if path == "avx2" else "vnni")  # amx: the VNNI GEMM
+    w_packed = module.pack_weight(b)  # [Np/L, Kp/4, L, 4]
     a_pad = np.zeros((m, w_packed.shape[1] * 4), dtype=np.uint8)  # [M, Kp], zero padding
     a_pad[:, :k] = a.view(np.uint8) ^ np.uint8(0x80) if a.dtype == np.int8 else a
-    c = np.empty((m, w_packed.shape[0] * 16), dtype=np.int32)  # [M, Np]
-    vnni.vnni_gemm_kernel(a_pad, w_packed, c)
+    c = np.empty((m, w_packed.shape[0] * w_packed.shape[2]), dtype=np.int32)  # [M, Np]
+    module.gemm_kernel(a_pad, w_packed, c)
     c = np.ascontiguousarray(c[:, :n])  # [M, Np] -> [M, N]
     if a.dtype == np.int8:
         c -= np.int32(128) * b.astype(np.int32).sum(axis=0)  # exact: the true c fits int32
@@ -269,9 +148,10 @@ def int8_gemm(a: np.ndarray, b: np.ndarray, path: str | None = None) -> np.ndarr
 class PackedInt8Linear(NamedTuple):
     """An int8 linear layer, quantized and laid out once for one path.
 
-    path:    "reference" | "portable" | "vnni" | "amx", the path ``int8_linear`` will run
-    weight:  int8, [K, N] (reference, portable), [ceil(N/16), ceil(K/4), 16, 4] (vnni) or
-             [ceil(N/16), 16 ceil(K/64), 16, 4] (amx)
+    path:    one of KERNEL_PATHS, the path ``int8_linear`` will run
+    weight:  int8, [K, N] (reference, portable), or the k4 layout of ``x86/layout.py``:
+             [ceil(N/16), ceil(K/4), 16, 4] (vnni), [ceil(N/16), 16 ceil(K/64), 16, 4]
+             (amx), [ceil(N/8), ceil(K/4), 8, 4] (avx2)
     col_sum: int32 [N], sum_k w_q[k, n], for the zero-point correction
     w_scale: float32 [N], per-output-channel weight scale
     bias:    float32 [N] or None
@@ -288,18 +168,16 @@ class PackedInt8Linear(NamedTuple):
 
     def w_q(self) -> np.ndarray:
         """The quantized weight as int8 [K, N], whatever the layout."""
-        if self.path in ("vnni", "amx"):
-            return vnni.unpack_vnni_weight(self.weight, self.k, self.n)
+        if self.path in cpu.X86_PATHS:
+            return _x86(self.path).unpack_weight(self.weight, self.k, self.n)
         return self.weight
 
 
 @functools.lru_cache(maxsize=256)
 def _weight_shape(path: str, k: int, n: int) -> tuple[int, ...]:
     """The shape of ``PackedInt8Linear.weight`` for a [K, N] layer on ``path``."""
-    if path == "vnni":
-        return vnni.vnni_weight_shape(k, n)
-    if path == "amx":
-        return amx.amx_weight_shape(k, n)
+    if path in cpu.X86_PATHS:
+        return tuple(_x86(path).weight_shape(k, n))
     return (k, n)
 
 
@@ -317,27 +195,39 @@ def pack_quantized_int8_linear(
 ) -> PackedInt8Linear:
     """Lay out already-quantized weights for ``int8_linear``.
 
-    w_q: int8 [K, N]; w_scale: float32 [N]; bias: float32 [N] or None; path: as in
-    ``int8_kernel_path``  ->  PackedInt8Linear. The arrays are copied, never aliased, into
-    64-byte aligned memory (``aligned.py``: a vector load never straddles two cache lines).
+    w_q: int8 [K, N]; w_scale: float32 [N], finite; bias: float32 [N], finite, or None;
+    path: as in ``int8_kernel_path``  ->  PackedInt8Linear. The arrays are copied, never
+    aliased (on the x86 paths into 64-byte aligned memory, ``x86/aligned.py``: a vector load
+    never straddles two cache lines). The avx2 path without AVX-VNNI cannot multiply a
+    weight of -128 exactly (``x86/avx2.py``): asked for explicitly, such a layer is refused;
+    chosen by ``auto``, it is packed for the portable path instead.
     """
+    choice = kernel_choice(path)
     path = int8_kernel_path(path)
     check_array("w_q", w_q, (np.int8,), 2)
     k, n = w_q.shape
     _check_k_positive("w_q", w_q.shape)
     check_k_fits_int32(k)
-    check_vector("w_scale", w_scale, n)
+    check_finite("w_scale", check_vector("w_scale", w_scale, n))
     if bias is not None:
-        check_vector("bias", bias, n)
-        bias = aligned_copy(bias)
+        check_finite("bias", check_vector("bias", bias, n))
+    if path == "avx2" and not _x86("avx2").exact_for(w_q):
+        if choice == "avx2":
+            raise ValueError(
+                "w_q holds -128, which the avx2 path cannot multiply exactly on this CPU "
+                "(vpmaddubsw without AVX-VNNI; see x86/avx2.py): quantize to [-127, 127] "
+                "(quantize_weight_per_channel does) or use path='portable'"
+            )
+        path = "portable"
     col_sum = w_q.sum(axis=0, dtype=np.int32)  # [K, N] -> [N]; exact, as K <= MAX_K_INT32
-    if path == "vnni":
-        weight = vnni.pack_vnni_weight(w_q)
-    elif path == "amx":
-        weight = amx.pack_amx_weight(w_q)
+    if path in cpu.X86_PATHS:
+        copy = _x86("aligned").aligned_copy
+        weight = _x86(path).pack_weight(w_q)
     else:
-        weight = aligned_copy(w_q)
-    return PackedInt8Linear(path, weight, aligned_copy(col_sum), aligned_copy(w_scale), bias, k, n)
+        copy = np.array  # a C-ordered copy
+        weight = np.array(w_q, order="C")
+    bias = None if bias is None else copy(bias)
+    return PackedInt8Linear(path, weight, copy(col_sum), copy(w_scale), bias, k, n)
 
 
 def pack_int8_linear(
@@ -346,7 +236,7 @@ def pack_int8_linear(
     """Quantize float32 weights per output channel (``quantize_weight_per_channel``) and
     lay them out for ``int8_linear``.
 
-    w: float32 [K, N]; bias: float32 [N] or None  ->  PackedInt8Linear.
+    w: float32 [K, N], finite; bias: float32 [N], finite, or None  ->  PackedInt8Linear.
     """
     check_array("w", w, (np.float32,), 2)
     _check_k_positive("w", w.shape)
@@ -355,24 +245,43 @@ def pack_int8_linear(
 
 
 _INT8, _INT32, _FLOAT32 = np.dtype(np.int8), np.dtype(np.int32), np.dtype(np.float32)
+# path -> (parallel, serial, static) layer kernels of the paths found to run here (filled by
+# _layer_kernels; each kernel's module says what it takes)
+_KERNELS: dict[str, tuple] = {}
 
 
-def _runs_here(path: str) -> bool:
-    """Whether this CPU runs the kernels of ``path`` (the reference path is not a kernel)."""
-    return (
-        path == "portable"
-        or (path == "vnni" and vnni.vnni_supported())
-        or (path == "amx" and amx.amx_supported())
-    )
+def _layer_kernels(path: str) -> tuple:
+    """The layer kernels of ``path`` (raises if this CPU cannot run it), remembered."""
+    int8_kernel_path(path)  # raises: this CPU or Numba's target lacks the instructions
+    if path == "avx2":
+        kernels = _x86("avx2").layer_kernels(cpu.uses_avx_vnni(cpu.target_features()))
+    else:
+        module = int8_portable if path == "portable" else _x86("vnni" if path == "amx" else path)
+        kernels = (module.linear_kernel, module.linear_kernel_serial, module.linear_kernel_static)
+    if path == "amx":  # the tiles where they win (``amx.use_tiles``), the VNNI kernels elsewhere
+        amx = _x86("amx")
+        tiles = (amx.linear_kernel, amx.linear_kernel_serial, amx.linear_kernel_static)
+
+        def choose(i):
+            def kernel(x, weight, *rest):
+                chosen = tiles[i] if amx.use_tiles(x.shape[0], weight) else kernels[i]
+                return chosen(x, weight, *rest)
+
+            return kernel
+
+        kernels = (choose(0), choose(1), choose(2))
+    _KERNELS[path] = kernels
+    return kernels
 
 
 def _arrays_are_plain(packed: PackedInt8Linear) -> bool:
     """The dtypes and C order of a layer's arrays, checked on every call before a kernel
     runs: Numba would compile a new specialization (seconds) for any other. The kernels
-    check the shapes themselves (``int8_quant.layer_status``). Dtypes are compared by
-    identity: ``==`` and helper calls cost 0.1-0.3 us each, the layer at M = 1 about 6 us.
-    The weight's ndim is checked too, so that a kernel can read its shape. False sends the
-    layer to ``_check_packed``, which names what is wrong."""
+    check the shapes and values themselves (``int8_quant.layer_status`` and each path's
+    ``weight_status``). Dtypes are compared by identity: ``==`` and helper calls cost
+    0.1-0.3 us each, the layer at M = 1 about 6 us. The weight's ndim is checked too, so
+    that a kernel can read its shape. False sends the layer to ``_check_packed``, which
+    names what is wrong."""
     w, col_sum, w_scale, bias = packed.weight, packed.col_sum, packed.w_scale, packed.bias
     if bias is None:
         bias = w_scale
@@ -393,19 +302,23 @@ def _arrays_are_plain(packed: PackedInt8Linear) -> bool:
 
 
 def _check_packed(packed: PackedInt8Linear) -> None:
-    """Refuse a PackedInt8Linear whose fields the kernels cannot read safely, naming the
-    field (the slow path: ``int8_linear`` calls it when its own checks fail)."""
+    """Refuse a PackedInt8Linear whose fields the kernels cannot read safely, or that is not
+    a valid layer any more, naming the field (the slow path: ``int8_linear`` calls it when
+    its own checks fail, or a kernel refused the layer)."""
     if packed.path not in KERNEL_PATHS:
         raise ValueError(
             f"packed.path must be one of {', '.join(KERNEL_PATHS)}; got {packed.path!r}"
         )
     k, n = packed.k, packed.n
-    shape = _weight_shape(packed.path, k, n)
+    for name, value in (("k", k), ("n", n)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"packed.{name} must be an int >= 1; got {value!r}")
+    shape = _weight_shape(packed.path, int(k), int(n))
     check_array("packed.weight", packed.weight, (np.int8,), len(shape))
     if packed.weight.shape != shape or not packed.weight.flags.c_contiguous:
         raise ValueError(
             f"packed.weight must be C-contiguous of shape {shape} for path "
-            f"{packed.path!r}; got {packed.weight.shape}"
+            f"{packed.path!r} and k={k}, n={n}; got {packed.weight.shape}"
         )
     for name, a, dtype in (
         ("col_sum", packed.col_sum, np.int32),
@@ -417,55 +330,99 @@ def _check_packed(packed: PackedInt8Linear) -> None:
         check_array(f"packed.{name}", a, (dtype,), 1)
         if a.shape != (n,) or not a.flags.c_contiguous:
             raise ValueError(f"packed.{name} must be C-contiguous of shape ({n},); got {a.shape}")
+        if dtype == np.float32:
+            check_finite(f"packed.{name}", a)
+    if packed.path in cpu.X86_PATHS:
+        from minicompress.kernels.x86.layout import padding_is_zero
+
+        if not padding_is_zero(packed.weight, int(k), int(n)):
+            raise ValueError(
+                f"packed.weight holds non-zero weights past k={k} or n={n} (the padding of "
+                f"its layout): packed.k or packed.n was changed after packing"
+            )
 
 
-def _run_layer_kernel(x: np.ndarray, packed: PackedInt8Linear, y: np.ndarray) -> int:
-    """Run the kernel of ``packed.path`` (vnni, amx or portable) on x into y; its status.
-
-    Layers with M*K*N <= SERIAL_MAX_WORK run on the calling thread; on the amx path, only
-    products where the tiles win (``amx.use_tiles``) run on them, the rest on VNNI.
-    """
-    m, path = x.shape[0], packed.path
-    has_bias = packed.bias is not None
-    bias = packed.bias if has_bias else packed.w_scale  # a float32 [N] that is never read
-    args = (x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y)
-    if path == "amx" and amx.use_tiles(m, packed.weight):
-        return amx.amx_linear_kernel(*args, numba.get_num_threads(), amx.TILE_CONFIG)
-    vnni_path = path != "portable"  # vnni, or amx where the tiles lose
-    if m * packed.k * packed.n <= SERIAL_MAX_WORK:
-        return (vnni.vnni_linear_serial if vnni_path else portable_linear_serial)(*args)
-    kernel = vnni.vnni_linear_kernel if vnni_path else portable_linear_kernel
-    # the thread count sizes the row chunks of a many-row call (1 us to ask: skipped)
-    return kernel(*args, numba.get_num_threads() if m >= MIN_ROWS_SPLIT_M else 1)
+def _raise_for(status: int, packed: PackedInt8Linear) -> None:
+    """Turn a kernel's status other than OK into the error that names the problem."""
+    if status == NOT_FINITE:
+        raise ValueError(
+            "x must be finite, with rows whose range max - min fits float32; it holds NaN "
+            "or inf, or a row spans more than 3.4e38"
+        )
+    if status in (BAD_SHAPES, BAD_VALUES):
+        _check_packed(packed)  # raises, naming the array
+    raise ValueError(f"packed's arrays do not fit together for path {packed.path!r}")
 
 
-def int8_linear(x: np.ndarray, packed: PackedInt8Linear) -> np.ndarray:
+def int8_linear(
+    x: np.ndarray,
+    packed: PackedInt8Linear,
+    act_scale: float | None = None,
+    act_zero_point: int | None = None,
+) -> np.ndarray:
     """``quantized_linear_reference`` on the path ``packed`` was made for.
 
     y = s_x[:, None] * w_scale[None, :] * (q_x @ w_q - z_x[:, None] * col_sum[None, :]) + bias
 
-    x: float32 [M, K] (finite)  ->  y: float32 [M, N]. The activation is quantized per row
-    (``quantize_rows_uint8``, bit for bit) inside the kernel.
+    x: float32 [..., K] (finite)  ->  y: float32 [..., N]. The activation is quantized inside
+    the kernel, bit for bit as the reference: per row (``quantize_rows_uint8``) by default,
+    or, given ``act_scale`` (float > 0) and ``act_zero_point`` (int in [0, 255]) calibrated
+    ahead of time, with those for every row (``quantize_uint8``), which saves the pass over
+    each row for its range.
     """
     if not isinstance(packed, PackedInt8Linear):
         raise TypeError(f"packed must be a PackedInt8Linear; got {type(packed).__name__}")
+    static = None
+    if act_scale is not None or act_zero_point is not None:
+        scale, zero_point = check_static_activation(act_scale, act_zero_point)
+        static = (scale, np.int32(zero_point))
     if not (type(x) is np.ndarray and x.dtype is _FLOAT32 and x.ndim == 2):
-        check_array("x", x, (np.float32,), 2)  # raises, naming what is wrong
+        return _linear_any_shape(x, packed, act_scale, act_zero_point)
     if x.shape[1] != packed.k:
         raise ValueError(f"x is {x.shape}: x.shape[1] must equal the layer's K={packed.k}")
-    path = packed.path
-    if not (_runs_here(path) and _arrays_are_plain(packed)):
+    kernels = _KERNELS.get(packed.path)
+    if kernels is None or not _arrays_are_plain(packed):
         _check_packed(packed)  # raises if the layer itself is malformed
-        if path == "reference":
-            return quantized_linear_reference(x, packed.weight, packed.w_scale, packed.bias)
-        int8_kernel_path(path)  # raises: this CPU lacks the instructions of the path
-    if type(x) is not np.ndarray or not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)  # a plain C-contiguous ndarray for the kernels
-    y = np.empty((x.shape[0], packed.n), _FLOAT32)  # [M, N]
-    status = _run_layer_kernel(x, packed, y)
-    if status == NOT_FINITE:
-        raise ValueError("x must be finite; it holds NaN or inf")
-    if status == BAD_SHAPES:
-        _check_packed(packed)  # raises, naming the array
-        raise ValueError(f"packed's arrays do not fit together for path {path!r}")
+        if packed.path == "reference":
+            return quantized_linear_reference(
+                x, packed.weight, packed.w_scale, packed.bias, act_scale, act_zero_point
+            )
+        kernels = _layer_kernels(packed.path)  # raises: this CPU cannot run the path
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)  # a C-contiguous array for the kernels
+    m = x.shape[0]
+    y = np.empty((m, packed.n), _FLOAT32)  # [M, N]
+    has_bias = packed.bias is not None
+    args = (
+        x,
+        packed.weight,
+        packed.col_sum,
+        packed.w_scale,
+        packed.bias if has_bias else packed.w_scale,  # a float32 [N] never read without bias
+        has_bias,
+        y,
+    )
+    serial = m * packed.k * packed.n <= SERIAL_MAX_WORK
+    if static is not None:
+        status = kernels[2](*args, serial, *static)
+    else:
+        status = kernels[1](*args) if serial else kernels[0](*args)
+    if status != OK:
+        _raise_for(status, packed)
     return y
+
+
+def _linear_any_shape(x, packed, act_scale, act_zero_point) -> np.ndarray:
+    """``int8_linear`` of x [..., K] (any number of leading axes, or none) as one [M, K]
+    product; also turns ndarray subclasses into plain arrays."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype != _FLOAT32:
+        raise TypeError(f"x must have dtype float32; got {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError("x must have shape [..., K]; got a 0-d array")
+    if x.shape[-1] != packed.k:
+        raise ValueError(f"x is {x.shape}: x.shape[-1] must equal the layer's K={packed.k}")
+    x2 = np.asarray(x).reshape(-1, x.shape[-1])  # [..., K] -> [M, K]
+    y = int8_linear(x2, packed, act_scale, act_zero_point)  # [M, N]
+    return y.reshape(*x.shape[:-1], packed.n)  # [..., N]

@@ -1,11 +1,19 @@
-"""Numba pieces shared by both int8 paths: the activation quantizer and the dequantizer.
+"""Numba pieces shared by every int8 path: the activation quantizer, the dequantizer, the
+checks.
 
 ``quantize_rows`` is ``reference.quantize_rows_uint8`` fused into one pass per row for the
 range and one for the codes, bit for bit: the same float32 operations in the same order
 (``(hi - lo) / 255``, ``rint(-lo / s)``, ``rint(x / s) + z``, a true division, not a
-multiplication by ``1 / s``), rounding half to even in both. It runs on one thread over a
-range of rows: the kernels call it inside their own parallel loop, so that a call of the
-layer is one parallel region (waking the other core costs more than quantizing a row).
+multiplication by ``1 / s``), rounding half to even in both. Given a static scale and zero
+point (calibrated ahead of time), it writes the codes of ``reference.quantize_uint8`` with
+them instead, with the same code loop. It runs on one thread over a range of rows: the
+kernels call it inside their own parallel loop, so that a call of the layer is one parallel
+region (waking the other core costs more than quantizing a row).
+
+Non-finite values (one rule on every path, the reference's): an x holding NaN or inf, or a
+row whose range ``max(x, 0) - min(x, 0)`` overflows float32, is refused (``NOT_FINITE``,
+which ``int8_linear`` turns into a ValueError); so are non-finite scales or biases in a
+packed layer (``BAD_VALUES``), which packing never produces.
 
 ``dequantize_tile`` is steps 3-4 of ``reference.quantized_linear_reference`` applied to a
 tile of int32 accumulators as soon as it is computed, while it is still in cache:
@@ -13,9 +21,11 @@ tile of int32 accumulators as soon as it is computed, while it is still in cache
     y[m, n] = (s_x[m] * w_scale[n]) * float32(acc[m, n] - z_x[m] * col_sum[n]) + bias[n].
 
 ``layer_status`` is the check every layer kernel makes first, natively, of the shapes of
-its arrays: the caller checks their dtypes and contiguity (a wrong one would make Numba
-compile a new specialization, which takes seconds), and a shape check in Python costs
-more than the product itself at M = 1 (measured: 1.2 us of a 6 us call).
+its arrays and the finiteness of its scales and bias: the caller checks their dtypes and
+contiguity (a wrong one would make Numba compile a new specialization, which takes
+seconds), and a shape check in Python costs more than the product itself at M = 1
+(measured: 1.2 us of a 6 us call). Each path checks its own weight layout
+(``weight_status``, see ``parallel.py``).
 """
 
 from __future__ import annotations
@@ -30,8 +40,9 @@ _EXP_ALL_ONES = np.int32(0x7F800000)  # |bits| >= this: inf or NaN
 
 # what a layer kernel returns
 OK = 0
-NOT_FINITE = 1  # x holds NaN or inf; y is undefined
+NOT_FINITE = 1  # x holds NaN or inf (or a row's range overflows); y is undefined
 BAD_SHAPES = 2  # the layer's arrays do not have the shapes of its path's layout; y untouched
+BAD_VALUES = 3  # non-finite scale or bias, or non-zero weights in the layout's padding
 
 
 @njit(cache=True)
@@ -70,14 +81,12 @@ def row_range(bits):
 
 
 @njit(cache=True)
-def _quantize_row(x, q, s_x, z_x, m):
-    """Quantize row m of x into q[m, :K] and zero q[m, K:]; False if x[m] is not finite."""
-    row, q_row = x[m], q[m]  # [K], [Kq]
-    lo, hi, finite = row_range(row.view(np.int32))
-    span = hi - lo
-    scale = span / np.float32(255.0) if span > np.float32(0.0) else np.float32(1.0)
-    z_f = min(max(round_half_even(-lo / scale), np.float32(0.0)), np.float32(255.0))
-    z = np.int32(z_f)
+def _write_codes(row, q_row, scale, z_f):
+    """q_row[:K] = clip(rint(row / scale) + z, 0, 255), q_row[K:] = 0 (``quantize_uint8``).
+
+    Exact for any finite row and positive scale: round_half_even is exact for |v| <= 2**22,
+    and beyond it (or for an infinite row / scale) its result is still past the clip, on the
+    same side as rint's."""
     for i in range(row.size):
         # an integer of |c| <= 510, exact in float32; clamped as a float, since int32
         # arithmetic in Numba widens to int64 and halves the vector width (measured 20%)
@@ -85,42 +94,77 @@ def _quantize_row(x, q, s_x, z_x, m):
         q_row[i] = np.uint8(np.int32(min(max(c, np.float32(0.0)), np.float32(255.0))))
     for i in range(row.size, q_row.size):
         q_row[i] = 0  # padding of K: the packed weights there are 0 too
+
+
+@njit(cache=True)
+def _quantize_row(x, q, s_x, z_x, m, act_scale, act_zp):
+    """Quantize row m of x into q[m, :K] and zero q[m, K:]; False if x[m] is not finite or
+    (dynamic ranges) its range overflows float32. act_scale > 0: static scale and zero
+    point act_zp; else the row's own range."""
+    row, q_row = x[m], q[m]  # [K], [Kq]
+    lo, hi, finite = row_range(row.view(np.int32))
+    if act_scale > np.float32(0.0):
+        scale, z = act_scale, act_zp
+        z_f = np.float32(act_zp)
+    else:
+        span = hi - lo
+        finite = finite and span < np.float32(np.inf)
+        scale = span / np.float32(255.0)
+        if not scale > np.float32(0.0):  # a row of zeros, or a range whose scale underflows
+            scale = np.float32(1.0)
+        z_f = min(max(round_half_even(-lo / scale), np.float32(0.0)), np.float32(255.0))
+        z = np.int32(z_f)
+    _write_codes(row, q_row, scale, z_f)
     s_x[m] = scale
     z_x[m] = z
     return finite
 
 
 @njit(cache=True)
-def quantize_rows(x, q, s_x, z_x, m0, m1):
-    """``quantize_rows_uint8`` of rows m0:m1 into preallocated outputs, on one thread.
+def quantize_rows(x, q, s_x, z_x, m0, m1, act_scale, act_zp):
+    """``quantize_rows_uint8`` of rows m0:m1 into preallocated outputs, on one thread; with
+    act_scale > 0, ``quantize_uint8(x, act_scale, act_zp)`` instead (s_x and z_x then hold
+    the static values).
 
-    x: float32 [M, K]; q: uint8 [M, Kq] with Kq >= K (columns K: are set to 0);
-    s_x: float32 [M]; z_x: int32 [M].  Returns False if those rows hold NaN or inf.
+    x: float32 [M, K]; q: uint8 [>= M, Kq] with Kq >= K (columns K: are set to 0);
+    s_x: float32 [M]; z_x: int32 [M]; act_scale: float32; act_zp: int32 in [0, 255].
+    Returns False if those rows hold NaN or inf, or (dynamic) a row range overflows.
     """
     finite = True
     for m in range(m0, m1):
-        finite &= _quantize_row(x, q, s_x, z_x, m)
+        finite &= _quantize_row(x, q, s_x, z_x, m, act_scale, act_zp)
     return finite
 
 
 @njit(cache=True)
-def layer_status(x, w, w_shape, col_sum, w_scale, bias, y):
-    """OK if the arrays of a layer have the shapes its kernel reads, else BAD_SHAPES.
+def all_finite(v):
+    """Whether a float32 vector holds no NaN or inf: the largest |bits| below inf's (the
+    third result of ``row_range``, alone; an integer maximum, which vectorizes)."""
+    bits = v.view(np.int32)
+    abs_b = np.int32(0)
+    for i in range(bits.size):
+        abs_b = max(abs_b, np.int32(bits[i] & _ABS_BITS))
+    return abs_b < _EXP_ALL_ONES
 
-    x: [M, K]; w: the weights, of shape w_shape (the path's layout, from K and N);
-    col_sum, w_scale, bias: [N]; y: [M, N] (N is y's). Shapes only: dtypes and C order are
-    the caller's checks.
+
+@njit(cache=True)
+def layer_status(x, col_sum, w_scale, bias, y):
+    """OK if the arrays of a layer other than its weight fit together, else BAD_SHAPES;
+    BAD_VALUES if w_scale or bias is not finite.
+
+    x: [M, K]; col_sum, w_scale, bias: [N]; y: [M, N] (N is y's). Shapes and values only:
+    dtypes and C order are the caller's checks, the weight the path's (``weight_status``).
     """
-    n = y.shape[1]
-    vector = (n,)
+    vector = (y.shape[1],)
     if (
         x.shape[0] != y.shape[0]
-        or w.shape != w_shape
         or col_sum.shape != vector
         or w_scale.shape != vector
         or bias.shape != vector
     ):
         return BAD_SHAPES
+    if not (all_finite(w_scale) and all_finite(bias)):
+        return BAD_VALUES
     return OK
 
 

@@ -1,13 +1,19 @@
 """What every kernel computes, in plain NumPy.
 
-These functions are the contracts. Each fast kernel in this package (Numba portable,
-Numba + AVX-512 VNNI) has the same signature and must give the same result: integers
-bit for bit, floats to rounding (rtol 1e-5). Tests run both and compare.
+These functions are the contracts (tier 0: read them first). Each fast kernel in this
+package (tier 1, Numba for any CPU; tier 2, ``x86/``: AVX2, AVX-512 VNNI, AMX) has the same
+signature and must give the same result: integers bit for bit, and for the int8 layer the
+same float32 bits too; CSR products to float32 rounding (another summation order). Tests
+run both and compare.
 
 Conventions (see DESIGN.md):
 - A linear layer stores its weight ``w`` as ``[K, N]`` (in, out) so that ``y = x @ w + b``.
 - int8 path: activations uint8 (asymmetric, zero point per row), weights int8 (symmetric,
   one scale per output channel), products accumulated in int32.
+- Non-finite values: the quantizers and the int8 layer refuse NaN and inf (ValueError naming
+  the argument), and so does every kernel path of the int8 layer, at packing time for the
+  weights and at call time for the activations. (The CSR products compute with whatever
+  floats they are given: NaN and inf propagate as in a dense product.)
 - Sparse path: the weight is kept as CSR of ``w.T`` (``[N, K]``, one row per output
   feature, the layout of PyTorch's ``nn.Linear.weight``), so ``x @ w`` is a
   CSR x dense product ``(w.T @ x.T).T`` and every output feature is an independent sparse
@@ -63,6 +69,47 @@ def check_index_dtype(index_dtype, n_cols: int) -> np.dtype:
     return index_dtype
 
 
+def check_finite(name: str, a: np.ndarray) -> np.ndarray:
+    """Refuse an array holding NaN or inf, naming it and where the first one is."""
+    bad = ~np.isfinite(a)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name} must be finite; it holds {a[where]} at index {where}")
+    return a
+
+
+def check_static_activation(act_scale: object, act_zero_point: object) -> tuple | None:
+    """The static activation quantization of an int8 layer, checked: (float32 scale, int
+    zero point), or None for dynamic per-row ranges (both arguments None).
+
+    act_scale: a real number, finite and > 0 once rounded to float32; act_zero_point: an
+    integer in [0, 255] (the uint8 code of 0.0).
+    """
+    if act_scale is None and act_zero_point is None:
+        return None
+    if act_scale is None or act_zero_point is None:
+        raise ValueError(
+            "act_scale and act_zero_point go together (a static activation quantization) or "
+            f"are both None (dynamic); got act_scale={act_scale!r}, "
+            f"act_zero_point={act_zero_point!r}"
+        )
+    if isinstance(act_scale, (bool, np.bool_)) or not isinstance(
+        act_scale, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"act_scale must be a real number; got {type(act_scale).__name__}")
+    with np.errstate(over="ignore"):
+        scale = np.float32(act_scale)
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"act_scale must be finite and > 0 in float32; got {act_scale!r}")
+    if isinstance(act_zero_point, (bool, np.bool_)) or not isinstance(
+        act_zero_point, (int, np.integer)
+    ):
+        raise TypeError(f"act_zero_point must be an integer; got {type(act_zero_point).__name__}")
+    if not 0 <= act_zero_point <= 255:
+        raise ValueError(f"act_zero_point must be in [0, 255]; got {act_zero_point}")
+    return scale, int(act_zero_point)
+
+
 def check_k_fits_int32(k: int) -> None:
     """Refuse a reduction length whose int32 accumulation could overflow."""
     if k > MAX_K_INT32:
@@ -100,15 +147,32 @@ def quantize_weight_per_channel(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     s_n = max_k |w[k, n]| / 127,  q[k, n] = clip(round(w[k, n] / s_n), -127, 127).
 
-    w: float32 [K, N]  ->  q: int8 [K, N], scale: float32 [N].
-    An all-zero column gets scale 1 (any scale reproduces zeros; it avoids 0/0).
-    Rounding is half to even (``np.rint``), as in PyTorch.
+    w: float32 [K, N], finite  ->  q: int8 [K, N], scale: float32 [N].
+    An all-zero column gets scale 1 (any scale reproduces zeros; it avoids 0/0). NaN or inf
+    is refused (one would make its column's scale meaningless). Rounding is half to even
+    (``np.rint``), as in PyTorch; note the /127 (PyTorch's symmetric qint8 observer uses
+    /127.5 and the range [-128, 127]).
     """
     check_array("w", w, (np.float32,), 2)
+    check_finite("w", w)
     amax = np.abs(w).max(axis=0)  # [K, N] -> [N]
     scale = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
     q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)  # [K, N]
     return q, scale
+
+
+def quantize_uint8(x: np.ndarray, scale, zero_point) -> np.ndarray:
+    """Asymmetric uint8 codes of x: q = clip(round(x / s) + z, 0, 255), round half to even.
+
+    x: float32 [...]; scale: float32 > 0 and zero_point: integer in [0, 255], each a scalar
+    (per tensor) or an array broadcasting against x (per row: [M, 1])  ->  uint8, x's shape.
+    x / s is a true float32 division (PyTorch's fake quantization multiplies by 1 / s, which
+    can round a tie differently). Values beyond the range clip to 0 or 255.
+    """
+    check_finite("x", x)
+    with np.errstate(over="ignore"):  # x / s beyond float32 is +-inf: it clips like any other
+        q = np.rint(x / scale) + zero_point  # integers (or +-inf), exact in float32 / float64
+    return np.clip(q, 0, 255).astype(np.uint8)
 
 
 def quantize_rows_uint8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,46 +180,53 @@ def quantize_rows_uint8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
     lo = min(min_k x[m, k], 0), hi = max(max_k x[m, k], 0)   (range widened to hold 0),
     s_m = (hi - lo) / 255,  z_m = clip(round(-lo / s_m), 0, 255),
-    q[m, k] = clip(round(x[m, k] / s_m) + z_m, 0, 255).
+    q[m, k] = clip(round(x[m, k] / s_m) + z_m, 0, 255)        (``quantize_uint8``).
 
-    x: float32 [M, K]  ->  q: uint8 [M, K], scale: float32 [M], zero_point: int32 [M].
+    x: float32 [M, K], finite  ->  q: uint8 [M, K], scale: float32 [M], zero_point: int32 [M].
     Holding 0 in the range makes zero (padding, ReLU/GELU zeros) exact. A row of zeros gets
-    scale 1 and zero point 0. Rounding is half to even.
+    scale 1 and zero point 0, and so does a row whose range is so small that (hi - lo) / 255
+    underflows to 0 in float32 (below about 3.6e-43). Rounding is half to even. NaN or inf
+    is refused, and so is a row whose range hi - lo overflows float32 (|x| near 3.4e38: its
+    scale would be inf).
     """
     check_array("x", x, (np.float32,), 2)
+    check_finite("x", x)
     lo = np.minimum(x.min(axis=1), np.float32(0.0))  # [M, K] -> [M]
     hi = np.maximum(x.max(axis=1), np.float32(0.0))  # [M, K] -> [M]
-    span = hi - lo
-    scale = np.where(span > 0, span / np.float32(255.0), np.float32(1.0)).astype(np.float32)
+    with np.errstate(over="ignore"):
+        span = hi - lo  # [M]
+    if not np.isfinite(span).all():
+        row = int(np.argmax(~np.isfinite(span)))
+        raise ValueError(
+            f"x must have rows whose range max - min fits float32; row {row} spans "
+            f"[{lo[row]}, {hi[row]}]"
+        )
+    scale = (span / np.float32(255.0)).astype(np.float32)  # [M]
+    scale[~(scale > 0)] = 1.0  # rows of zeros, and ranges below 255 x 1.4e-45 (it underflows)
     zero_point = np.clip(np.rint(-lo / scale), 0, 255).astype(np.int32)  # [M]
-    q = np.rint(x / scale[:, None]) + zero_point[:, None]  # [M, K]
-    return np.clip(q, 0, 255).astype(np.uint8), scale, zero_point
+    q = quantize_uint8(x, scale[:, None], zero_point[:, None])  # [M, K]
+    return q, scale, zero_point
 
 
-def quantized_linear_reference(
-    x: np.ndarray, w_q: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None = None
+def int8_linear_from_codes(
+    q_x: np.ndarray,
+    s_x: np.ndarray,
+    z_x: np.ndarray,
+    w_q: np.ndarray,
+    w_scale: np.ndarray,
+    bias: np.ndarray | None,
 ) -> np.ndarray:
-    """The int8 linear layer end to end: float32 in, float32 out.
+    """Steps 2-4 of the int8 linear layer, from the quantized activations:
 
-    1. quantize x per row:            q_x, s_x [M], z_x [M]      (``quantize_rows_uint8``)
     2. integer GEMM:                  acc = q_x @ w_q            (int32 [M, N])
     3. zero-point correction:         acc -= z_x[:, None] * sum_k w_q[k, :]
     4. dequantize and add the bias:   y = s_x[:, None] * w_scale[None, :] * acc + bias
 
     Step 3 is exact in int32: sum_k (q_x - z_x) w_q = acc - z_x * colsum(w_q).
 
-    x: float32 [M, K]; w_q: int8 [K, N]; w_scale: float32 [N]; bias: float32 [N] or None
-    ->  y: float32 [M, N].
+    q_x: uint8 [M, K]; s_x: float32 [M]; z_x: int32 [M]; w_q: int8 [K, N];
+    w_scale: float32 [N]; bias: float32 [N] or None  ->  y: float32 [M, N].
     """
-    check_array("x", x, (np.float32,), 2)
-    check_array("w_q", w_q, (np.int8,), 2)
-    k, n = w_q.shape
-    if x.shape[1] != k:
-        raise ValueError(f"x is {x.shape} and w_q is {w_q.shape}: x.shape[1] must equal K={k}")
-    check_vector("w_scale", w_scale, n)
-    if bias is not None:
-        check_vector("bias", bias, n)
-    q_x, s_x, z_x = quantize_rows_uint8(x)  # [M, K] uint8, [M], [M]
     acc = int8_gemm_reference(q_x, w_q)  # [M, N] int32
     col_sum = w_q.astype(np.int32).sum(axis=0)  # [K, N] -> [N]
     acc = acc - z_x[:, None] * col_sum[None, :]  # [M, N] int32
@@ -163,6 +234,48 @@ def quantized_linear_reference(
     if bias is not None:
         y = y + bias
     return y.astype(np.float32)
+
+
+def quantized_linear_reference(
+    x: np.ndarray,
+    w_q: np.ndarray,
+    w_scale: np.ndarray,
+    bias: np.ndarray | None = None,
+    act_scale: float | None = None,
+    act_zero_point: int | None = None,
+) -> np.ndarray:
+    """The int8 linear layer end to end: float32 in, float32 out.
+
+    1. quantize x, either per row (dynamic):  q_x, s_x [M], z_x [M]  (``quantize_rows_uint8``)
+       or with a static scale and zero point calibrated ahead of time (``act_scale``,
+       ``act_zero_point``):  q_x = ``quantize_uint8(x, act_scale, act_zero_point)``,
+       s_x = act_scale, z_x = act_zero_point for every row;
+    2-4. integer GEMM, zero-point correction, dequantization and bias
+       (``int8_linear_from_codes``).
+
+    x: float32 [M, K], finite; w_q: int8 [K, N]; w_scale: float32 [N]; bias: float32 [N] or
+    None; act_scale, act_zero_point: both None, or a float32 > 0 and an integer in [0, 255]
+    (``check_static_activation``)  ->  y: float32 [M, N].
+    """
+    check_array("x", x, (np.float32,), 2)
+    check_array("w_q", w_q, (np.int8,), 2)
+    k, n = w_q.shape
+    if x.shape[1] != k:
+        raise ValueError(f"x is {x.shape} and w_q is {w_q.shape}: x.shape[1] must equal K={k}")
+    check_vector("w_scale", w_scale, n)
+    check_finite("w_scale", w_scale)
+    if bias is not None:
+        check_vector("bias", bias, n)
+        check_finite("bias", bias)
+    static = check_static_activation(act_scale, act_zero_point)
+    if static is None:
+        q_x, s_x, z_x = quantize_rows_uint8(x)  # [M, K] uint8, [M], [M]
+    else:
+        scale, zero_point = static
+        q_x = quantize_uint8(x, scale, zero_point)  # [M, K] uint8
+        s_x = np.full(x.shape[0], scale, dtype=np.float32)  # [M]
+        z_x = np.full(x.shape[0], zero_point, dtype=np.int32)  # [M]
+    return int8_linear_from_codes(q_x, s_x, z_x, w_q, w_scale, bias)
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""How the CSR kernels split the rows of a sparse matrix among threads (and the O(1) checks
+"""How the x86 CSR kernels split the rows of a sparse matrix among threads (and the O(1) checks
 that come before).
 
 A product with few stored weights runs on the calling thread: waking the other threads costs
@@ -9,10 +9,10 @@ rows takes another part instead of waiting for one given long rows.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit
-from numba.extending import overload
+
+from minicompress.kernels.threads import threads_here
 
 # below these, one thread wins (measured with 2 threads on 26K-236K stored weights):
 PARALLEL_MIN_WORK = 2**14  # SpMV: stored weights x rows of x (gathered products)
@@ -22,20 +22,6 @@ PARALLEL_MIN_WORK = 2**14  # SpMV: stored weights x rows of x (gathered products
 PARALLEL_MIN_BLOCK_WORK = 2**15
 PARTS_PER_THREAD = 4  # work items per thread: evens out rows of unequal length
 ROW_COST = 8  # cost of one output row in "stored weights": its zeroing and its stores
-
-
-def _threads() -> int:
-    """``numba.get_num_threads()``; compiled, the call Numba's own parallel loops make."""
-    return numba.get_num_threads()
-
-
-@overload(_threads)
-def _ol_threads():
-    try:  # no ctypes pointer (numba.get_num_threads has one), so cache=True still works
-        from numba.np.ufunc.parallel import _iget_num_threads
-    except ImportError:  # another Numba: still right, but compiled again in each process
-        return lambda: numba.get_num_threads()
-    return lambda: _iget_num_threads()
 
 
 @njit(cache=True)
@@ -57,7 +43,7 @@ def n_parts(n_rows, work, min_work):
     allowed (``numba.set_num_threads``), else PARTS_PER_THREAD per thread, at most n_rows."""
     if work < min_work:
         return 1
-    threads = _threads()  # numba.get_num_threads(); 1 us from Python
+    threads = threads_here()  # numba.get_num_threads(); 1 us from Python
     return 1 if threads == 1 else max(1, min(n_rows, PARTS_PER_THREAD * threads))
 
 

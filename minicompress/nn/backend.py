@@ -10,12 +10,10 @@ through the ``linear`` contract (``nn/linear.py``).
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
+from minicompress.kernel_choice import kernel_choice
 from minicompress.nn import attention, fused, ops
-
-KERNEL_CHOICES = ("auto", "reference", "portable", "vnni", "amx")
 
 
 class OpImpl(NamedTuple):
@@ -49,16 +47,6 @@ NUMBA_OPS = OpImpl(
     fused.attention_forward_fused,
     fused.attention_backward_fused,
 )
-
-
-def kernel_choice() -> str:
-    """The value of ``MINICOMPRESS_KERNEL`` (default ``auto``), checked."""
-    choice = os.environ.get("MINICOMPRESS_KERNEL", "auto").strip().lower() or "auto"
-    if choice not in KERNEL_CHOICES:
-        raise ValueError(
-            f"MINICOMPRESS_KERNEL must be one of {', '.join(KERNEL_CHOICES)}; got {choice!r}"
-        )
-    return choice
 
 
 def default_op_impl() -> OpImpl:

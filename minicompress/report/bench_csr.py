@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse
 from threadpoolctl import threadpool_limits
 
-from minicompress.kernels.csr import dense_to_csr, quantize_csr, sparse_linear
+from minicompress.kernels.csr import csr_kernel_path, dense_to_csr, quantize_csr, sparse_linear
 from minicompress.kernels.reference import quantize_weight_per_channel
 from minicompress.report.timing import blas_summary, median_ms
 
@@ -91,7 +91,8 @@ def run_csr_bench(
     of a shared machine drifts over seconds, and alternating puts the three contenders
     through the same drift. ``quick`` runs one shape (a few seconds once the kernels are in
     Numba's disk cache).
-    Records: kernel ("csr_linear"), M, K, N, threads, sparsity, nnz, ms, scipy_ms, numpy_ms,
+    Records: kernel ("csr_linear"), path (``csr_kernel_path()``), M, K, N, threads, sparsity,
+    nnz, ms, scipy_ms, numpy_ms,
     speedup_vs_scipy, speedup_vs_numpy, scipy_form, blas.
     """
     m_list = QUICK_M if quick else FULL_M
@@ -158,6 +159,7 @@ def _sweep(rng, m_list, shapes, sparsities, threads, timed, rounds) -> list[dict
     return [
         {
             "kernel": "csr_linear",
+            "path": csr_kernel_path(),
             "M": m,
             "K": k,
             "N": n,

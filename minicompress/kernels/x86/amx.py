@@ -5,7 +5,7 @@ Intel AMX (Sapphire Rapids and later) adds eight *tile* registers ``tmm0``-``tmm
 16 rows x 64 bytes and a matrix unit. ``tdpbusd c, a, b`` treats a tile ``a`` as 16 rows of
 64 unsigned bytes (16 rows x 64 k of the activations) and ``b`` as 16 rows of 16 x 4 signed
 bytes (64 k x 16 columns of the weights, 4 consecutive k of a column side by side: the
-layout of ``vnni.pack_vnni_weight``), and adds to the 16 x 16 int32 tile ``c``:
+layout of ``vnni.pack_weight``), and adds to the 16 x 16 int32 tile ``c``:
 
     c[m, n] += sum_{r < 16} sum_{t < 4} a[m, 4r + t] * b[r, 4n + t].
 
@@ -17,7 +17,7 @@ kernel keeps a block of 2 x 2 output tiles (32 rows x 32 columns, ``tmm0``-``tmm
 whole K loop and loads, per 64 k, two activation tiles (``tmm4``, ``tmm5``) and two weight
 tiles (``tmm6``, ``tmm7``): 4 KB for 65,536 multiply-adds.
 
-The weights are packed as for VNNI, with K padded to a multiple of 64 (``pack_amx_weight``):
+The weights are packed as for VNNI, with K padded to a multiple of 64 (``pack_weight``):
 the same array also feeds the VNNI kernels, which this path uses where they are faster
 (``use_tiles``). The activations are quantized by rows (``int8_quant.quantize_rows``, bit
 for bit as the reference), padded to a multiple of 32 rows and of 64 k, and copied into
@@ -27,31 +27,28 @@ dequantized from there (``_dequantize_row32``, the float32 operations of
 ``int8_quant.dequantize_tile`` in the same order): every path gives the same floats.
 
 Linux lends the tile registers to a process only on request (``arch_prctl`` with
-``ARCH_REQ_XCOMP_PERM``): ``amx_supported()`` asks once and says True only if the CPU has
-AMX-INT8, LLVM targets it, and the kernel granted the request.
+``ARCH_REQ_XCOMP_PERM``): ``cpu.amx_tiles_granted()`` asks once; ``int8.py`` runs this path
+only if the CPU has AMX-INT8, LLVM targets it, and the kernel granted the request.
+
+The layer kernel (``linear_kernel``) is ``parallel.run_layer`` with this module's steps:
+rows padded to a multiple of 32 (``q_rows``), the activation tiles as its workspace, filled
+from the quantized rows (``prepare``), and blocks of 32 x 32 outputs (``linear_rows``).
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import sys
 
-import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
-from minicompress.kernels import simd, vnni
-from minicompress.kernels.aligned import aligned_bytes
-from minicompress.kernels.int8_quant import (
-    NOT_FINITE,
-    OK,
-    dequantize_tile,
-    layer_status,
-    quantize_rows,
-)
+from minicompress.kernels import parallel
+from minicompress.kernels.int8_quant import BAD_SHAPES, BAD_VALUES, OK, dequantize_tile
+from minicompress.kernels.x86 import simd, vnni
+from minicompress.kernels.x86.aligned import aligned_bytes
+from minicompress.kernels.x86.layout import k4_shape, pack_k4, padding_is_zero
 
 K_BLOCK = 64  # k per tile: 16 rows of 4 bytes in a weight tile, 64 bytes of an activation row
 M_BLOCK = 32  # rows of an output block: two tiles of 16 rows
@@ -64,26 +61,7 @@ N_BLOCK = 32  # columns of an output block: two tiles of 16 int32
 MIN_ROWS = 128
 MIN_ROWS_LARGE = 16  # for weights of MIN_LARGE_BYTES or more
 MIN_LARGE_BYTES = 2**20
-
-_SYS_ARCH_PRCTL = 158  # x86-64 Linux
-_ARCH_REQ_XCOMP_PERM = 0x1023
-_XFEATURE_XTILEDATA = 18
-
-
-@functools.cache
-def amx_supported() -> bool:
-    """Whether the int8 tile instructions can run here: the CPU has AMX-INT8 (and VNNI, for
-    small M), LLVM targets it, and Linux granted this process the tile registers."""
-    features = llvm.get_host_cpu_features()
-    if not (vnni.vnni_supported() and features.get("amx-tile") and features.get("amx-int8")):
-        return False
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
-    except (OSError, AttributeError):
-        return False
+_NO_SCALE, _NO_ZP = parallel.NO_SCALE, parallel.NO_ZERO_POINT  # per-row activation ranges
 
 
 def use_tiles(m: int, w_packed: np.ndarray) -> bool:
@@ -91,22 +69,21 @@ def use_tiles(m: int, w_packed: np.ndarray) -> bool:
     return m >= MIN_ROWS or (m >= MIN_ROWS_LARGE and w_packed.size >= MIN_LARGE_BYTES)
 
 
-def pack_amx_weight(w_q: np.ndarray) -> np.ndarray:
-    """``vnni.pack_vnni_weight`` with K padded to a multiple of 64 (one tile of k).
+def pack_weight(w_q: np.ndarray) -> np.ndarray:
+    """``vnni.pack_weight`` with K padded to a multiple of 64 (one tile of k).
 
     w_q: int8 [K, N]  ->  int8 [ceil(N/16), 16 ceil(K/64), 16, 4] (zero where k >= K).
     """
-    k, n = w_q.shape
-    kp = -(-k // K_BLOCK) * K_BLOCK
-    padded = np.zeros((kp, n), dtype=np.int8)  # [Kp, N]
-    padded[:k] = w_q
-    return vnni.pack_vnni_weight(padded)
+    return pack_k4(w_q, vnni.LANES, K_BLOCK)
 
 
 @njit(cache=True)
-def amx_weight_shape(k, n):
-    """The shape ``pack_amx_weight`` gives a [K, N] weight: (ceil(N/16), 16 ceil(K/64), 16, 4)."""
-    return (-(-n // 16), -(-k // K_BLOCK) * (K_BLOCK // 4), 16, 4)
+def weight_shape(k, n):
+    """The shape ``pack_weight`` gives a [K, N] weight: (ceil(N/16), 16 ceil(K/64), 16, 4)."""
+    return k4_shape(k, n, vnni.LANES, K_BLOCK)
+
+
+unpack_weight = vnni.unpack_weight  # the same layout, with more zero k
 
 
 # ----------------------------------------------------------------------------------------
@@ -259,16 +236,16 @@ def _dequantize_row32(
     return sig, codegen
 
 
-def _tile_config() -> np.ndarray:
-    """The ``ldtilecfg`` operand: palette 1, eight tiles of 16 rows x 64 bytes."""
+@njit(cache=True)
+def tile_config():
+    """The ``ldtilecfg`` operand: palette 1, eight tiles of 16 rows x 64 bytes. Made on each
+    call (64 bytes): a global array would be frozen into the machine code."""
     config = np.zeros(64, dtype=np.uint8)
     config[0] = 1  # palette
-    config[16:32].view(np.uint16)[:8] = 64  # bytes per row of tmm0-7
-    config[48:56] = 16  # rows of tmm0-7
+    for t in range(8):
+        config[16 + 2 * t] = 64  # bytes per row of tmm t (a little-endian uint16)
+        config[48 + t] = 16  # rows of tmm t
     return config
-
-
-TILE_CONFIG = _tile_config()
 
 
 # ----------------------------------------------------------------------------------------
@@ -336,81 +313,103 @@ def _linear_blocks(
     _amx_release()
 
 
-@njit(parallel=True, cache=True)
-def amx_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y, threads, config):
-    """The quantized linear layer of ``quantized_linear_reference`` on the AMX path.
+@njit(cache=True)
+def weight_status(w_packed, k, n):
+    """OK if w_packed has the layout ``pack_weight`` gives a [K, N] layer, with zeros in
+    the padding, else BAD_SHAPES or BAD_VALUES."""
+    if w_packed.shape != weight_shape(k, n):
+        return BAD_SHAPES
+    return OK if padding_is_zero(w_packed, k, n) else BAD_VALUES
 
-    x: float32 [M, K] (M >= 1); w_packed: int8 [ceil(N/16), Kp/4, 16, 4] (``pack_amx_weight``);
-    col_sum: int32 [N]; w_scale, bias: float32 [N]; y: float32 [M, N] out; threads:
-    ``numba.get_num_threads()``; config: ``TILE_CONFIG``. Returns ``int8_quant.OK``,
-    ``NOT_FINITE`` if x holds NaN or inf, or ``BAD_SHAPES`` (``layer_status``). One parallel
-    region: for up to 64 rows the threads split N (each keeps its part of
-    the weights in its own cache), for more rows each thread takes a chunk of rows.
-    """
-    m_total, k = x.shape
-    n = y.shape[1]
-    status = layer_status(x, w_packed, amx_weight_shape(k, n), col_sum, w_scale, bias, y)
-    if status != OK:
-        return status
-    nb, kq = w_packed.shape[0], w_packed.shape[1]
-    m_padded = -(-m_total // M_BLOCK) * M_BLOCK
-    q = np.zeros((m_padded, kq * 4), dtype=np.uint8)  # [Mp, Kp]; rows past M stay 0
-    # the same, tiled; aligned, so that no 64-byte row of a tile straddles two cache lines
-    a_t = aligned_bytes(m_padded * kq * 4).reshape((m_padded // 16, kq // 16, 16, K_BLOCK))
-    s_x = np.empty(m_total, dtype=np.float32)
-    z_x = np.empty(m_total, dtype=np.int32)
-    finite = True
-    pairs = (nb + 1) // 2  # blocks of 32 columns
-    if m_total <= 2 * M_BLOCK or pairs < threads:
-        finite = quantize_rows(x, q, s_x, z_x, 0, m_total)
-        _to_tiles(q, a_t, 0, m_padded)
-        per_thread = -(-pairs // threads)
-        if finite:
-            for t in prange(threads):
-                j0, j1 = min(nb, 2 * t * per_thread), min(nb, 2 * (t + 1) * per_thread)
-                if j0 < j1:
-                    _linear_blocks(
-                        a_t,
-                        0,
-                        m_total,
-                        w_packed,
-                        j0,
-                        j1,
-                        n,
-                        s_x,
-                        z_x,
-                        col_sum,
-                        w_scale,
-                        bias,
-                        has_bias,
-                        y,
-                        config,
-                    )
-    else:
-        chunk = -(-m_total // (threads * M_BLOCK)) * M_BLOCK
-        n_chunks = -(-m_total // chunk)
-        chunk_finite = np.empty(n_chunks, dtype=np.bool_)
-        for c in prange(n_chunks):
-            m0, m1 = c * chunk, min(m_total, (c + 1) * chunk)
-            chunk_finite[c] = quantize_rows(x, q, s_x, z_x, m0, m1)
-            _to_tiles(q, a_t, m0, min(m_padded, m0 + chunk))
-            _linear_blocks(
-                a_t,
-                m0,
-                m1,
-                w_packed,
-                0,
-                nb,
-                n,
-                s_x,
-                z_x,
-                col_sum,
-                w_scale,
-                bias,
-                has_bias,
-                y,
-                config,
-            )
-        for c in range(n_chunks):
-            finite &= chunk_finite[c]
-    return OK if finite else NOT_FINITE
+
+@njit(cache=True)
+def column_units(w_packed, n):
+    """The units of N the threads share: blocks of 16 columns (taken in pairs)."""
+    return w_packed.shape[0]
+
+
+@njit(cache=True)
+def q_rows(m):
+    """The quantized rows are padded to a multiple of M_BLOCK (the padded ones stay 0)."""
+    return -(-m // M_BLOCK) * M_BLOCK
+
+
+@njit(cache=True)
+def split_columns(m, w_packed, threads):
+    """Up to 64 rows, or fewer pairs of 16-column blocks than threads, the threads share N
+    (each keeps its part of the weights in its own cache); else each takes rows."""
+    return m <= 2 * M_BLOCK or (w_packed.shape[0] + 1) // 2 < threads
+
+
+@njit(cache=True)
+def panel(m, units, threads):
+    """16-column blocks per thread when the threads share N: an even number (pairs)."""
+    pairs = (units + 1) // 2
+    return 2 * -(-pairs // threads)
+
+
+@njit(cache=True)
+def row_multiple():
+    return M_BLOCK
+
+
+@njit(cache=True)
+def workspace(q, m):
+    """(the activation tiles [Mp/16, Kp/64, 16, 64], the tile configuration); zeroes the
+    rows of q past m, which the tiles read (and which are never stored)."""
+    q[m:] = 0
+    m_padded, kp = q.shape
+    # aligned, so that no 64-byte row of a tile straddles two cache lines
+    a_t = aligned_bytes(m_padded * kp).reshape((m_padded // 16, kp // K_BLOCK, 16, K_BLOCK))
+    return a_t, tile_config()
+
+
+@njit(cache=True)
+def prepare(q, work, m0, m1):
+    """Copy the quantized rows m0:m1 into the tiles (``_to_tiles``)."""
+    _to_tiles(q, work[0], m0, m1)
+
+
+@njit(cache=True)
+def linear_rows(
+    q, work, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bias, has_bias, y
+):
+    """y[m0:m1, 16 j0 : min(n, 16 j1)] from the activation tiles (``_linear_blocks``)."""
+    a_t, config = work
+    _linear_blocks(
+        a_t, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bias, has_bias, y, config
+    )
+
+
+@njit(cache=True)
+def linear_kernel(x, weight, col_sum, w_scale, bias, has_bias, y):
+    """The quantized linear layer of ``quantized_linear_reference`` on the AMX path:
+    ``parallel.run_layer`` (its status) with the steps above.
+
+    x: float32 [M, K] (M >= 1); weight: int8 [ceil(N/16), Kp/4, 16, 4] (``pack_weight``);
+    col_sum: int32 [N]; w_scale, bias: float32 [N]; y: float32 [M, N] out. For up to 64
+    rows the threads split N (each keeps its part of the weights in its own cache), for
+    more rows each thread takes a chunk of rows."""
+    return parallel.run_layer(
+        "amx", x, weight, col_sum, w_scale, bias, has_bias, y, False, _NO_SCALE, _NO_ZP
+    )
+
+
+@njit(cache=True)
+def linear_kernel_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
+    """``linear_kernel`` on the calling thread (``parallel.run_layer_serial``)."""
+    return parallel.run_layer_serial(
+        "amx", x, weight, col_sum, w_scale, bias, has_bias, y, True, _NO_SCALE, _NO_ZP
+    )
+
+
+@njit(cache=True)
+def linear_kernel_static(x, weight, col_sum, w_scale, bias, has_bias, y, serial, scale, zp):
+    """``linear_kernel`` with a static activation scale (float32 > 0) and zero point (int32),
+    on the calling thread if ``serial``."""
+    return parallel.run_layer(
+        "amx", x, weight, col_sum, w_scale, bias, has_bias, y, serial, scale, zp
+    )
+
+
+parallel.register("amx", sys.modules[__name__])

@@ -8,7 +8,7 @@
 No loop form makes Numba's auto-vectorizer emit it, so ``_dpbusd_tile`` below is a Numba
 ``@intrinsic`` that writes the LLVM IR of a register-tiled micro-kernel by hand:
 
-- the weights are packed once as ``[N/16, K/4, 16, 4]`` (``pack_vnni_weight``): for 16
+- the weights are packed once as ``[N/16, K/4, 16, 4]`` (``pack_weight``, ``layout.py``): for 16
   output columns, 4 consecutive k of each column lie side by side, so one 64-byte load is a
   ``b`` operand for 16 columns x 4 k;
 - 4 bytes of an activation row (4 consecutive k) are broadcast as one int32 to all 16 lanes
@@ -25,30 +25,29 @@ taken but that is not used afterwards is freed early, and its memory reused).
 Padding: K is padded to a multiple of 4 and N to a multiple of 16 with zero weights, so the
 padded k contribute 0 whatever the activation byte there, and padded columns are dropped.
 
-Only ``int8.py`` calls this module, and only when ``vnni_supported()``: Numba compiles
-a function on its first call, so on a CPU without VNNI nothing here is ever compiled.
+The weights are in the k4 layout of ``layout.py`` with 16 columns per block. The layer
+kernel (``linear_kernel``) is ``parallel.run_layer`` with this module's steps
+(``weight_status``, ``column_units``, ``split_columns``, ``panel``, ``row_multiple``,
+``linear_rows``).
+
+Only ``int8.py`` calls this module, and only when ``cpu.why_not("vnni", ...)`` allows it:
+Numba compiles a function on its first call, so on a CPU without VNNI nothing here is ever
+compiled.
 """
 
 from __future__ import annotations
 
-import functools
+import sys
 
-import llvmlite.binding as llvm
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from minicompress.kernels.aligned import aligned_empty
-from minicompress.kernels.int8_quant import (
-    NOT_FINITE,
-    OK,
-    dequantize_tile,
-    layer_status,
-    quantize_rows,
-)
-from minicompress.kernels.simd import splat
+from minicompress.kernels import parallel
+from minicompress.kernels.int8_quant import BAD_SHAPES, BAD_VALUES, OK, dequantize_tile
+from minicompress.kernels.x86.layout import k4_shape, pack_k4, padding_is_zero, unpack_k4
+from minicompress.kernels.x86.simd import splat
 
 # The register tile: MR rows x NV zmm vectors of 16 int32 columns = 24 accumulators, plus NV
 # weight vectors and one broadcast, 28 of the 32 zmm registers. Each 64-byte weight load
@@ -57,8 +56,9 @@ from minicompress.kernels.simd import splat
 # process: 8 x 3 was 0-15% faster on every shape of the benchmark.
 MR = 8  # rows of a register tile
 NV = 3  # zmm vectors (16 int32 columns each) per row of a tile
-M_CHUNK = 64  # rows per parallel work item of ``vnni_gemm_kernel`` (a multiple of MR)
-MIN_ROWS_SPLIT_M = 8  # with fewer rows, the threads split N instead of M
+LANES = 16  # int32 lanes of a zmm register: output columns per block of the packed weights
+M_CHUNK = 64  # rows per parallel work item of ``gemm_kernel`` (a multiple of MR)
+MIN_ROWS_SPLIT_M = parallel.MIN_ROWS_SPLIT_M  # with fewer rows, the threads split N, not M
 # ... and up to SPLIT_N_MAX_ROWS rows when the weights are too large for one core's L2
 # (2 MB here): each thread then reads only its half of them, which stays in its own L2
 # from call to call. Measured on 768 x 3072 (2.4 MB): 7% faster at M = 32, 10% slower at
@@ -69,17 +69,7 @@ SPLIT_N_MIN_WEIGHT_BYTES = 2**20
 # is 1 x ROW_NV: four 64-byte loads in flight per k-step instead of three. Measured on
 # 1024 x 256 (256 KB of weights, read from L2): 3.97 against 4.37 us; 8 vectors, 3.96.
 ROW_NV = 4
-
-
-@functools.cache
-def vnni_supported() -> bool:
-    """Whether the host CPU runs AVX-512 VNNI (``vpdpbusd`` on zmm), as LLVM sees it, and
-    Numba compiles for the host: with ``NUMBA_CPU_NAME`` set (``generic`` for a cache that
-    moves between machines) LLVM could not emit the instruction, so the portable path runs."""
-    if numba.config.CPU_NAME not in (None, "host"):
-        return False
-    features = llvm.get_host_cpu_features()
-    return all(features.get(f, False) for f in ("avx512f", "avx512bw", "avx512vnni"))
+_NO_SCALE, _NO_ZP = parallel.NO_SCALE, parallel.NO_ZERO_POINT  # per-row activation ranges
 
 
 # ----------------------------------------------------------------------------------------
@@ -87,44 +77,36 @@ def vnni_supported() -> bool:
 # ----------------------------------------------------------------------------------------
 
 
-def pack_vnni_weight(w_q: np.ndarray) -> np.ndarray:
-    """Pack int8 weights for the VNNI micro-kernel.
+def pack_weight(w_q: np.ndarray) -> np.ndarray:
+    """Pack int8 weights for the VNNI micro-kernel: ``layout.pack_k4`` with 16 columns per
+    block.
 
     packed[j, kk, i, r] = w_q[4 kk + r, 16 j + i]   (zero where 4 kk + r >= K or 16 j + i >= N)
 
     w_q: int8 [K, N]  ->  int8 [ceil(N/16), ceil(K/4), 16, 4], C-contiguous, its data
-    64-byte aligned (``aligned.py``).
+    64-byte aligned.
     """
-    k, n = w_q.shape
-    kp, np_ = -(-k // 4) * 4, -(-n // 16) * 16
-    padded = np.zeros((kp, np_), dtype=np.int8)  # [Kp, Np]
-    padded[:k, :n] = w_q
-    blocks = padded.reshape(kp // 4, 4, np_ // 16, 16)  # [K/4, 4, N/16, 16]
-    packed = aligned_empty((np_ // 16, kp // 4, 16, 4), np.int8)  # 64-byte loads: aligned
-    packed[...] = blocks.transpose(2, 0, 3, 1)  # -> [N/16, K/4, 16, 4]
-    return packed
+    return pack_k4(w_q, LANES)
 
 
 @njit(cache=True)
-def vnni_weight_shape(k, n):
-    """The shape ``pack_vnni_weight`` gives a [K, N] weight: (ceil(N/16), ceil(K/4), 16, 4)."""
-    return (-(-n // 16), -(-k // 4), 16, 4)
+def weight_shape(k, n):
+    """The shape ``pack_weight`` gives a [K, N] weight: (ceil(N/16), ceil(K/4), 16, 4)."""
+    return k4_shape(k, n, LANES, 4)
 
 
 @njit(cache=True)
 def readable_weight_shape(w_packed, k, n):
-    """The packed shape the VNNI kernels read for a [K, N] layer: ``vnni_weight_shape``,
-    except that K may be padded further (``amx.pack_amx_weight`` pads it to a multiple of
+    """The packed shape the VNNI kernels read for a [K, N] layer: ``weight_shape``,
+    except that K may be padded further (``amx.pack_weight`` pads it to a multiple of
     64; those k meet activations quantized to 0). w_packed: int8 4-D."""
-    nb, kq, _, _ = vnni_weight_shape(k, n)
-    return (nb, max(kq, w_packed.shape[1]), 16, 4)
+    nb, kq, _, _ = weight_shape(k, n)
+    return (nb, max(kq, w_packed.shape[1]), LANES, 4)
 
 
-def unpack_vnni_weight(packed: np.ndarray, k: int, n: int) -> np.ndarray:
-    """Inverse of ``pack_vnni_weight``: int8 [N/16, K/4, 16, 4] -> int8 [K, N]."""
-    nb, kq = packed.shape[0], packed.shape[1]
-    w = packed.transpose(1, 3, 0, 2).reshape(kq * 4, nb * 16)  # [K/4, 4, N/16, 16] -> [Kp, Np]
-    return np.ascontiguousarray(w[:k, :n])
+def unpack_weight(packed: np.ndarray, k: int, n: int) -> np.ndarray:
+    """Inverse of ``pack_weight`` (and of ``amx.pack_weight``): -> int8 [K, N]."""
+    return unpack_k4(packed, k, n)
 
 
 # ----------------------------------------------------------------------------------------
@@ -148,16 +130,17 @@ def _const(value):
 
 
 def emit_dequantize(builder, acc, z_vec, s_vec, col_sum, w_scale, bias, add_bias):
-    """16 lanes of ``int8_quant.dequantize_tile``, with its float32 operations in the same
+    """L lanes of ``int8_quant.dequantize_tile``, with its float32 operations in the same
     order (no fused multiply-add), so every path gives the same floats:
 
     y = (s * w_scale) * float32(acc - z * col_sum) + bias      (bias added if add_bias)
 
-    acc, z_vec, col_sum: <16 x i32>; s_vec, w_scale, bias: <16 x float>; add_bias: i1.
-    Used by this file's tile and by ``amx._dequantize_row32``.
+    acc, z_vec, col_sum: <L x i32>; s_vec, w_scale, bias: <L x float>; add_bias: i1.
+    Used by this file's tile, by ``amx._dequantize_row32`` and by ``avx2.py`` (L = 8).
     """
+    floats = ir.VectorType(ir.FloatType(), acc.type.count)
     corrected = builder.sub(acc, builder.mul(z_vec, col_sum))
-    y = builder.fmul(builder.fmul(s_vec, w_scale), builder.sitofp(corrected, _F32X16))
+    y = builder.fmul(builder.fmul(s_vec, w_scale), builder.sitofp(corrected, floats))
     return builder.select(add_bias, builder.fadd(y, bias), y)
 
 
@@ -481,12 +464,12 @@ def _tile_dequantize(rows, vecs, q, m, w_packed, j0, s_x, z_x, col_sum, w_scale,
 
 
 # ----------------------------------------------------------------------------------------
-# drivers: parallel over (N tile, M chunk) work items
+# the GEMM, parallel over (N tile, M chunk) work items
 # ----------------------------------------------------------------------------------------
 
 
 @njit(parallel=True, cache=True)
-def vnni_gemm_kernel(a, w_packed, c):
+def gemm_kernel(a, w_packed, c):
     """c = a @ w for a: uint8 [M, Kp] (Kp = 4 * w_packed.shape[1]), w_packed: int8
     [Np/16, Kp/4, 16, 4], c: int32 [M, Np] (written in full). Same result as
     ``int8_gemm_reference`` on the unpadded arrays."""
@@ -502,18 +485,57 @@ def vnni_gemm_kernel(a, w_packed, c):
             _tile(rows, vecs, a, m, w_packed, j0, c, m, j0 * 16)
 
 
-@njit(cache=True)
-def _panel_width(m_total):
-    """16-column blocks per tile of an m_total-row product: NV, or ROW_NV for one row."""
-    return ROW_NV if m_total == 1 else NV
+# ----------------------------------------------------------------------------------------
+# the linear layer: the steps of parallel.run_layer for this path
+# ----------------------------------------------------------------------------------------
 
 
 @njit(cache=True)
-def _linear_rows(q, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bias, has_bias, y):
-    """y[m0:m1, 16 j0 : min(n, 16 j1)] from the quantized rows, tile by tile."""
-    panel = _panel_width(m1 - m0)
-    for j in range(j0, j1, panel):
-        vecs = min(panel, j1 - j)
+def weight_status(w_packed, k, n):
+    """OK if w_packed has the layout of a [K, N] layer (K padded to 4, or further for the
+    AMX layout) with zeros in the padding, else BAD_SHAPES or BAD_VALUES."""
+    if w_packed.shape != readable_weight_shape(w_packed, k, n):
+        return BAD_SHAPES
+    return OK if padding_is_zero(w_packed, k, n) else BAD_VALUES
+
+
+@njit(cache=True)
+def column_units(w_packed, n):
+    """The units of N the threads share: blocks of 16 columns."""
+    return w_packed.shape[0]
+
+
+@njit(cache=True)
+def split_columns(m, w_packed, threads):
+    """Share the columns for fewer than MIN_ROWS_SPLIT_M rows, and up to SPLIT_N_MAX_ROWS
+    rows when the weights are too large for one core's L2 (each thread then reads only
+    its part of them, which stays in its own L2 from call to call)."""
+    return m < MIN_ROWS_SPLIT_M or (
+        m <= SPLIT_N_MAX_ROWS and w_packed.size >= SPLIT_N_MIN_WEIGHT_BYTES
+    )
+
+
+@njit(cache=True)
+def panel(m, units, threads):
+    """16-column blocks per tile of an m-row product: NV, or ROW_NV for one row."""
+    return ROW_NV if m == 1 else NV
+
+
+@njit(cache=True)
+def row_multiple():
+    return MR
+
+
+@njit(cache=True)
+def linear_rows(
+    q, work, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bias, has_bias, y
+):
+    """y[m0:m1, 16 j0 : min(n, 16 j1)] from the quantized rows q (uint8 [M, Kp]), tile by
+    tile: full tiles dequantized in registers, the last columns of N through
+    ``dequantize_tile``."""
+    tile_width = panel(m1 - m0, 0, 0)
+    for j in range(j0, j1, tile_width):
+        vecs = min(tile_width, j1 - j)
         n0, n1 = j * 16, min(n, (j + vecs) * 16)
         full_width = n1 - n0 == vecs * 16  # else the last columns of N: not all stored
         for m in range(m0, m1, MR):
@@ -529,92 +551,36 @@ def _linear_rows(q, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bia
 
 
 @njit(cache=True)
-def vnni_linear_serial(x, w_packed, col_sum, w_scale, bias, has_bias, y):
-    """``vnni_linear_kernel`` on the calling thread only, for products too small to be worth
-    waking another core (the arguments and the result are the same, without ``threads``)."""
-    m_total, k = x.shape
-    status = layer_status(
-        x, w_packed, readable_weight_shape(w_packed, k, y.shape[1]), col_sum, w_scale, bias, y
+def linear_kernel(x, weight, col_sum, w_scale, bias, has_bias, y):
+    """The quantized linear layer of ``quantized_linear_reference`` on the VNNI path:
+    ``parallel.run_layer`` (its status) with the steps above.
+
+    x: float32 [M, K]; weight: int8 [Np/16, Kp/4, 16, 4] (``pack_weight``, or the AMX
+    layout); col_sum: int32 [N]; w_scale: float32 [N]; bias: float32 [N] (read only if
+    has_bias); y: float32 [M, N] out. Few rows are quantized on one thread and the threads
+    share N (M = 1 still uses every core); more rows, one chunk of rows per thread, each
+    quantized by its thread and run against all of N, panel by panel of 48 columns, so a
+    panel of weights is reused by every row tile of the chunk while it is in cache."""
+    return parallel.run_layer(
+        "vnni", x, weight, col_sum, w_scale, bias, has_bias, y, False, _NO_SCALE, _NO_ZP
     )
-    if status != OK:
-        return status
-    nb, kq = w_packed.shape[0], w_packed.shape[1]
-    q = np.empty((m_total, kq * 4), dtype=np.uint8)  # [M, Kp]
-    s_x = np.empty(m_total, dtype=np.float32)
-    z_x = np.empty(m_total, dtype=np.int32)
-    if not quantize_rows(x, q, s_x, z_x, 0, m_total):
-        return NOT_FINITE
-    _linear_rows(
-        q, 0, m_total, w_packed, 0, nb, y.shape[1], s_x, z_x, col_sum, w_scale, bias, has_bias, y
-    )
-    return OK
 
 
-@njit(parallel=True, cache=True)
-def vnni_linear_kernel(x, w_packed, col_sum, w_scale, bias, has_bias, y, threads):
-    """The quantized linear layer of ``quantized_linear_reference`` on the VNNI path.
-
-    x: float32 [M, K]; w_packed: int8 [Np/16, Kp/4, 16, 4]; col_sum: int32 [N];
-    w_scale: float32 [N]; bias: float32 [N] (read only if has_bias); y: float32 [M, N] out;
-    threads: ``numba.get_num_threads()`` of the caller (Numba cannot cache a kernel that asks
-    for it itself). Returns ``int8_quant.OK``, ``NOT_FINITE`` if x holds NaN or inf (y is
-    then undefined) or ``BAD_SHAPES`` if the arrays do not fit together (``layer_status``).
-
-    One parallel region per call (on a busy machine each region can cost a scheduler time
-    slice; measured here, two regions lost to one). Few rows (M < MIN_ROWS_SPLIT_M, or up to
-    SPLIT_N_MAX_ROWS for weights of SPLIT_N_MIN_WEIGHT_BYTES or more): quantize them on this
-    thread, then split N across the threads (M = 1 still uses every core). More rows: one
-    chunk of rows per thread; each thread quantizes its rows and runs them against all of N,
-    panel by panel of 48 columns, so a panel of weights is reused by every row tile of the
-    chunk while it is in cache.
-    """
-    m_total, k = x.shape
-    n = y.shape[1]
-    status = layer_status(
-        x, w_packed, readable_weight_shape(w_packed, k, n), col_sum, w_scale, bias, y
+@njit(cache=True)
+def linear_kernel_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
+    """``linear_kernel`` on the calling thread (``parallel.run_layer_serial``)."""
+    return parallel.run_layer_serial(
+        "vnni", x, weight, col_sum, w_scale, bias, has_bias, y, True, _NO_SCALE, _NO_ZP
     )
-    if status != OK:
-        return status
-    nb, kq = w_packed.shape[0], w_packed.shape[1]
-    q = np.empty((m_total, kq * 4), dtype=np.uint8)  # [M, Kp]
-    s_x = np.empty(m_total, dtype=np.float32)
-    z_x = np.empty(m_total, dtype=np.int32)
-    finite = True
-    few_rows = m_total < MIN_ROWS_SPLIT_M or (
-        m_total <= SPLIT_N_MAX_ROWS and w_packed.size >= SPLIT_N_MIN_WEIGHT_BYTES
+
+
+@njit(cache=True)
+def linear_kernel_static(x, weight, col_sum, w_scale, bias, has_bias, y, serial, scale, zp):
+    """``linear_kernel`` with a static activation scale (float32 > 0) and zero point (int32),
+    on the calling thread if ``serial``."""
+    return parallel.run_layer(
+        "vnni", x, weight, col_sum, w_scale, bias, has_bias, y, serial, scale, zp
     )
-    if few_rows:
-        finite = quantize_rows(x, q, s_x, z_x, 0, m_total)
-        panel = _panel_width(m_total)
-        n_tiles = (nb + panel - 1) // panel
-        if finite:  # (a conditional inside prange's argument would make it a plain range)
-            for t in prange(n_tiles):
-                _linear_rows(
-                    q,
-                    0,
-                    m_total,
-                    w_packed,
-                    t * panel,
-                    min(nb, (t + 1) * panel),
-                    n,
-                    s_x,
-                    z_x,
-                    col_sum,
-                    w_scale,
-                    bias,
-                    has_bias,
-                    y,
-                )
-    else:
-        chunk = -(-m_total // (threads * MR)) * MR
-        n_chunks = -(-m_total // chunk)
-        chunk_finite = np.empty(n_chunks, dtype=np.bool_)
-        for c in prange(n_chunks):
-            m0, m1 = c * chunk, min(m_total, (c + 1) * chunk)
-            chunk_finite[c] = quantize_rows(x, q, s_x, z_x, m0, m1)
-            _linear_rows(
-                q, m0, m1, w_packed, 0, nb, n, s_x, z_x, col_sum, w_scale, bias, has_bias, y
-            )
-        for c in range(n_chunks):
-            finite &= chunk_finite[c]
-    return OK if finite else NOT_FINITE
+
+
+parallel.register("vnni", sys.modules[__name__])

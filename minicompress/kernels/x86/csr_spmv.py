@@ -2,8 +2,8 @@
 
     out[m, n] = scale[n] * sum_{j in row n of w_t} data[j] * x[m, indices[j]] + bias[n]
 
-For M < ``csr.SPMV_MAX_M`` packing x into blocks (the SpMM of ``csr.py``) costs more than it
-saves, so each row n of w_t is read once per row of x, 16 entries at a time:
+For M < ``csr_spmm.SPMV_MAX_M`` packing x into blocks (the SpMM of ``csr_spmm.py``) costs
+more than it saves, so each row n of w_t is read once per row of x, 16 entries at a time:
 
     mask  = lanes < entries left in the row          (the row's last chunk is partial)
     idx   = indices[j:j+16]                          one masked vector load
@@ -23,7 +23,7 @@ fix, AMD before Zen 4), where scalar chains in the same lane order might win.
 The structure of w_t is checked as it is read, at no extra pass: each row's ``indptr`` ends must
 lie in [0, nnz] and not decrease; in each chunk, an index outside [0, K) or not above the one
 before it (within the row) is a bad lane. A chunk with a bad lane is never gathered: the row is
-reported to ``csr._run``, which raises ``check_csr``'s message. Masked-off lanes are never read.
+reported to ``csr.py``, which raises ``check_csr``'s message. Masked-off lanes are never read.
 
 With ``NUMBA_DISABLE_JIT=1``, ``_gather_fma`` and ``_lane_sum`` are the NumPy functions below,
 which compute the same thing lane by lane.
@@ -37,7 +37,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from minicompress.kernels import row_parts, simd
+from minicompress.kernels import row_parts
+from minicompress.kernels.x86 import simd
 
 LANES = 16  # one AVX-512 register of float32
 

@@ -1,14 +1,13 @@
-"""Aligned allocation (kernels/aligned.py) and the arrays the kernels keep aligned."""
+"""Aligned allocation (kernels/x86/aligned.py) and the arrays the x86 kernels keep aligned."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from minicompress.kernels import amx, csr
-from minicompress.kernels.aligned import ALIGNMENT, aligned_bytes, aligned_copy, aligned_empty
-from minicompress.kernels.int8 import KERNEL_PATHS, pack_int8_linear
-from minicompress.kernels.vnni import vnni_supported
+from minicompress.kernels import cpu, csr
+from minicompress.kernels.int8 import pack_int8_linear
+from minicompress.kernels.x86.aligned import ALIGNMENT, aligned_bytes, aligned_copy, aligned_empty
 
 
 def address(a: np.ndarray) -> int:
@@ -46,10 +45,10 @@ def test_aligned_copy_is_an_equal_independent_copy(rng):
     assert out[0, 0] != src[0, 0]
 
 
-@pytest.mark.parametrize("path", KERNEL_PATHS)
+@pytest.mark.parametrize("path", cpu.X86_PATHS)
 def test_packed_layers_are_aligned(path, rng):
-    """Every array a layer's kernels read with vector loads starts on a cache line."""
-    if path == "vnni" and not vnni_supported() or path == "amx" and not amx.amx_supported():
+    """Every array an x86 layer's kernels read with vector loads starts on a cache line."""
+    if path not in cpu.int8_paths_here():
         pytest.skip(f"this CPU does not run the {path} path")
     w = rng.standard_normal((70, 33)).astype(np.float32)
     packed = pack_int8_linear(w, rng.standard_normal(33).astype(np.float32), path=path)
@@ -64,11 +63,11 @@ def test_csr_product_is_the_same_whatever_the_alignment_of_its_inputs(rng):
     w[np.abs(w) < 1.0] = 0.0
     w_t = csr.dense_to_csr(np.ascontiguousarray(w.T))  # [N, K]
     x = rng.standard_normal((20, 40)).astype(np.float32)
-    expected = csr.sparse_linear(x, w_t)
+    expected = csr.sparse_linear(x, w_t, path="simd")
     np.testing.assert_allclose(expected, x @ w, rtol=1e-5, atol=1e-5)
     for offset in range(0, ALIGNMENT, 4):
         raw = aligned_bytes(x.nbytes + ALIGNMENT)[offset : offset + x.nbytes]
         x_shifted = raw.view(np.float32).reshape(x.shape)
         x_shifted[...] = x
         assert address(x_shifted) % ALIGNMENT == offset
-        np.testing.assert_array_equal(csr.sparse_linear(x_shifted, w_t), expected)
+        np.testing.assert_array_equal(csr.sparse_linear(x_shifted, w_t, path="simd"), expected)

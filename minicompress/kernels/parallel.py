@@ -1,0 +1,267 @@
+"""The one parallel driver of every int8 layer kernel: who quantizes which rows, and which
+thread computes which part of the output.
+
+``run_layer(path, ...)`` is the int8 linear layer (``reference.quantized_linear_reference``)
+for one path (``"portable"``, ``"avx2"``, ``"vnni"``, ``"amx"``). It runs the same steps
+whatever the path:
+
+1. check the arrays (``int8_quant.layer_status`` and the path's ``weight_status``);
+2. a product too small to share (``serial``), or with few rows (the path's
+   ``split_columns``): quantize every row on this thread, then share the *columns* among
+   the threads, a panel of column units each (so M = 1 still uses every core);
+3. otherwise share the *rows*: one chunk per thread (a multiple of the path's
+   ``row_multiple``), which quantizes its rows and computes all their columns;
+
+in one parallel region per call (waking the other threads can cost a scheduler time slice
+on a busy machine). What differs between paths is a few small Numba functions, looked up
+by name in the path's module (``register``) when ``run_layer`` is compiled for that path;
+a path module defines only those that differ from ``DEFAULTS`` below:
+
+- ``linear_rows(q, work, m0, m1, weight, u0, u1, n, s_x, z_x, col_sum, w_scale, bias,
+  has_bias, y)``: y[m0:m1, columns of units u0:u1] from the quantized rows (required);
+- ``column_units(weight, n)``: how many column units the weight has (required);
+- ``weight_status(weight, k, n)``: OK, BAD_SHAPES or BAD_VALUES for the path's layout
+  (required);
+- ``q_width(weight, k)``: columns of the quantized rows (default 4 * weight.shape[1],
+  for the layouts that group 4 k);
+- ``q_rows(m)``: rows of the quantized activations (default m);
+- ``split_columns(m, weight, threads)``: share columns rather than rows (default m < 8);
+- ``panel(m, units, threads)``: column units per work item when columns are shared
+  (default 1);
+- ``row_multiple()``: rows per chunk are a multiple of it (default 1);
+- ``workspace(q, m)`` and ``prepare(q, work, m0, m1)``: extra buffers made once per call and
+  filled from the quantized rows m0:m1 (AMX copies them into tiles; default: none).
+
+The path and the function names are compile-time constants (string literals), so Numba
+compiles one specialization per path with the path's functions inlined; nothing is looked
+up while a layer runs. With ``NUMBA_DISABLE_JIT=1`` the same code runs as Python (only the
+portable path is allowed then).
+
+Each path exposes three kernels that call it, with the arguments of the layer (x, weight,
+col_sum, w_scale, bias, has_bias, y): ``linear_kernel`` (dynamic activation ranges, all
+threads), ``linear_kernel_serial`` (the same on the calling thread, ``run_layer_serial``: the
+same steps compiled without Numba's parallel machinery) and ``linear_kernel_static``
+(also ``serial``, ``act_scale``, ``act_zp``). Every argument costs 0.15-0.2 us to pass from
+Python, a few percent of a call at M = 1, so the common calls pass only what they need.
+
+``run_layer`` is not cached itself: each path's kernels call it and cache it as part of
+their own machine code, keyed on their own module's imports (``cache.py``), which include
+the path module whose functions it inlines.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import literally, njit, prange, types
+from numba.extending import overload
+
+from minicompress.kernels.int8_quant import NOT_FINITE, OK, layer_status, quantize_rows
+from minicompress.kernels.threads import threads_here
+
+MIN_ROWS_SPLIT_M = 8  # with fewer rows, the threads share the columns (default split_columns)
+
+_PATHS: dict[str, object] = {}  # path -> the object whose attributes are its steps
+
+
+def register(path: str, steps: object) -> None:
+    """Make the Numba functions that are attributes of ``steps`` (a path's module, or a
+    namespace) the steps of ``run_layer(path, ...)``."""
+    _PATHS[path] = steps
+
+
+# ----------------------------------------------------------------------------------------
+# the steps a path may leave out
+# ----------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _q_width(weight, k):
+    return 4 * weight.shape[1]
+
+
+@njit(cache=True)
+def _q_rows(m):
+    return m
+
+
+@njit(cache=True)
+def _split_columns(m, weight, threads):
+    return m < MIN_ROWS_SPLIT_M
+
+
+@njit(cache=True)
+def _panel(m, units, threads):
+    return 1
+
+
+@njit(cache=True)
+def _row_multiple():
+    return 1
+
+
+@njit(cache=True)
+def _workspace(q, m):
+    return q  # no buffer of its own: the quantized rows are what the path reads
+
+
+@njit(cache=True)
+def _prepare(q, work, m0, m1):
+    return None
+
+
+DEFAULTS = {
+    "q_width": _q_width,
+    "q_rows": _q_rows,
+    "split_columns": _split_columns,
+    "panel": _panel,
+    "row_multiple": _row_multiple,
+    "workspace": _workspace,
+    "prepare": _prepare,
+}
+
+
+def _step(path: str, name: str):
+    """The function ``name`` of the path's module, or its default."""
+    module = _PATHS.get(path)
+    if module is None:
+        raise ValueError(f"no int8 layer kernel is registered for path {path!r}")
+    found = getattr(module, name, None)
+    if found is None:
+        found = DEFAULTS.get(name)
+    if found is None:
+        raise NotImplementedError(f"path {path!r} must define {name}()")
+    return found
+
+
+def step(path, name, *args):
+    """Call the step ``name`` of ``path`` (plain Python, for ``NUMBA_DISABLE_JIT=1``)."""
+    return _step(path, name)(*args)
+
+
+@overload(step, prefer_literal=True)
+def _ol_step(path, name, *args):
+    if not (isinstance(path, types.StringLiteral) and isinstance(name, types.StringLiteral)):
+        return None
+    function = _step(path.literal_value, name.literal_value)
+    return lambda path, name, *args: function(*args)
+
+
+# ----------------------------------------------------------------------------------------
+# the driver
+# ----------------------------------------------------------------------------------------
+
+
+def _run_layer(path, x, weight, col_sum, w_scale, bias, has_bias, y, serial, act_scale, act_zp):
+    """The int8 linear layer on ``path``: the steps of the module docstring.
+
+    x: float32 [M, K]; weight: the path's packed int8 weights; col_sum: int32 [N];
+    w_scale, bias: float32 [N] (bias read only if has_bias); y: float32 [M, N], written;
+    serial: run on the calling thread only; act_scale, act_zp: float32 > 0 and int32 for a
+    static activation quantization (``int8_quant.quantize_rows``), or 0 and 0 for dynamic
+    per-row ranges. Returns ``int8_quant.OK``, ``NOT_FINITE`` (x holds NaN or inf, or a
+    row's range overflows float32; y is then undefined), ``BAD_SHAPES`` or ``BAD_VALUES``.
+    """
+    literally(path)
+    m_total, k = x.shape
+    n = y.shape[1]
+    status = layer_status(x, col_sum, w_scale, bias, y)
+    if status == OK:
+        status = step(path, "weight_status", weight, k, n)
+    if status != OK:
+        return status
+    q = np.empty((step(path, "q_rows", m_total), step(path, "q_width", weight, k)), np.uint8)
+    s_x = np.empty(m_total, dtype=np.float32)  # [M] activation scale of each row
+    z_x = np.empty(m_total, dtype=np.int32)  # [M] and its zero point
+    work = step(path, "workspace", q, m_total)
+    units = step(path, "column_units", weight, n)
+    threads = 1 if serial else threads_here()
+    finite = True
+    if serial or step(path, "split_columns", m_total, weight, threads):
+        # few rows: quantize them all here, then share the columns
+        finite = quantize_rows(x, q, s_x, z_x, 0, m_total, act_scale, act_zp)
+        step(path, "prepare", q, work, 0, q.shape[0])
+        panel = step(path, "panel", m_total, units, threads)
+        n_parts = -(-units // panel)
+        if finite and serial:
+            step(
+                path,
+                "linear_rows",
+                q,
+                work,
+                0,
+                m_total,
+                weight,
+                0,
+                units,
+                n,
+                s_x,
+                z_x,
+                col_sum,
+                w_scale,
+                bias,
+                has_bias,
+                y,
+            )
+        elif finite:  # (a conditional inside prange's argument would make it a plain range)
+            for p in prange(n_parts):
+                u0, u1 = p * panel, min(units, (p + 1) * panel)
+                step(
+                    path,
+                    "linear_rows",
+                    q,
+                    work,
+                    0,
+                    m_total,
+                    weight,
+                    u0,
+                    u1,
+                    n,
+                    s_x,
+                    z_x,
+                    col_sum,
+                    w_scale,
+                    bias,
+                    has_bias,
+                    y,
+                )
+    else:
+        # many rows: one chunk of rows per thread, quantized by the thread that uses them
+        multiple = step(path, "row_multiple")
+        chunk = -(-m_total // (threads * multiple)) * multiple
+        n_chunks = -(-m_total // chunk)
+        chunk_finite = np.empty(n_chunks, dtype=np.bool_)
+        for c in prange(n_chunks):
+            m0, m1 = c * chunk, min(m_total, (c + 1) * chunk)
+            chunk_finite[c] = quantize_rows(x, q, s_x, z_x, m0, m1, act_scale, act_zp)
+            step(path, "prepare", q, work, m0, min(q.shape[0], m0 + chunk))
+            step(
+                path,
+                "linear_rows",
+                q,
+                work,
+                m0,
+                m1,
+                weight,
+                0,
+                units,
+                n,
+                s_x,
+                z_x,
+                col_sum,
+                w_scale,
+                bias,
+                has_bias,
+                y,
+            )
+        for c in range(n_chunks):
+            finite &= chunk_finite[c]
+    return OK if finite else NOT_FINITE
+
+
+run_layer = njit(parallel=True)(_run_layer)
+# The same steps compiled without the parallel machinery, for the products too small to
+# share (``serial`` True): calling a parallel function costs 0.2-0.3 us more, measured on
+# the 4-6 us layer at M = 1.
+run_layer_serial = njit(_run_layer)
+
+NO_SCALE, NO_ZERO_POINT = np.float32(0.0), np.int32(0)  # act_scale = 0: dynamic ranges
