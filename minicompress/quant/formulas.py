@@ -179,8 +179,9 @@ def linear_scale(lo, hi, bits: int) -> np.ndarray:
     lo, hi: float arrays (broadcastable), lo <= hi  ->  s, their dtype and shape.
     hi == lo (a constant range): s = |lo|, or 1 when lo == 0 (no division by zero; the
     constant is then exactly representable). A step below the dtype's smallest normal
-    number (a range under ~1e-36 in float32) is raised to it, never rounded to 0. float32 in, float32 arithmetic out, so that
-    ``s`` is bit for bit what the int8 kernels compute: ``(hi - lo) / float32(255)``.
+    number (a range under ~1e-36 in float32) is raised to it, never rounded to 0.
+    float32 in, float32 arithmetic out, so that ``s`` is bit for bit what the int8 kernels
+    compute: ``(hi - lo) / float32(255)``.
     """
     bits = check_bits(bits)
     lo, hi = np.asarray(lo), np.asarray(hi)
