@@ -193,6 +193,45 @@ def observer_per_channel_affine(torch, rng):
     return dict(batches=w[None], **_observe(torch, obs, [w]))
 
 
+def fq_linear(torch, rng):
+    """A linear layer with static uint8 activations (calibrated by torch's MinMaxObserver
+    on a narrower batch, so some inputs clip) and per-channel symmetric int8 weights,
+    forward and backward. The weight scale is given to torch: max|w| / 127 on [-127, 127]
+    (our narrow convention). PyTorch's own /127.5 puts each channel's extreme exactly on a
+    rounding tie (|w| / s = 127.5), where x / s and x * (1 / s) round apart by design.
+    Torch's weight layout is [N, K] (channel axis 0); ours [K, N] (axis 1)."""
+    F = torch.nn.functional
+    q = torch.ao.quantization
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)  # [B, T, K]
+    w = (rng.standard_normal((8, 5)) * 0.3).astype(np.float32)  # ours [K, N]
+    b = rng.standard_normal(5).astype(np.float32)
+    dy = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    act_obs = q.MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    act_obs(torch.tensor(x * 0.6))  # calibration data narrower than x: the tails clip
+    xs, xz = act_obs.calculate_qparams()
+    w_scale = np.abs(w).max(axis=0) / np.float32(127)  # [N], given to torch
+    wt = torch.tensor(w.T.copy(), requires_grad=True)  # [N, K]
+    xt, bt = torch.tensor(x, requires_grad=True), torch.tensor(b, requires_grad=True)
+    x_hat = torch.fake_quantize_per_tensor_affine(xt, float(xs), int(xz), 0, 255)
+    w_hat = torch.fake_quantize_per_channel_affine(
+        wt, torch.tensor(w_scale), torch.zeros(5, dtype=torch.int32), 0, -127, 127
+    )
+    y = F.linear(x_hat, w_hat, bt)
+    y.backward(torch.tensor(dy))
+    return dict(
+        x=x,
+        w=w,
+        b=b,
+        dy=dy,
+        act_scale=_np(xs).astype(np.float32)[0],
+        act_zero_point=_np(xz).astype(np.int32)[0],
+        y=_np(y),
+        dx=_np(xt.grad),
+        dw=_np(wt.grad).T.copy(),
+        db=_np(bt.grad),
+    )
+
+
 FAKE_QUANT_BUILDERS = {
     "fq_tensor_uint8_pow2": fq_tensor_uint8_pow2,
     "fq_tensor_uint8": fq_tensor_uint8,
@@ -209,7 +248,8 @@ OBSERVER_BUILDERS = {
     "observer_per_channel_symmetric": observer_per_channel_symmetric,
     "observer_per_channel_affine": observer_per_channel_affine,
 }
-BUILDERS = {**FAKE_QUANT_BUILDERS, **OBSERVER_BUILDERS}
+LINEAR_BUILDERS = {"fq_linear": fq_linear}
+BUILDERS = {**FAKE_QUANT_BUILDERS, **OBSERVER_BUILDERS, **LINEAR_BUILDERS}
 
 
 def load_golden(name: str) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ from minicompress.quant import formulas as F
 from minicompress.quant.tensor import (
     QuantSpec,
     dequantize_tensor,
+    fake_quantize_ste,
     fake_quantize_tensor,
     model_range,
     quantize_tensor,
@@ -191,3 +192,16 @@ def test_bad_specs_are_refused():
         )
     with pytest.raises(ValueError, match="axis 3 is out of range"):
         quantize_tensor(np.zeros((10, 4), np.float32), QuantSpec(axis=3))
+
+
+def test_torch_symmetric_convention_clips_the_positive_extreme():
+    # max|w| / (max|w| / 127.5) = 127.5 rounds (half to even) to 128, beyond 127: PyTorch's
+    # convention clips the largest positive weight of every channel by half a step; ours
+    # (/127 on [-127, 127]) represents it exactly
+    w = np.array([-0.9, 0.3, 1.0], np.float32)
+    x_hat, mask = fake_quantize_ste(w, QuantSpec(8, "symmetric", "tensor", narrow=False))
+    assert mask.tolist() == [True, True, False] and x_hat[2] == np.float32(127) * (
+        1 / np.float32(127.5)
+    )
+    x_hat, mask = fake_quantize_ste(w, QuantSpec(8, "symmetric", "tensor"))
+    assert mask.all() and x_hat[2] == 1.0

@@ -339,3 +339,14 @@ def log_dequantize(q: np.ndarray, scale) -> np.ndarray:
     scale = np.asarray(scale)
     mag = np.ldexp(scale, np.maximum(np.abs(q), 1).astype(np.int32) - 1)
     return (np.sign(q) * np.where(q == 0, 0, mag)).astype(scale.dtype, copy=False)
+
+
+def log_ste_mask(x: np.ndarray, scale, bits: int) -> np.ndarray:
+    """Where the straight-through estimator passes the gradient of log fake quantization:
+    1 unless the exponent is clipped at the top, ``round(log2(|x| / s)) + 1 > 2**(n-1) - 1``
+    (rounding to zero at the bottom counts as rounding, so it passes). bool, shape of x."""
+    bits = check_bits(bits)
+    ratio = np.abs(np.asarray(x)).astype(np.float64) / np.asarray(scale, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        code = np.rint(np.log2(np.where(ratio > 0, ratio, 1.0))) + 1
+    return code <= 2 ** (bits - 1) - 1

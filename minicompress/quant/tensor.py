@@ -182,6 +182,27 @@ def fake_quantize_tensor(x: np.ndarray, spec: QuantSpec, lo=None, hi=None) -> np
     return dequantize_tensor(quantize_tensor(x, spec, lo, hi), x.dtype)
 
 
+def fake_quantize_ste(
+    x: np.ndarray, spec: QuantSpec, lo=None, hi=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fake quantization and where its straight-through gradient passes.
+
+    -> (x_hat in x's dtype, bool mask of x's shape): d x_hat / d x = mask (1 inside the
+    representable range, 0 where the clip acts; ``formulas.ste_mask``, ``log_ste_mask``).
+    With x's own min-max range the mask is all True, except in PyTorch's symmetric
+    convention (``narrow=False``), where max|x| / s = 127.5 rounds to 128 and is clipped.
+    """
+    qt = quantize_tensor(x, spec, lo, hi)
+    x_hat = dequantize_tensor(qt, x.dtype)
+    view, _ = F.granular_view(x, spec.granularity, spec.axis, spec.group_size)
+    scale = qt.scale.astype(x.dtype)
+    if spec.scheme == "log":
+        mask = F.log_ste_mask(view, scale, spec.bits)
+    else:
+        mask = F.ste_mask(view, scale, qt.zero_point, *spec.code_range())
+    return x_hat, mask.reshape(x.shape)
+
+
 def model_range(tensors) -> tuple[np.float32, np.float32]:
     """The course's statistics "of all the weights of the model": (w_min, w_max) over every
     array of ``tensors`` (an iterable of float arrays, none empty or non-finite)."""
