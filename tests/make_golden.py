@@ -2,7 +2,8 @@
 
 Run once, with torch installed, from the repository root:
 
-    python tests/make_golden.py
+    python tests/make_golden.py            # every case
+    python tests/make_golden.py adamw      # only the cases named
 
 Every number in a golden file comes from PyTorch (the inputs from a seeded NumPy generator);
 nothing is computed by minicompress. The tests compare our ops with these files when torch is
@@ -23,6 +24,7 @@ the upstream gradient ``dy`` (for a scalar loss, none), the output(s) and the gr
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -218,6 +220,114 @@ def mha_pad(torch, rng, dtype=np.float64):
     return _mha(torch, rng, dtype, False, PAD_MASK)
 
 
+# ----------------------------------------------------------------------------------------
+# whole models (the torch twin of tests/torch_twin.py) and AdamW over several steps
+# ----------------------------------------------------------------------------------------
+
+
+def _model_params(rng, cfg: dict, layers: list[tuple[int, int]], dtype) -> dict:
+    """O(1) random parameters with our names and layouts; layers: (heads, MLP width) each."""
+    c, v, d = cfg["n_embd"], cfg["vocab_size"], cfg["n_embd"] // cfg["n_head"]
+    shapes = {"wte": (v, c), "wpe": (cfg["block_size"], c)}
+    if cfg["type_vocab_size"]:
+        shapes["wtt"] = (cfg["type_vocab_size"], c)
+    if cfg["emb_norm"]:
+        shapes.update({"ln_emb.g": (c,), "ln_emb.b": (c,)})
+    for i, (h, f) in enumerate(layers):
+        p = f"blocks.{i}."
+        shapes.update({p + "ln1.g": (c,), p + "ln1.b": (c,), p + "ln2.g": (c,), p + "ln2.b": (c,)})
+        shapes.update({p + "attn.qkv.w": (c, 3 * h * d), p + "attn.qkv.b": (3 * h * d,)})
+        shapes.update({p + "attn.proj.w": (h * d, c), p + "attn.proj.b": (c,)})
+        shapes.update({p + "mlp.fc.w": (c, f), p + "mlp.fc.b": (f,)})
+        shapes.update({p + "mlp.proj.w": (f, c), p + "mlp.proj.b": (c,)})
+    if cfg["norm"] == "pre":
+        shapes.update({"ln_f.g": (c,), "ln_f.b": (c,)})
+    if cfg["head"]:
+        shapes["head.w"] = (c, v)
+    out = {}
+    for name, shape in shapes.items():
+        scale = 0.5 if len(shape) == 2 else 0.2
+        out[name] = (rng.standard_normal(shape) * scale + (name.endswith(".g"))).astype(dtype)
+    return out
+
+
+def _model_case(torch, rng, dtype, cfg, layers, pad_mask=None, with_types=False, pool=False):
+    from torch_twin import grads_to_ours, torch_forward, torch_params, torch_sentence_embedding
+
+    params = _model_params(rng, cfg, layers, dtype)
+    b, t = (2, 5) if pad_mask is None else pad_mask.shape
+    idx = rng.integers(0, cfg["vocab_size"], size=(b, t))
+    types = rng.integers(0, cfg["type_vocab_size"], size=(b, t)) if with_types else None
+    tp = torch_params(torch, params)
+    out = torch_forward(torch, tp, cfg, idx, pad_mask, types)
+    if pool:
+        out = torch_sentence_embedding(torch, out, pad_mask)
+    dy = rng.standard_normal(tuple(out.shape)).astype(dtype)
+    out.backward(torch.tensor(dy))
+    case = dict(config=np.array(json.dumps(cfg)), idx=idx, dy=dy, y=_np(out))
+    case.update({"p." + k: a for k, a in params.items()})
+    case.update({"g." + k: a for k, a in grads_to_ours(tp).items()})
+    if pad_mask is not None:
+        case["pad_mask"] = pad_mask
+    if types is not None:
+        case["token_types"] = types
+    return case
+
+
+_DECODER = dict(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8, mlp_ratio=2,
+                causal=True, ln_eps=1e-5, type_vocab_size=0, emb_norm=False, head=True)  # fmt: skip
+
+
+def model_pre(torch, rng, dtype=np.float64):
+    """GPT-2 arrangement: pre-LN, tanh GELU, causal, output head."""
+    cfg = dict(_DECODER, norm="pre", gelu="tanh")
+    return _model_case(torch, rng, dtype, cfg, [(2, 16), (2, 16)])
+
+
+def model_post(torch, rng, dtype=np.float64):
+    """Post-LN, erf GELU, bidirectional with padding, output head."""
+    cfg = dict(_DECODER, norm="post", gelu="none", causal=False)
+    return _model_case(torch, rng, dtype, cfg, [(2, 16), (2, 16)], pad_mask=PAD_MASK)
+
+
+def encoder(torch, rng, dtype=np.float64):
+    """BERT arrangement (post-LN, erf GELU, token types, embedding LayerNorm, eps 1e-12,
+    padding, no head) with a shrunk first block (1 head of 2, 5 neurons of 16), pooled and
+    normalized as sentence-transformers does."""
+    cfg = dict(_DECODER, norm="post", gelu="none", causal=False, ln_eps=1e-12,
+               type_vocab_size=2, emb_norm=True, head=False)  # fmt: skip
+    return _model_case(
+        torch, rng, dtype, cfg, [(1, 5), (2, 16)], pad_mask=PAD_MASK, with_types=True, pool=True
+    )
+
+
+def adamw(torch, rng, dtype=np.float64):
+    """torch.optim.AdamW over 6 steps with a changing lr: a matrix (decayed) and a vector
+    (not decayed), gradients drawn per step."""
+    w = rng.standard_normal((3, 4)).astype(dtype)
+    v = rng.standard_normal(4).astype(dtype)
+    steps, lrs = 6, np.array([1e-2, 2e-2, 3e-2, 2.5e-2, 1e-2, 5e-3])
+    gw = rng.standard_normal((steps, 3, 4)).astype(dtype)
+    gv = rng.standard_normal((steps, 4)).astype(dtype)
+    tw, tv = _leaf(torch, w), _leaf(torch, v)
+    opt = torch.optim.AdamW(
+        [{"params": [tw], "weight_decay": 0.1}, {"params": [tv], "weight_decay": 0.0}],
+        lr=1e-2, betas=(0.9, 0.999), eps=1e-8,
+    )  # fmt: skip
+    ws, vs = [], []
+    for i in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = float(lrs[i])
+        tw.grad, tv.grad = torch.tensor(gw[i]), torch.tensor(gv[i])
+        opt.step()
+        ws.append(_np(tw))
+        vs.append(_np(tv))
+    return dict(w=w, v=v, gw=gw, gv=gv, lrs=lrs, w_after=np.stack(ws), v_after=np.stack(vs))
+
+
+MODEL_BUILDERS = {"model_pre": model_pre, "model_post": model_post, "encoder": encoder}
+
+
 OPS_BUILDERS = {
     "linear": linear,
     "embedding": embedding,
@@ -235,7 +345,7 @@ ATTENTION_BUILDERS = {
     "mha_causal": mha_causal,
     "mha_pad": mha_pad,
 }
-BUILDERS = {**OPS_BUILDERS, **ATTENTION_BUILDERS}
+BUILDERS = {**OPS_BUILDERS, **ATTENTION_BUILDERS, **MODEL_BUILDERS, "adamw": adamw}
 
 
 def load_golden(name: str) -> dict[str, np.ndarray]:
@@ -247,13 +357,22 @@ def load_golden(name: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def main() -> int:
+def main(names: list[str]) -> int:
+    """Write the golden files of ``names`` (default: all). Each case's seed is its position
+    in BUILDERS, so writing one case leaves the others' files as they are."""
     import torch
 
     GOLDEN_DIR.mkdir(exist_ok=True)
+    unknown = sorted(set(names) - set(BUILDERS))
+    if unknown:
+        raise SystemExit(f"unknown cases {unknown}; known: {', '.join(BUILDERS)}")
     for i, (name, build) in enumerate(BUILDERS.items()):
+        if names and name not in names:
+            continue
         case = build(torch, np.random.default_rng([2024, i]), np.float64)
         for k, a in case.items():
+            if a.dtype.kind == "U":  # a JSON config
+                continue
             if a.dtype == object or not np.isfinite(a.astype(np.float64)).all():
                 raise RuntimeError(f"{name}.{k} is not a finite numeric array")
         path = GOLDEN_DIR / f"{name}.npz"
@@ -263,4 +382,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

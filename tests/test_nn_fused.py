@@ -232,24 +232,24 @@ def test_attention_fused_gradcheck_query_sees_no_key(rng):
 @pytest.mark.parametrize(
     "value, expected",
     [
-        ("reference", backend.REFERENCE_OPS),
-        (" Reference ", backend.REFERENCE_OPS),
-        ("auto", backend.FUSED_OPS),
-        ("", backend.FUSED_OPS),
-        ("portable", backend.FUSED_OPS),
+        ("reference", backend.NUMPY_OPS),
+        (" Reference ", backend.NUMPY_OPS),
+        ("auto", backend.NUMBA_OPS),
+        ("", backend.NUMBA_OPS),
+        ("portable", backend.NUMBA_OPS),
     ],
 )
-def test_select_ops_follows_environment(monkeypatch, value, expected):
+def test_default_op_impl_follows_environment(monkeypatch, value, expected):
     monkeypatch.setenv("MINICOMPRESS_KERNEL", value)
-    assert backend.select_ops() is expected
+    assert backend.default_op_impl() is expected
 
 
-def test_select_ops_default_is_fused(monkeypatch):
+def test_default_op_impl_default_is_fused(monkeypatch):
     monkeypatch.delenv("MINICOMPRESS_KERNEL", raising=False)
-    assert backend.select_ops() is backend.FUSED_OPS
+    assert backend.default_op_impl() is backend.NUMBA_OPS
 
 
-def test_select_ops_refuses_unknown_kernel(monkeypatch):
+def test_default_op_impl_refuses_unknown_kernel(monkeypatch):
     monkeypatch.setenv("MINICOMPRESS_KERNEL", "cuda")
     with pytest.raises(ValueError, match="MINICOMPRESS_KERNEL"):
-        backend.select_ops()
+        backend.default_op_impl()

@@ -16,8 +16,10 @@ from gradcheck import assert_close, assert_grads_ok, check_grads
 
 from minicompress.data.corpus import make_dataset
 from minicompress.nn import backend
+from minicompress.nn.gradcheck import random_params64
+from minicompress.nn.linear import DENSE
 from minicompress.nn.model import (
-    DENSE,
+    LayerShape,
     TransformerConfig,
     backward,
     count_params,
@@ -26,26 +28,20 @@ from minicompress.nn.model import (
     init_params,
     linear_names,
     loss_and_grads,
+    param_count,
 )
-from minicompress.nn.ops import cross_entropy_backward, cross_entropy_forward
+from minicompress.nn.ops import (
+    cross_entropy_backward,
+    cross_entropy_forward,
+    l2_normalize_backward,
+    l2_normalize_forward,
+    mean_pool_backward,
+    mean_pool_forward,
+)
 from minicompress.nn.train import TrainConfig, train
 
-OPS = {"reference": backend.REFERENCE_OPS, "fused": backend.FUSED_OPS}
+OPS = {"reference": backend.NUMPY_OPS, "fused": backend.NUMBA_OPS}
 TINY = dict(vocab_size=7, block_size=6, n_layer=2, n_head=2, n_embd=8, mlp_ratio=2)
-
-
-def random_params64(cfg, rng):
-    """float64 parameters of O(1) size, so that every gradient is well above FD noise
-    (the 0.02 of init_params would make deep gradients tiny)."""
-    params = {}
-    for name, a in init_params(cfg, rng).items():
-        if name.endswith(".g"):
-            params[name] = 1.0 + 0.2 * rng.standard_normal(a.shape)
-        elif a.ndim == 1:
-            params[name] = 0.2 * rng.standard_normal(a.shape)
-        else:
-            params[name] = 0.5 * rng.standard_normal(a.shape)
-    return params
 
 
 # ----------------------------------------------------------------------------------------
@@ -82,7 +78,7 @@ def test_model_gradcheck(rng, ops_name, norm, mode, extra):
         dattn = [rng.standard_normal((b, h, t, t)) for _ in range(cfg.n_layer)]
 
     def loss():
-        logits, cache = forward(params, idx, cfg, pad_mask=pad, ops=ops)
+        logits, cache = forward(params, idx, cfg, pad_mask=pad, op_impl=ops)
         total = np.sum(logits * r)
         if extra:
             total += sum(
@@ -91,7 +87,7 @@ def test_model_gradcheck(rng, ops_name, norm, mode, extra):
             total += sum(np.sum(p * d) for p, d in zip(cache.attn, dattn, strict=True))
         return float(total)
 
-    logits, cache = forward(params, idx, cfg, pad_mask=pad, ops=ops)
+    logits, cache = forward(params, idx, cfg, pad_mask=pad, op_impl=ops)
     assert logits.dtype == np.float64 and logits.shape == (b, t, cfg.vocab_size)
     grads = backward(r, cache, dhidden, dattn)
     assert grads.keys() == params.keys()
@@ -101,15 +97,47 @@ def test_model_gradcheck(rng, ops_name, norm, mode, extra):
     assert_grads_ok(errors)
 
 
+ENCODER = dict(TINY, norm="post", gelu="none", causal=False, ln_eps=1e-12, type_vocab_size=2,
+               emb_norm=True, head=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("shrunk", [False, True], ids=["full", "1 head + 3 neurons in block 0"])
+@pytest.mark.parametrize("ops_name", list(OPS))
+def test_encoder_gradcheck_through_pooling(rng, ops_name, shrunk):
+    """BERT arrangement: token types, embedding LayerNorm, eps 1e-12, padding, no head; the
+    loss reads the L2-normalized mean-pooled sentence embedding (sentence-transformers)."""
+    cfg = TransformerConfig(**ENCODER)
+    layers = [LayerShape(1, 3), LayerShape(2, 16)] if shrunk else None
+    params = random_params64(cfg, rng, layers)
+    idx = rng.integers(0, cfg.vocab_size, size=(2, 5))
+    types = rng.integers(0, 2, size=(2, 5))
+    r = rng.standard_normal((2, cfg.n_embd))
+    ops = OPS[ops_name]
+
+    def embed():
+        hidden, cache = forward(params, idx, cfg, pad_mask=PAD, token_types=types, op_impl=ops)
+        pooled, pool_c = mean_pool_forward(hidden, PAD)  # [B, T, C] -> [B, C]
+        emb, norm_c = l2_normalize_forward(pooled)
+        return emb, cache, pool_c, norm_c
+
+    emb, cache, pool_c, norm_c = embed()
+    assert emb.shape == (2, cfg.n_embd) and np.allclose(np.linalg.norm(emb, axis=1), 1.0)
+    grads = backward(mean_pool_backward(l2_normalize_backward(r, norm_c), pool_c), cache)
+    assert grads.keys() == params.keys() and "wtt" in grads and "ln_emb.g" in grads
+    errors = check_grads(lambda: float(np.sum(embed()[0] * r)), params, grads, max_entries=10,
+                         rng=rng)  # fmt: skip
+    assert_grads_ok(errors)
+
+
 def test_loss_and_grads_is_cross_entropy_backward(rng):
     cfg = TransformerConfig(**TINY)
     params = random_params64(cfg, rng)
     idx = rng.integers(0, cfg.vocab_size, size=(2, 6))
     tgt = rng.integers(0, cfg.vocab_size, size=(2, 6))
-    loss, grads = loss_and_grads(params, idx, tgt, cfg, ops=backend.REFERENCE_OPS)
+    loss, grads = loss_and_grads(params, idx, tgt, cfg, op_impl=backend.NUMPY_OPS)
 
     def f():
-        logits, _ = forward(params, idx, cfg, ops=backend.REFERENCE_OPS)
+        logits, _ = forward(params, idx, cfg, op_impl=backend.NUMPY_OPS)
         return float(cross_entropy_forward(logits, tgt)[0])
 
     assert loss == f()
@@ -131,7 +159,7 @@ def test_fused_model_equals_reference_model(rng, norm, causal):
     pad[1, 4:] = True
     out = {}
     for name, ops in OPS.items():
-        logits, cache = forward(params, idx, cfg, pad_mask=pad, ops=ops)
+        logits, cache = forward(params, idx, cfg, pad_mask=pad, op_impl=ops)
         loss, ce = cross_entropy_forward(logits, idx)
         out[name] = (logits, backward(cross_entropy_backward(1.0, ce), cache))
     assert_close(out["fused"][0], out["reference"][0], rtol=1e-5, atol=1e-6, name="logits")
@@ -238,7 +266,7 @@ def test_config_refuses_indivisible_heads():
 @pytest.mark.parametrize("value", [0, -2, 2.0, True])
 def test_config_refuses_non_positive_sizes(field, value):
     kwargs = dict(TINY, **{field: value})
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises((ValueError, TypeError), match=field):
         TransformerConfig(**kwargs)
 
 
@@ -275,7 +303,8 @@ def test_forward_refuses_pad_mask_of_wrong_shape(rng, ops_name, shape):
     cfg = TransformerConfig(**TINY, causal=False)
     idx = rng.integers(0, cfg.vocab_size, size=(2, 4))
     with pytest.raises(ValueError, match="pad_mask"):
-        forward(init_params(cfg, rng), idx, cfg, pad_mask=np.zeros(shape, bool), ops=OPS[ops_name])
+        pad = np.zeros(shape, bool)
+        forward(init_params(cfg, rng), idx, cfg, pad_mask=pad, op_impl=OPS[ops_name])
 
 
 # ----------------------------------------------------------------------------------------
@@ -314,6 +343,73 @@ def test_generate_refuses_bad_arguments(rng, kwargs, name):
     args = dict(n_tokens=2) | kwargs
     with pytest.raises(ValueError, match=name):
         generate(init_params(cfg, rng), cfg, np.array([1]), rng=rng, **args)
+
+
+@pytest.mark.parametrize(
+    "prompt, kwargs, error, name",
+    [
+        (np.array([[1, 2]]), {}, ValueError, "prompt"),  # 2-D: would be flattened
+        (np.array([1.7, 2.0]), {}, ValueError, "prompt"),  # float ids: would be truncated
+        (np.array([], np.int64), {}, ValueError, "prompt"),
+        (np.array([9]), {}, ValueError, "prompt"),  # outside the vocabulary
+        (np.array([1]), dict(top_k=True), TypeError, "top_k"),  # a bool is not 1
+        (np.array([1]), dict(top_k=1.5), TypeError, "top_k"),
+        (np.array([1]), dict(temperature=float("nan")), ValueError, "temperature"),
+        (np.array([1]), dict(temperature="0.5"), TypeError, "temperature"),
+        (np.array([1]), dict(n_tokens=2.0), TypeError, "n_tokens"),
+    ],
+)
+def test_generate_refuses_misreadable_input(rng, prompt, kwargs, error, name):
+    cfg = TransformerConfig(**TINY)
+    args = dict(n_tokens=2) | kwargs
+    with pytest.raises(error, match=name):
+        generate(init_params(cfg, rng), cfg, prompt, rng=rng, **args)
+
+
+def test_forward_refuses_empty_input_and_missing_parameters(rng):
+    cfg = TransformerConfig(**TINY)
+    params = init_params(cfg, rng)
+    with pytest.raises(ValueError, match="at least one"):
+        forward(params, np.zeros((1, 0), np.int64), cfg)
+    del params["blocks.1.ln2.g"]
+    with pytest.raises(ValueError, match=r"blocks\.1\.ln2\.g"):
+        forward(params, np.zeros((1, 3), np.int64), cfg)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, name",
+    [
+        (dict(causal="false"), TypeError, "causal"),  # a non-empty string would count as True
+        (dict(head=1), TypeError, "head"),
+        (dict(ln_eps=0.0), ValueError, "ln_eps"),
+        (dict(ln_eps=float("nan")), ValueError, "ln_eps"),
+        (dict(type_vocab_size=-1), ValueError, "type_vocab_size"),
+    ],
+)
+def test_config_refuses_misreadable_values(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        TransformerConfig(**TINY, **kwargs)
+
+
+def test_config_round_trip_and_numpy_integers():
+    cfg = TransformerConfig(**dict(TINY, n_layer=np.int64(2)), causal=np.bool_(False))
+    assert type(cfg.n_layer) is int and type(cfg.causal) is bool
+    assert TransformerConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        TransformerConfig.from_dict({**cfg.to_dict(), "n_heads": 3})
+
+
+def test_a_model_that_cannot_fit_in_memory_is_refused_before_allocating(rng):
+    cfg = TransformerConfig(vocab_size=10, n_embd=2**20, n_head=1, n_layer=64)
+    assert param_count(cfg) > 10**12
+    with pytest.raises(ValueError, match="memory"):
+        init_params(cfg, rng)
+
+
+def test_param_count_matches_init_params(rng):
+    for kw in (TINY, ENCODER):
+        cfg = TransformerConfig(**kw)
+        assert param_count(cfg) == count_params(init_params(cfg, rng))
 
 
 # ----------------------------------------------------------------------------------------

@@ -292,3 +292,66 @@ def test_ops_keep_dtype_and_do_not_mutate(rng, dtype):
     assert [np.asarray(o).dtype for o in outs] == [np.dtype(dtype)] * len(outs)
     np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(dy, dy0)
+
+
+# ----------------------------------------------------------------------------------------
+# pooling and L2 normalization of sentence embeddings
+# ----------------------------------------------------------------------------------------
+
+
+def test_mean_pool_by_hand():
+    h = np.arange(12, dtype=np.float64).reshape(2, 3, 2)  # [B, T, C]
+    pad = np.array([[False, False, True], [False, False, False]])
+    out, _ = ops.mean_pool_forward(h, pad)
+    np.testing.assert_allclose(
+        out, [[1.0, 2.0], [8.0, 9.0]], rtol=1e-15
+    )  # (0+2)/2, (1+3)/2; rows 3..5
+    with pytest.raises(ValueError, match="all padding"):
+        ops.mean_pool_forward(h, np.ones((2, 3), bool))
+
+
+def test_first_token_pool_and_l2_normalize_by_hand():
+    h = np.array([[[3.0, 4.0], [1.0, 1.0]]])
+    cls, shape = ops.first_token_pool_forward(h)
+    np.testing.assert_array_equal(cls, [[3.0, 4.0]])
+    y, _ = ops.l2_normalize_forward(cls)
+    np.testing.assert_array_equal(y, [[0.6, 0.8]])
+    dh = ops.first_token_pool_backward(np.array([[1.0, 2.0]]), shape)
+    np.testing.assert_array_equal(dh, [[[1.0, 2.0], [0.0, 0.0]]])
+    zero, _ = ops.l2_normalize_forward(np.zeros((1, 2)))  # below eps: no 0/0
+    np.testing.assert_array_equal(zero, [[0.0, 0.0]])
+
+
+def test_pooling_and_normalize_gradcheck(rng):
+    h = rng.standard_normal((2, 4, 3))
+    pad = np.array([[False, False, True, True], [False, False, False, False]])
+    r = rng.standard_normal((2, 3))
+
+    def f():
+        pooled, _ = ops.mean_pool_forward(h, pad)
+        return float(np.sum(ops.l2_normalize_forward(pooled)[0] * r))
+
+    pooled, pool_c = ops.mean_pool_forward(h, pad)
+    _, norm_c = ops.l2_normalize_forward(pooled)
+    dh = ops.mean_pool_backward(ops.l2_normalize_backward(r, norm_c), pool_c)
+    assert_grads_ok(check_grads(f, {"h": h}, {"h": dh}))
+    assert np.all(dh[0, 2:] == 0)  # padding gets no gradient
+
+    def g():
+        return float(np.sum(ops.first_token_pool_forward(h)[0] * r))
+
+    dh = ops.first_token_pool_backward(r, h.shape)
+    assert_grads_ok(check_grads(g, {"h": h}, {"h": dh}))
+
+
+def test_l2_normalize_matches_torch(torch, rng):
+    x = rng.standard_normal((3, 5))
+    x[1] *= 1e-14  # below eps: F.normalize divides by eps there
+    dy = rng.standard_normal((3, 5))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.normalize(xt, p=2, dim=-1, eps=1e-12)
+    yt.backward(torch.tensor(dy))
+    y, cache = ops.l2_normalize_forward(x)
+    assert_close(y, yt.detach().numpy(), rtol=1e-12, atol=1e-15, name="y")
+    dx = ops.l2_normalize_backward(dy, cache)
+    assert_close(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-12, name="dx")

@@ -188,3 +188,40 @@ def test_lr_at_without_warmup_and_refuses_bad_total():
     assert lr_at(100, 100, 2.0, 0) == pytest.approx(0.0, abs=1e-15)
     with pytest.raises(ValueError, match="total"):
         lr_at(0, 0, 1.0, 0)
+
+
+# ----------------------------------------------------------------------------------------
+# the NumPy AdamW beside the Numba kernel, and AdamW over several steps without torch
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adamw_numba_kernel_equals_numpy_reference(rng, dtype):
+    from minicompress.nn.optim import _adamw_kernel, adamw_update_reference
+
+    n = 1000
+    state = [rng.standard_normal(n).astype(dtype) for _ in range(3)]  # p, m, v (abs below)
+    state[2] = np.abs(state[2])
+    g = rng.standard_normal(n).astype(dtype)
+    ref = [a.copy() for a in state]
+    fast = [a.copy() for a in state]
+    args = (0.999, 0.9, 0.95, 0.02, 0.3, 1e-8)  # decay, b1, b2, step_size, bias2_sqrt, eps
+    for _ in range(3):
+        adamw_update_reference(ref[0], g, ref[1], ref[2], *args)
+        _adamw_kernel(fast[0], g, fast[1], fast[2], *args)
+    for name, o, t in zip("pmv", fast, ref, strict=True):
+        # the same float operations in the same order: equal to the last bit or two
+        assert_close(o, t, rtol=4 * np.finfo(dtype).eps, name=name)
+
+
+def test_adamw_matches_torch_golden():
+    """torch.optim.AdamW's parameters after each of 6 steps (tests/golden/adamw.npz)."""
+    from make_golden import load_golden
+
+    c = load_golden("adamw")
+    params = {"w": c["w"].copy(), "v": c["v"].copy()}
+    opt = AdamW(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    for i in range(len(c["lrs"])):
+        opt.step(params, {"w": c["gw"][i].copy(), "v": c["gv"][i].copy()}, lr=float(c["lrs"][i]))
+        assert_close(params["w"], c["w_after"][i], rtol=1e-12, atol=1e-14, name=f"w step {i + 1}")
+        assert_close(params["v"], c["v_after"][i], rtol=1e-12, atol=1e-14, name=f"v step {i + 1}")

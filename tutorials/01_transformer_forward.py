@@ -37,7 +37,8 @@ import numpy as np
 
 from minicompress.data import CharTokenizer, builtin_text
 from minicompress.nn import attention, model, ops
-from minicompress.nn.backend import REFERENCE_OPS
+from minicompress.nn.backend import NUMPY_OPS
+from minicompress.nn.linear import DenseLinear
 
 FAST = os.environ.get("MINICOMPRESS_FAST") == "1"
 # next to this file; in a notebook (no __file__), next to the notebook
@@ -112,12 +113,12 @@ assert expected == n_params
 # ## 3. The whole forward pass in one call
 #
 # `model.forward` returns the logits of the next token at every position and a cache that
-# the backward pass (chapter 02) and the compression chapters read. `ops=REFERENCE_OPS`
+# the backward pass (chapter 02) and the compression chapters read. `ops=NUMPY_OPS`
 # asks for the readable NumPy ops (the default uses the fused Numba ones, chapter 02 shows
 # they agree).
 
 # %%
-logits, cache = model.forward(params, idx, cfg, ops=REFERENCE_OPS)
+logits, cache = model.forward(params, idx, cfg, op_impl=NUMPY_OPS)
 print("logits:", logits.shape, logits.dtype)  # [B, T, V]
 assert logits.shape == (B, T, V)
 # an untrained model knows nothing: its predictions are close to uniform, loss ~ log V
@@ -276,7 +277,7 @@ print("figure:", path)
 # %%
 cfg_post = model.TransformerConfig(**{**cfg.to_dict(), "norm": "post"})
 params_post = model.init_params(cfg_post, np.random.default_rng(0))
-_, cache_post = model.forward(params_post, idx, cfg_post, ops=REFERENCE_OPS)
+_, cache_post = model.forward(params_post, idx, cfg_post, op_impl=NUMPY_OPS)
 print("post-LN has ln_f:", "ln_f.g" in params_post, "  pre-LN has ln_f:", "ln_f.g" in params)
 print("RMS of the residual stream (pre-LN: embedding scale plus what blocks add; post-LN: 1):")
 for i in range(cfg.n_layer + 1):
@@ -292,9 +293,12 @@ assert np.allclose(post_out.std(-1), 1.0, atol=1e-2)  # LN is the last op of a p
 # Three places, all visible in `model.forward`:
 #
 # 1. **Every linear layer** goes through a `linear` object with
-#    `forward(name, x, w, b)` and `backward(name, dy, cache)`. The default is
-#    `model.DENSE` (`y = x @ w + b`). A quantizer passes an object that fake-quantizes `x`
-#    and `w`; an int8 or sparse runtime passes one that calls its kernel.
+#    `forward(name, x, w, b)` and `backward(name, dy, cache)` — the contract written down
+#    as the `typing.Protocol` `nn.linear.Linear`. The default is `nn.linear.DENSE`
+#    (`y = x @ w + b`). A quantizer passes an object that fake-quantizes `x` and `w`; an int8
+#    or sparse runtime passes one that calls its kernel. The model never reads a linear
+#    weight itself — it even takes the number of heads of a block from the width of the
+#    qkv *output* — so a runtime may keep a packed int8 or CSR weight under the same name.
 # 2. **`cache.hidden`**: the input of every block and the last block's output
 #    (`n_layer + 1` arrays `[B, T, C]`) — what hidden-state distillation compares.
 # 3. **`cache.attn`**: each layer's attention probabilities `[B, H, T, T]` — what attention
@@ -304,7 +308,7 @@ assert np.allclose(post_out.std(-1), 1.0, atol=1e-2)  # LN is the last op of a p
 
 
 # %%
-class RecordingLinear(model.DenseLinear):
+class RecordingLinear(DenseLinear):
     """The dense layer, plus a log of every call (a stand-in for a quantizer)."""
 
     def __init__(self):
@@ -316,7 +320,7 @@ class RecordingLinear(model.DenseLinear):
 
 
 rec = RecordingLinear()
-logits_rec, cache_rec = model.forward(params, idx, cfg, linear=rec, ops=REFERENCE_OPS)
+logits_rec, cache_rec = model.forward(params, idx, cfg, linear=rec, op_impl=NUMPY_OPS)
 for name, xs, ws in rec.calls:
     print(f"  {name:<20} x {str(xs):<14} w {ws}")
 assert [c[0] for c in rec.calls] == model.linear_names(cfg)

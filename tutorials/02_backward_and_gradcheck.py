@@ -41,7 +41,7 @@ import numpy as np
 
 from minicompress.data import CharTokenizer, builtin_text
 from minicompress.nn import attention, model, ops
-from minicompress.nn.backend import FUSED_OPS, REFERENCE_OPS
+from minicompress.nn.backend import NUMBA_OPS, NUMPY_OPS
 
 FAST = os.environ.get("MINICOMPRESS_FAST") == "1"
 # next to this file; in a notebook (no __file__), next to the notebook
@@ -64,7 +64,7 @@ TOL = 1e-6  # the largest relative error we accept from a float64 gradient check
 # %%
 import inspect
 
-from minicompress.nn.gradcheck import numerical_grad, rel_error
+from minicompress.nn.gradcheck import numerical_grad, random_params64, rel_error
 
 print(inspect.getsource(numerical_grad))
 
@@ -257,7 +257,8 @@ check("cross-entropy", f, {"z": z}, {"z": ops.cross_entropy_backward(1.0, cache)
 #
 # One subtlety: `init_params` draws weights with std 0.02, which makes the gradients of the
 # deep parameters tiny (~1e-6), below what finite differences can resolve. For the check we
-# use O(1) float64 parameters instead — the derivative formulas do not care about the scale.
+# use O(1) float64 parameters instead (`nn.gradcheck.random_params64`) — the derivative
+# formulas do not care about the scale.
 #
 # The step $h$ is a trade-off: truncation error grows like $h^2$, rounding error like
 # $\varepsilon |L| / h$, and the loss here ($\approx 5$) is large next to a single
@@ -276,19 +277,6 @@ n_sampled = 3 if FAST else 8  # entries checked per parameter tensor
 H_MODEL = 1e-5  # finite-difference step for the whole model (see above)
 
 
-def o1_params(cfg, rng):
-    """float64 parameters of size O(1), same names and shapes as init_params."""
-    out = {}
-    for name, a in model.init_params(cfg, rng).items():
-        if name.endswith(".g"):
-            out[name] = 1.0 + 0.2 * rng.standard_normal(a.shape)
-        elif a.ndim == 1:
-            out[name] = 0.2 * rng.standard_normal(a.shape)
-        else:
-            out[name] = 0.5 * rng.standard_normal(a.shape)
-    return out
-
-
 model_errors = {}
 for norm, gelu in [("pre", "tanh"), ("post", "none")]:
     cfg = model.TransformerConfig(
@@ -301,11 +289,11 @@ for norm, gelu in [("pre", "tanh"), ("post", "none")]:
         norm=norm,
         gelu=gelu,
     )
-    params = o1_params(cfg, rng)
-    loss, grads = model.loss_and_grads(params, x_tok, y_tok, cfg, ops=REFERENCE_OPS)
+    params = random_params64(cfg, rng)
+    loss, grads = model.loss_and_grads(params, x_tok, y_tok, cfg, op_impl=NUMPY_OPS)
 
     def f(cfg=cfg, params=params):
-        logits, _ = model.forward(params, x_tok, cfg, ops=REFERENCE_OPS)
+        logits, _ = model.forward(params, x_tok, cfg, op_impl=NUMPY_OPS)
         return float(ops.cross_entropy_forward(logits, y_tok)[0])
 
     worst = 0.0
@@ -330,9 +318,9 @@ for norm, gelu in [("pre", "tanh"), ("post", "none")]:
 # ## The Numba fused ops give the same gradients
 #
 # Training does not run the readable ops above: by default (`MINICOMPRESS_KERNEL=auto`) it
-# runs `nn.backend.FUSED_OPS`, Numba kernels that do layer norm, the tanh GELU and the masked
+# runs `nn.backend.NUMBA_OPS`, Numba kernels that do layer norm, the tanh GELU and the masked
 # attention softmax in one pass over each row. They have the same signatures and cache types
-# as `REFERENCE_OPS`; `MINICOMPRESS_KERNEL=reference` switches back. Here each fused op is
+# as `NUMPY_OPS`; `MINICOMPRESS_KERNEL=reference` switches back. Here each fused op is
 # compared with its reference twin, forward and backward, in float64 (where the two must
 # agree to rounding) and in float32 (what training uses).
 
@@ -346,7 +334,7 @@ for dtype, tol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
     dy = r.standard_normal((4, 16, 32)).astype(dtype)
     dya = r.standard_normal((4, 2, 16, 16)).astype(dtype)
     results = {}
-    for label, impl in [("reference", REFERENCE_OPS), ("fused", FUSED_OPS)]:
+    for label, impl in [("reference", NUMPY_OPS), ("fused", NUMBA_OPS)]:
         ln_y, ln_c = impl.layernorm_forward(x, g, b)
         ge_y, ge_c = impl.gelu_forward(x, "tanh")
         at_y, at_c = impl.attention_forward(q, k, v, True, None)
@@ -376,9 +364,9 @@ for dtype, tol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
 cfg = model.TransformerConfig(
     vocab_size=tok.vocab_size, block_size=Tm, n_layer=2, n_head=2, n_embd=8, mlp_ratio=2
 )
-params = o1_params(cfg, rng)
-loss_ref, grads_ref = model.loss_and_grads(params, x_tok, y_tok, cfg, ops=REFERENCE_OPS)
-loss_fus, grads_fus = model.loss_and_grads(params, x_tok, y_tok, cfg, ops=FUSED_OPS)
+params = random_params64(cfg, rng)
+loss_ref, grads_ref = model.loss_and_grads(params, x_tok, y_tok, cfg, op_impl=NUMPY_OPS)
+loss_fus, grads_fus = model.loss_and_grads(params, x_tok, y_tok, cfg, op_impl=NUMBA_OPS)
 worst = max(rel_error(grads_fus[n], grads_ref[n]) for n in params)
 print(f"model loss: reference {loss_ref:.12f}, fused {loss_fus:.12f}")
 print(f"model gradients, fused vs reference (float64): worst relative difference {worst:.1e}")
@@ -386,7 +374,7 @@ assert abs(loss_ref - loss_fus) < 1e-12 and worst < 1e-12
 
 
 def f():
-    logits, _ = model.forward(params, x_tok, cfg, ops=FUSED_OPS)
+    logits, _ = model.forward(params, x_tok, cfg, op_impl=NUMBA_OPS)
     return float(ops.cross_entropy_forward(logits, y_tok)[0])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -123,6 +124,26 @@ def get_batch(
     starts = rng.integers(0, len(ids) - block_size, size=batch_size)  # [B]
     offsets = starts[:, None] + np.arange(block_size)  # [B, T]
     return ids[offsets], ids[offsets + 1]
+
+
+class Batch(NamedTuple):
+    """One training batch, as the training loop hands it to a loss.
+
+    x: int [B, T] token ids; y: int [B, T] next-token targets, or None for unlabelled text
+    (an encoder distilled on its teacher's embeddings); pad_mask: bool [B, T], True at
+    padding, or None; token_types: int [B, T] (segment ids of an encoder) or None.
+    """
+
+    x: np.ndarray
+    y: np.ndarray | None
+    pad_mask: np.ndarray | None = None
+    token_types: np.ndarray | None = None
+
+
+def lm_batch(ids: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator) -> Batch:
+    """``get_batch`` as a ``Batch`` of next-token prediction (no padding)."""
+    x, y = get_batch(ids, batch_size, block_size, rng)
+    return Batch(x, y)
 
 
 def eval_windows(ids: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:

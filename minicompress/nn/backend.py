@@ -1,9 +1,11 @@
-"""Which implementation of the training ops the model runs: the NumPy reference or Numba.
+"""Which implementation of the model's row-wise ops runs: the NumPy reference or its Numba twin.
 
-``MINICOMPRESS_KERNEL`` (shared with ``minicompress.kernels``) chooses: ``reference`` runs
-the readable NumPy ops of ``ops.py``/``attention.py``; ``auto`` (default), ``portable``,
-``vnni`` and ``amx`` run the Numba ops of ``fused.py`` (embedding backward, layer norm,
-GELU, attention softmax), which have the same contracts.
+The model's ``op_impl`` argument takes one of two ``OpImpl`` tables with the same
+contracts: ``NUMPY_OPS`` (the readable NumPy ops of ``ops.py`` / ``attention.py``) and
+``NUMBA_OPS`` (the fused Numba twins of ``fused.py``: embedding backward, layer norm, GELU,
+attention softmax). Tests run both and compare. By default ``MINICOMPRESS_KERNEL`` chooses
+(``reference`` -> NumPy, anything else -> Numba); the linear layers are not here: they go
+through the ``linear`` contract (``nn/linear.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from minicompress.nn import attention, fused, ops
 KERNEL_CHOICES = ("auto", "reference", "portable", "vnni", "amx")
 
 
-class TrainingOps(NamedTuple):
+class OpImpl(NamedTuple):
+    """One implementation of each row-wise op of the model (forward/backward pairs)."""
+
     embedding_backward: object
     layernorm_forward: object
     layernorm_backward: object
@@ -26,7 +30,7 @@ class TrainingOps(NamedTuple):
     attention_backward: object
 
 
-REFERENCE_OPS = TrainingOps(
+NUMPY_OPS = OpImpl(
     ops.embedding_backward,
     ops.layernorm_forward,
     ops.layernorm_backward,
@@ -36,7 +40,7 @@ REFERENCE_OPS = TrainingOps(
     attention.attention_backward,
 )
 
-FUSED_OPS = TrainingOps(
+NUMBA_OPS = OpImpl(
     fused.embedding_backward_fused,
     fused.layernorm_forward_fused,
     fused.layernorm_backward_fused,
@@ -57,6 +61,18 @@ def kernel_choice() -> str:
     return choice
 
 
-def select_ops() -> TrainingOps:
-    """The training ops that ``MINICOMPRESS_KERNEL`` asks for."""
-    return REFERENCE_OPS if kernel_choice() == "reference" else FUSED_OPS
+def default_op_impl() -> OpImpl:
+    """The ops that ``MINICOMPRESS_KERNEL`` asks for: NumPy for ``reference``, else Numba."""
+    return NUMPY_OPS if kernel_choice() == "reference" else NUMBA_OPS
+
+
+def check_op_impl(op_impl: object) -> OpImpl:
+    """``op_impl`` itself, or the default when None; anything else is refused."""
+    if op_impl is None:
+        return default_op_impl()
+    if not isinstance(op_impl, OpImpl):
+        raise TypeError(
+            f"op_impl must be nn.backend.NUMPY_OPS, NUMBA_OPS (an OpImpl) or None; "
+            f"got {type(op_impl).__name__}"
+        )
+    return op_impl

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from minicompress.fileio import load_arrays, load_json, save_arrays, save_json
-from minicompress.nn.model import TransformerConfig, init_params
+from minicompress.nn.model import TransformerConfig, check_params
 
 MODEL_FILE = "model.npz"
 CONFIG_FILE = "config.json"
@@ -51,15 +51,11 @@ def load_checkpoint(path: str | Path) -> tuple[dict, TransformerConfig, list[str
     except (KeyError, TypeError) as e:
         raise ValueError(f"checkpoint {str(folder)!r} has a damaged {CONFIG_FILE} ({e})") from None
     params = load_arrays(folder / MODEL_FILE, conf.get("sha256"))
-    expected = init_params(cfg, np.random.default_rng(0))
-    for name, ref in expected.items():
-        if name not in params or params[name].shape != ref.shape:
-            got = params[name].shape if name in params else "missing"
-            raise ValueError(
-                f"checkpoint {str(folder)!r} does not match its config: parameter {name!r} "
-                f"should have shape {ref.shape}, got {got}"
-            )
-        params[name] = params[name].astype(np.float32, copy=False)
+    try:
+        check_params(params, cfg)  # shapes come from the parameters: shrunk models load too
+    except ValueError as e:
+        raise ValueError(f"checkpoint {str(folder)!r} does not match its config: {e}") from None
+    params = {k: a.astype(np.float32, copy=False) for k, a in params.items()}
     if len(vocab) != cfg.vocab_size:
         raise ValueError(
             f"checkpoint {str(folder)!r}: vocab has {len(vocab)} characters, "

@@ -88,3 +88,24 @@ def check_grads(
             a, n = a.reshape(-1)[entries], n.reshape(-1)[entries]
         errors[name] = rel_error(a, n)
     return errors
+
+
+def random_params64(cfg, rng: np.random.Generator, layers=None) -> dict[str, np.ndarray]:
+    """float64 parameters of size O(1) for a gradient check of the whole model: LayerNorm
+    gains 1 + 0.2 N(0, 1), other vectors 0.2 N(0, 1), matrices 0.5 N(0, 1).
+
+    ``init_params``' std of 0.02 makes the gradients of deep parameters ~1e-6, below what
+    finite differences resolve; the derivative formulas do not care about the scale.
+    ``layers``: per-block ``LayerShape`` (heads, MLP width) for a shrunk model.
+    """
+    from minicompress.nn.model import param_shapes
+
+    params = {}
+    for name, shape in param_shapes(cfg, layers).items():
+        if name.endswith(".g"):
+            params[name] = 1.0 + 0.2 * rng.standard_normal(shape)
+        elif len(shape) == 1:
+            params[name] = 0.2 * rng.standard_normal(shape)
+        else:
+            params[name] = 0.5 * rng.standard_normal(shape)
+    return params

@@ -117,54 +117,33 @@ class GeluCache(NamedTuple):
 
 
 def gelu_forward(x: np.ndarray, approximate: str = "tanh") -> tuple:
-    """GELU (Hendrycks & Gimpel 2016), elementwise.
+    """GELU (Hendrycks & Gimpel 2016), elementwise, written as its formula.
 
     erf form:  y = 0.5 x (1 + erf(x / sqrt 2))
     tanh form: y = 0.5 x (1 + tanh(u)),  u = sqrt(2 / pi) (x + 0.044715 x^3)
     ``approximate`` is "tanh" or "none", as in ``torch.nn.functional.gelu``.
-    In place on temporaries (one pass per operator, no hidden copies): NumPy's SIMD ``tanh``
-    makes this faster than a fused scalar loop.
+    x: [...]  ->  y: [...] (same dtype). The cache keeps t = tanh(u) or erf(x / sqrt 2),
+    which the derivative reuses. (``fused.gelu_forward_fused`` is the fast twin.)
     """
-    dt = x.dtype.type
     if approximate == "tanh":
-        t = x * x  # u = sqrt(2/pi) (x + c x^3) = (sqrt(2/pi) c x^2 + sqrt(2/pi)) x
-        t *= dt(_SQRT_2_OVER_PI * _GELU_C)
-        t += dt(_SQRT_2_OVER_PI)
-        t *= x
-        np.tanh(t, out=t)
+        t = np.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3))
     elif approximate == "none":
-        t = erf(x * dt(1.0 / math.sqrt(2.0))).astype(x.dtype, copy=False)
+        t = erf(x / math.sqrt(2.0)).astype(x.dtype, copy=False)
     else:
         raise ValueError(f"approximate must be 'tanh' or 'none'; got {approximate!r}")
-    y = t + dt(1.0)
-    y *= x
-    y *= dt(0.5)
-    return y, GeluCache(x, t, approximate)
+    return 0.5 * x * (1.0 + t), GeluCache(x, t, approximate)
 
 
 def gelu_backward(dy: np.ndarray, cache: GeluCache) -> np.ndarray:
     """erf form:  dy/dx = 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)
     tanh form: dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2 / pi) (1 + 3 * 0.044715 x^2)."""
     x, t, approximate = cache
-    dt = x.dtype.type
     if approximate == "tanh":
-        d = x * x  # sqrt(2/pi) (1 + 3c x^2)
-        d *= dt(3.0 * _SQRT_2_OVER_PI * _GELU_C)
-        d += dt(_SQRT_2_OVER_PI)
-        d *= x
-        d *= dt(1.0) - t * t  # x (1 - t^2) sqrt(2/pi) (1 + 3c x^2)
-        d += t
+        du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * x**2)
+        dydx = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx
     else:
-        d = x * x  # 2 x exp(-x^2 / 2) / sqrt(2 pi)
-        d *= dt(-0.5)
-        np.exp(d, out=d)
-        d *= x
-        d *= dt(2.0 / math.sqrt(2.0 * math.pi))
-        d += t
-    d += dt(1.0)
-    d *= dt(0.5)
-    d *= dy
-    return d
+        dydx = 0.5 * (1.0 + t) + x * np.exp(-0.5 * x**2) / math.sqrt(2.0 * math.pi)
+    return dy * dydx
 
 
 # ----------------------------------------------------------------------------------------
@@ -217,3 +196,71 @@ def cross_entropy_backward(dloss: float, cache: CrossEntropyCache) -> np.ndarray
     d[np.arange(y.shape[0]), y] -= 1.0
     d *= probs.dtype.type(dloss / y.shape[0])
     return d.reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------
+# pooling and normalization of sentence embeddings (encoders)
+# ----------------------------------------------------------------------------------------
+
+
+class MeanPoolCache(NamedTuple):
+    weight: np.ndarray  # [B, T] 1 / n_b at the n_b real tokens of sequence b, 0 at padding
+    shape: tuple  # [B, T, C] of the input
+
+
+def mean_pool_forward(h: np.ndarray, pad_mask: np.ndarray | None = None) -> tuple:
+    """out[b] = sum_t keep[b, t] h[b, t] / sum_t keep[b, t],  keep = not pad_mask (the mean
+    over the non-padding tokens; sentence-transformers' mean pooling).
+
+    h: [B, T, C]; pad_mask: bool [B, T] (True = padding) or None  ->  out: [B, C].
+    A sequence that is all padding is refused (its mean is undefined).
+    """
+    b, t, _ = h.shape
+    keep = np.ones((b, t), h.dtype) if pad_mask is None else (~pad_mask).astype(h.dtype)
+    n = keep.sum(axis=1, keepdims=True)  # [B, 1]
+    if np.any(n == 0):
+        raise ValueError(f"sequences {np.flatnonzero(n[:, 0] == 0).tolist()} are all padding")
+    weight = keep / n  # [B, T]
+    out = np.einsum("bt,btc->bc", weight, h)  # [B, T] x [B, T, C] -> [B, C]
+    return out, MeanPoolCache(weight, h.shape)
+
+
+def mean_pool_backward(dout: np.ndarray, cache: MeanPoolCache) -> np.ndarray:
+    """dh[b, t] = weight[b, t] * dout[b]   ->  [B, T, C]."""
+    return cache.weight[:, :, None] * dout[:, None, :]
+
+
+def first_token_pool_forward(h: np.ndarray) -> tuple:
+    """out[b] = h[b, 0] (BERT's [CLS] token).   h: [B, T, C]  ->  out: [B, C]."""
+    return h[:, 0].copy(), h.shape
+
+
+def first_token_pool_backward(dout: np.ndarray, shape: tuple) -> np.ndarray:
+    """dh[:, 0] = dout, zero elsewhere   ->  [B, T, C]."""
+    dh = np.zeros(shape, dtype=dout.dtype)
+    dh[:, 0] = dout
+    return dh
+
+
+class L2NormalizeCache(NamedTuple):
+    y: np.ndarray  # [..., C] the output
+    norm: np.ndarray  # [..., 1] max(||x||, eps)
+    clipped: np.ndarray  # [..., 1] bool: ||x|| < eps, where the output is x / eps
+
+
+def l2_normalize_forward(x: np.ndarray, eps: float = 1e-12) -> tuple:
+    """y = x / max(||x||_2, eps) over the last axis (``torch.nn.functional.normalize``).
+
+    x: [..., C]  ->  y: [..., C].
+    """
+    raw = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))  # [..., 1]
+    norm = np.maximum(raw, x.dtype.type(eps))
+    y = x / norm
+    return y, L2NormalizeCache(y, norm, raw < eps)
+
+
+def l2_normalize_backward(dy: np.ndarray, cache: L2NormalizeCache) -> np.ndarray:
+    """dx = (dy - y * sum(dy * y)) / ||x||   where ||x|| >= eps;   dx = dy / eps elsewhere."""
+    y, norm, clipped = cache
+    radial = np.where(clipped, 0.0, np.sum(dy * y, axis=-1, keepdims=True))  # [..., 1]
+    return ((dy - y * radial) / norm).astype(dy.dtype, copy=False)

@@ -13,10 +13,30 @@ import numpy as np
 from numba import njit
 
 
+def adamw_update_reference(p, g, m, v, decay, b1, b2, step_size, bias2_sqrt, eps) -> None:
+    """The AdamW update of one flat parameter, in place, written as its formulas:
+
+        p <- decay * p                                  (decay = 1 - lr * weight_decay)
+        m <- b1 m + (1 - b1) g;    v <- b2 v + (1 - b2) g^2
+        p <- p - step_size * m / (sqrt(v) / bias2_sqrt + eps)
+
+    with step_size = lr / (1 - b1^t) and bias2_sqrt = sqrt(1 - b2^t) at step t.
+    p, g, m, v: [n] of one dtype (float32 in training). ``_adamw_kernel`` is its Numba twin
+    (same signature, same float operations in the same order: the same bits).
+    """
+    dt = p.dtype.type
+    decay, b1, b2 = dt(decay), dt(b1), dt(b2)
+    step_size, bias2_sqrt, eps = dt(step_size), dt(bias2_sqrt), dt(eps)
+    p *= decay
+    m[:] = b1 * m + (dt(1.0) - b1) * g
+    v[:] = b2 * v + (dt(1.0) - b2) * (g * g)
+    p -= step_size * m / (np.sqrt(v) / bias2_sqrt + eps)
+
+
 @njit(cache=True)
 def _adamw_kernel(p, g, m, v, decay, b1, b2, step_size, bias2_sqrt, eps):  # p, g, m, v: [n]
-    """The AdamW update of one flat parameter, in place, in the parameter's dtype
-    (one pass over memory instead of one per NumPy operator)."""
+    """``adamw_update_reference`` in one pass over memory instead of one per NumPy operator
+    (in place, in the parameter's dtype)."""
     dt = p.dtype.type
     decay, b1, b2 = dt(decay), dt(b1), dt(b2)
     step_size, bias2_sqrt, eps = dt(step_size), dt(bias2_sqrt), dt(eps)
