@@ -8,7 +8,7 @@ quantization. Weights + activations (W8A8): the same parameters, run through
 
 Which tensors: the linear weights ``<layer>.w`` of ``layers`` (default every linear layer
 of ``linear_names``, the output head included) with ``spec``; the embedding tables (``wte``,
-``wpe``, ``wtt``) with ``embedding_spec`` (default 8-bit asymmetric, one range per row:
+``wpe``, ``wtt``) with ``embedding_spec`` (default 8-bit symmetric, one range per row:
 a row is what one token reads), or kept in float with ``embedding_spec=None``. Biases and
 LayerNorm parameters stay float32 (they are 0.5% of the teacher; quantizing the norms
 wrecks encoders, DESIGN.md). Granularity ``model`` takes one range over every tensor
@@ -34,7 +34,9 @@ from minicompress.quant.tensor import (
 )
 
 EMBEDDINGS = ("wte", "wpe", "wtt")  # tables [rows, C]: one range per row (axis 0)
-EMBEDDING_SPEC = QuantSpec(8, "asymmetric", "channel", axis=0)  # default for the tables
+# default for the tables: 8-bit symmetric per row (measured on the teacher: asymmetric rows
+# cost +0.05% perplexity, symmetric ones nothing measurable)
+EMBEDDING_SPEC = QuantSpec(8, "symmetric", "channel", axis=0)
 
 
 def check_layers(cfg: TransformerConfig, layers: Iterable[str] | None) -> list[str]:

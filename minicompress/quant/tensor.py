@@ -138,7 +138,7 @@ def quantize_tensor(x: np.ndarray, spec: QuantSpec, lo=None, hi=None) -> Quantiz
     F.check_values("x", x)
     if (lo is None) != (hi is None):
         raise ValueError("give both lo and hi, or neither")
-    view, axes = F.granular_view(x, spec.granularity, spec.axis, spec.group_size)
+    view, _ = F.granular_view(x, spec.granularity, spec.axis, spec.group_size)
     if lo is None:
         lo, hi = tensor_range(x, spec)
     else:
@@ -146,7 +146,7 @@ def quantize_tensor(x: np.ndarray, spec: QuantSpec, lo=None, hi=None) -> Quantiz
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()) or np.any(lo > hi):
             raise ValueError(f"ranges must be finite with lo <= hi; got lo={lo}, hi={hi}")
     scale, zero_point = scale_zero_point(lo, hi, spec)
-    scale = np.broadcast_to(scale, np.broadcast_shapes(scale.shape, _scale_shape(view, axes)))
+    scale = np.broadcast_to(scale, scale_shape(x.shape, spec))
     zero_point = np.broadcast_to(zero_point, scale.shape)
     if spec.scheme == "log":
         q = F.log_quantize(view, scale, spec.bits)
@@ -159,9 +159,25 @@ def quantize_tensor(x: np.ndarray, spec: QuantSpec, lo=None, hi=None) -> Quantiz
     )
 
 
-def _scale_shape(view: np.ndarray, reduce_axes: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape of the scales for a granular view: size 1 where the ranges reduce."""
-    return tuple(1 if a in reduce_axes else n for a, n in enumerate(view.shape))
+def scale_shape(shape: tuple[int, ...], spec: QuantSpec) -> tuple[int, ...]:
+    """The shape of the scales (and zero points) of a tensor of ``shape`` at ``spec``:
+    (1, ..., 1) per model/tensor; size 1 except ``axis`` per channel; per group of a
+    [K, N] weight (axis 1), [K/G, 1, N] against the grouped view [K/G, G, N]."""
+    shape = tuple(int(n) for n in shape)
+    if spec.granularity in ("model", "tensor"):
+        return (1,) * len(shape)
+    axis = F.check_axis(spec.axis, len(shape))
+    if spec.granularity == "channel":
+        return tuple(n if a == axis else 1 for a, n in enumerate(shape))
+    if len(shape) != 2:
+        raise ValueError(f"group granularity needs a 2-D array; got shape {shape}")
+    along = 1 - axis
+    if shape[along] % spec.group_size:
+        raise ValueError(
+            f"group_size {spec.group_size} must divide the dimension it groups (axis "
+            f"{along} of shape {shape}, size {shape[along]})"
+        )
+    return shape[:along] + (shape[along] // spec.group_size, 1) + shape[along + 1 :]
 
 
 def dequantize_tensor(qt: QuantizedTensor, dtype=np.float32) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Deployment: the compressed checkpoint format (``format.py``) and the runtimes built on it."""
