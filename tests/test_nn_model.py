@@ -19,6 +19,7 @@ from minicompress.nn import backend
 from minicompress.nn.gradcheck import random_params64
 from minicompress.nn.linear import DENSE
 from minicompress.nn.model import (
+    KVCache,
     LayerShape,
     TransformerConfig,
     backward,
@@ -468,3 +469,60 @@ def test_model_learns_a_repeated_text():
     assert first > 0.8 * chance  # it starts near chance...
     assert last < 0.25 * chance, (first, last, chance)  # ...and ends far below it
     assert hist.val_loss[-1] < 0.25 * chance
+
+
+# ----------------------------------------------------------------------------------------
+# the key/value cache
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ops_name", list(OPS))
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_kv_cache_positions_equal_the_full_forward(rng, ops_name, norm):
+    """Prefill 3 positions, then feed 1, then 2: each call's logits equal the rows of one
+    forward pass over the whole sequence."""
+    cfg = TransformerConfig(**TINY, norm=norm)
+    params = random_params64(cfg, rng, [LayerShape(1, 16), LayerShape(2, 5)])  # shrunk too
+    idx = rng.integers(0, cfg.vocab_size, size=(2, 6))
+    ops = OPS[ops_name]
+    full, _ = forward(params, idx, cfg, op_impl=ops)
+    kv = KVCache(cfg, batch_size=2)
+    parts = []
+    for lo, hi in [(0, 3), (3, 4), (4, 6)]:
+        logits, cache = forward(params, idx[:, lo:hi], cfg, op_impl=ops, kv_cache=kv)
+        parts.append(logits)
+        assert kv.length == hi
+    assert_close(np.concatenate(parts, axis=1), full, rtol=1e-12, atol=1e-12, name="logits")
+    with pytest.raises(ValueError, match="exceed block_size"):
+        forward(params, idx[:, :1], cfg, kv_cache=kv)
+    with pytest.raises(ValueError, match="backward"):
+        backward(np.ones_like(logits), cache)
+
+
+def test_kv_cache_refuses_what_it_cannot_take(rng):
+    cfg = TransformerConfig(**TINY)
+    params = init_params(cfg, rng)
+    idx = np.zeros((2, 3), np.int64)
+    with pytest.raises(ValueError, match="batch"):
+        forward(params, idx, cfg, kv_cache=KVCache(cfg, batch_size=1))
+    with pytest.raises(ValueError, match="pad_mask"):
+        forward(params, idx, cfg, pad_mask=np.zeros((2, 3), bool), kv_cache=KVCache(cfg, 2))
+    enc = TransformerConfig(**TINY, causal=False)
+    with pytest.raises(ValueError, match="causal"):
+        forward(init_params(enc, rng), idx, enc, kv_cache=KVCache(enc, 2))
+
+
+@pytest.mark.parametrize("temperature, top_k", [(0.0, None), (0.9, 3)])
+def test_generation_with_the_cache_equals_generation_without(rng, temperature, top_k):
+    """Greedy and sampled (same seed): the same tokens, also past block_size (the window
+    slides), which a prompt of 4 and 9 new tokens with block_size 6 reaches."""
+    cfg = TransformerConfig(**TINY)
+    params = random_params64(cfg, rng)
+    prompt = np.array([1, 5, 2, 0])
+    runs = [
+        generate(
+            params, cfg, prompt, 9, np.random.default_rng(3), temperature, top_k, use_cache=use
+        )  # fmt: skip
+        for use in (True, False)
+    ]
+    np.testing.assert_array_equal(runs[0], runs[1])

@@ -37,7 +37,7 @@ import numpy as np
 from minicompress.data import builtin_text, get_batch, make_dataset
 from minicompress.nn import model
 from minicompress.nn.optim import AdamW, clip_grad_norm, global_grad_norm, lr_at
-from minicompress.nn.train import TrainConfig, evaluate, train
+from minicompress.nn.train import TrainConfig, evaluate, next_token_loss, train
 from minicompress.report.plots import plot_loss_curve
 
 FAST = os.environ.get("MINICOMPRESS_FAST") == "1"
@@ -207,7 +207,57 @@ assert sample.shape == (len(prompt) + (60 if FAST else 200),)
 assert data.tokenizer.decode(sample).startswith("The ")
 
 # %% [markdown]
-# ## 6. The same from the command line
+# ## 6. The hooks every compression chapter uses
+#
+# `train` is the only training loop of the package. A technique changes what happens
+# *inside* a step through three arguments, never by copying the loop:
+#
+# - `loss(params, batch, cfg, linear) -> (loss, grads)`: the default is next-token
+#   cross-entropy (`nn.train.next_token_loss`); distillation mixes in the teacher's soft
+#   labels, regularized pruning adds a penalty;
+# - `after_step(step, params, grads, opt)`: runs after every AdamW step; pruning re-applies
+#   its masks there (to the weights *and* to AdamW's moments `opt.m`, `opt.v`, or the next
+#   step would revive a pruned weight);
+# - `linear`: every linear layer of training *and* validation goes through it
+#   (quantization-aware training passes a fake-quantizing one).
+#
+# Here a loss adds an L2 penalty $\lambda \lVert w \rVert^2$ on one matrix, and an
+# after-step hook keeps a quarter of another matrix at exactly zero.
+
+# %%
+LAMBDA, PENALIZED, MASKED = 1e-3, "blocks.0.mlp.fc.w", "blocks.0.attn.proj.w"
+
+
+def loss_with_penalty(p, batch, cfg_, linear):
+    """next-token cross-entropy + lambda * ||w||^2 on one matrix (gradient 2 lambda w)."""
+    value, grads = next_token_loss(p, batch, cfg_, linear)
+    w = p[PENALIZED]
+    grads[PENALIZED] = grads[PENALIZED] + 2 * LAMBDA * w
+    return value + LAMBDA * float(np.sum(w * w)), grads
+
+
+mask = (np.random.default_rng(1).random(params[MASKED].shape) > 0.25).astype(np.float32)
+
+
+def keep_mask(step, p, grads, opt):
+    """The masked quarter stays exactly zero: weights and AdamW's moments."""
+    p[MASKED] *= mask
+    opt.m[MASKED] *= mask
+    opt.v[MASKED] *= mask
+
+
+params[MASKED] *= mask
+tc_hooks = TrainConfig(steps=20 if FAST else 100, batch_size=8, warmup=5, lr=1e-3, eval_every=0)
+norm_before = float(np.linalg.norm(params[PENALIZED]))
+hist_hooks = train(
+    params, cfg, data, tc_hooks, loss=loss_with_penalty, after_step=keep_mask, progress=False
+)
+print(f"zeros kept: {int(np.sum(params[MASKED] == 0))} of {int(np.sum(mask == 0))} masked")
+print(f"||{PENALIZED}||: {norm_before:.3f} -> {np.linalg.norm(params[PENALIZED]):.3f}")
+assert np.all(params[MASKED][mask == 0] == 0)
+
+# %% [markdown]
+# ## 7. The same from the command line
 #
 # The CLI is built from the same `TransformerConfig` and `TrainConfig` dataclasses:
 #
@@ -236,3 +286,4 @@ print(
 # - One step: loss and gradients, clip the global norm, AdamW with decoupled decay.
 # - Warmup, then cosine decay: `lr_at` is the schedule, `train` follows it.
 # - Judge a model by its validation loss on fixed windows (perplexity $= e^{L}$).
+# - Techniques plug into the one loop through `loss`, `after_step` and `linear`.

@@ -48,10 +48,27 @@ def check_pad_mask(pad_mask, b: int, t: int) -> np.ndarray | None:
     return pad_mask
 
 
-def visible_keys(t: int, causal: bool, pad_mask: np.ndarray | None) -> np.ndarray | None:
-    """Which keys each query may see: bool [T, T] (causal only), [B, 1, T, T] (with padding),
-    or None (every key). Entry [.., i, j] is True when query i may attend to key j."""
-    visible = np.tril(np.ones((t, t), dtype=bool)) if causal else None  # [T, T]
+def check_attention_shapes(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+    """q [B, H, Tq, D], k and v [B, H, Tk, D] with Tq <= Tk (Tq < Tk: the new positions
+    after a key/value cache of Tk - Tq earlier ones)."""
+    if q.ndim != 4 or k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
+        raise ValueError(
+            f"q, k, v must be [B, H, Tq, D], [B, H, Tk, D], [B, H, Tk, D]; got {q.shape}, "
+            f"{k.shape}, {v.shape}"
+        )
+    if q.shape[2] > k.shape[2]:
+        raise ValueError(f"more queries ({q.shape[2]}) than keys ({k.shape[2]})")
+
+
+def visible_keys(
+    t: int, causal: bool, pad_mask: np.ndarray | None, t_keys: int | None = None
+) -> np.ndarray | None:
+    """Which keys each query may see: bool [Tq, Tk] (causal only), [B, 1, Tq, Tk] (with
+    padding), or None (every key). Entry [.., i, j] is True when query i may attend to key j.
+    Query i sits at position Tk - Tq + i (``t_keys`` = Tk, default Tq), so the causal mask is
+    the lower triangle shifted right by Tk - Tq."""
+    tk = t if t_keys is None else t_keys
+    visible = np.tril(np.ones((t, tk), dtype=bool), k=tk - t) if causal else None  # [Tq, Tk]
     if pad_mask is not None:
         keep = ~pad_mask[:, None, None, :]  # [B, 1, 1, T]
         visible = keep if visible is None else keep & visible  # [B, 1, T, T]
@@ -69,15 +86,19 @@ def attention_forward(
 
     q, k, v: [B, H, T, D]; pad_mask: bool [B, T] or None  ->  y: [B, H, T, D].
     The probabilities ``p`` [B, H, T, T] are in the cache (a distiller reads them there).
+    With a key/value cache, k and v hold Tk >= Tq positions (the earlier ones first) and the
+    queries are the last Tq of them; pad_mask is then [B, Tk].
     """
     b, _, t, d = q.shape
-    pad_mask = check_pad_mask(pad_mask, b, t)
+    tk = k.shape[2]
+    check_attention_shapes(q, k, v)
+    pad_mask = check_pad_mask(pad_mask, b, tk)
     scale = 1.0 / math.sqrt(d)
     # the transposes are copied: NumPy's batched matmul is 4x slower on a swapped view
-    kt = np.ascontiguousarray(k.swapaxes(-1, -2))  # [B, H, D, T]
-    att = q @ kt  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
+    kt = np.ascontiguousarray(k.swapaxes(-1, -2))  # [B, H, D, Tk]
+    att = q @ kt  # [B, H, Tq, D] @ [B, H, D, Tk] -> [B, H, Tq, Tk]
     att *= q.dtype.type(scale)
-    visible = visible_keys(t, causal, pad_mask)
+    visible = visible_keys(t, causal, pad_mask, tk)
     if visible is not None:
         att = np.where(visible, att, q.dtype.type(_MASKED))  # [B, H, T, T]
     p, _ = softmax_forward(att)  # [B, H, T, T]
@@ -98,7 +119,7 @@ def attention_backward(dy: np.ndarray, cache: AttentionCache, dp_extra=None) -> 
         dp += dp_extra
     ds = softmax_backward(dp, p)  # [B, H, T, T]
     ds *= q.dtype.type(scale)
-    visible = visible_keys(q.shape[2], causal, pad_mask)
+    visible = visible_keys(q.shape[2], causal, pad_mask, k.shape[2])
     if visible is not None:
         ds *= visible.any(axis=-1, keepdims=True)  # rows that see no key: no gradient
     dq = ds @ k  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]

@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit
 from scipy.special import erf
 
-from minicompress.nn.attention import AttentionCache, check_pad_mask
+from minicompress.nn.attention import AttentionCache, check_attention_shapes, check_pad_mask
 from minicompress.nn.ops import (
     EmbeddingCache,
     GeluCache,
@@ -210,17 +210,19 @@ def layernorm_backward_fused(dy: np.ndarray, cache: LayerNormCache) -> tuple:
 
 
 @njit(cache=True, fastmath=_REASSOC)
-def _shift_and_mask(att, scale, causal, pad):  # att: [B, H, T, T] in place; pad: [B, T]
+def _shift_and_mask(att, scale, causal, pad):  # att: [B, H, Tq, Tk] in place; pad: [B, Tk]
     """att <- (att - max of the visible scores) * scale, and -inf where masked.
-    A query that sees no key gets all zeros (uniform after exp), as the NumPy version."""
-    b_, h_, t_, _ = att.shape
+    A query that sees no key gets all zeros (uniform after exp), as the NumPy version.
+    Query i sits at position Tk - Tq + i (Tq < Tk: the new positions after a key/value
+    cache), so under the causal mask it sees keys 0 .. Tk - Tq + i."""
+    b_, h_, t_, tk = att.shape
     dt = att.dtype.type
     has_pad = pad.shape[0] > 0
     for row in range(b_ * h_ * t_):
         b = row // (h_ * t_)
         i = row % t_
-        a = att[b, (row // t_) % h_, i]  # [T] scores of query i
-        end = i + 1 if causal else t_
+        a = att[b, (row // t_) % h_, i]  # [Tk] scores of query i
+        end = tk - t_ + i + 1 if causal else tk
         m = dt(-np.inf)
         for j in range(end):
             if not (has_pad and pad[b, j]) and a[j] > m:
@@ -238,10 +240,10 @@ def _shift_and_mask(att, scale, causal, pad):  # att: [B, H, T, T] in place; pad
 
 
 @njit(cache=True, fastmath=_REASSOC)
-def _normalize_rows(e, causal):  # e: [B*H*T, T] in place; causal: rows end at the diagonal
-    t = e.shape[1]
+def _normalize_rows(e, causal, tq):  # e: [B*H*Tq, Tk] in place; causal: rows end at the diagonal
+    tk = e.shape[1]
     for r in range(e.shape[0]):
-        end = r % t + 1 if causal else t
+        end = tk - tq + r % tq + 1 if causal else tk
         s = e.dtype.type(0.0)
         for j in range(end):
             s += e[r, j]
@@ -254,13 +256,13 @@ def _normalize_rows(e, causal):  # e: [B*H*T, T] in place; causal: rows end at t
 def _softmax_backward_kernel(dp, p, scale, causal, pad):  # dp (in place -> ds), p: [B,H,T,T]
     """ds = p * (dp - sum(dp * p)) * scale per row; zero past the diagonal (causal) and for a
     query that sees no key (its row is constant). pad: [B, T] or [0, 0] for none."""
-    b_, h_, t_, _ = p.shape
+    b_, h_, t_, tk = p.shape
     dt = p.dtype.type
     has_pad = pad.shape[0] > 0
     for row in range(b_ * h_ * t_):
         b, hh, i = row // (h_ * t_), (row // t_) % h_, row % t_
         d, q = dp[b, hh, i], p[b, hh, i]
-        end = i + 1 if causal else t_
+        end = tk - t_ + i + 1 if causal else tk
         sees_a_key = True
         if has_pad:
             sees_a_key = False
@@ -286,15 +288,17 @@ def _pad_array(pad_mask) -> np.ndarray:
 def attention_forward_fused(q, k, v, causal: bool = True, pad_mask=None) -> tuple:
     """``attention.attention_forward`` with the scale, mask and softmax fused in one pass."""
     b, _, t, d = q.shape
-    pad_mask = check_pad_mask(pad_mask, b, t)
+    tk = k.shape[2]
+    check_attention_shapes(q, k, v)
+    pad_mask = check_pad_mask(pad_mask, b, tk)
     scale = 1.0 / math.sqrt(d)
-    kt = np.ascontiguousarray(k.swapaxes(-1, -2))  # [B, H, D, T]: a view would be 4x slower
-    att = q @ kt  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
+    kt = np.ascontiguousarray(k.swapaxes(-1, -2))  # [B, H, D, Tk]: a view would be 4x slower
+    att = q @ kt  # [B, H, Tq, D] @ [B, H, D, Tk] -> [B, H, Tq, Tk]
     _shift_and_mask(att, q.dtype.type(scale), causal, _pad_array(pad_mask))
     np.exp(att, out=att)  # NumPy's SIMD exp: 10x a scalar exp loop
     # with padding a query may see no key and get a full uniform row: normalise whole rows
-    _normalize_rows(att.reshape(-1, t), causal and pad_mask is None)  # [B, H, T, T]
-    y = att @ v  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
+    _normalize_rows(att.reshape(-1, tk), causal and pad_mask is None, t)  # [B, H, Tq, Tk]
+    y = att @ v  # [B, H, Tq, Tk] @ [B, H, Tk, D] -> [B, H, Tq, D]
     return y, AttentionCache(q, k, v, att, scale, causal, pad_mask)
 
 

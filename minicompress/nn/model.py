@@ -289,6 +289,35 @@ class BlockCache(NamedTuple):
     mlp_proj: object
 
 
+class KVCache:
+    """Keys and values of every block for the positions seen so far, so that generation
+    computes each new position once instead of re-running the whole context.
+
+    ``k[l]``, ``v[l]``: [B, H_l, block_size, D] buffers (allocated at the first call, in the
+    activations' dtype); positions ``0 .. length - 1`` are filled. For inference only:
+    ``backward`` refuses a forward pass that used a cache.
+    """
+
+    def __init__(self, cfg: TransformerConfig, batch_size: int):
+        self.capacity = cfg.block_size
+        self.batch_size = _strict_int("batch_size", batch_size, 1)
+        self.length = 0
+        self.k: list = [None] * cfg.n_layer
+        self.v: list = [None] * cfg.n_layer
+
+    def extend(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Store k, v [B, H, Tq, D] of the new positions; ->  all keys and values so far,
+        [B, H, length + Tq, D] each (views of the buffers)."""
+        b, h, t, d = k.shape
+        if self.k[layer] is None:
+            self.k[layer] = np.empty((b, h, self.capacity, d), dtype=k.dtype)
+            self.v[layer] = np.empty((b, h, self.capacity, d), dtype=v.dtype)
+        end = self.length + t
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
 class ModelCache(NamedTuple):
     cfg: TransformerConfig
     linear: object  # the linear-layer object used in the forward pass
@@ -301,6 +330,7 @@ class ModelCache(NamedTuple):
     hidden: list  # n_layer + 1 arrays [B, T, C]: input of every block, last block's output
     attn: list  # n_layer arrays [B, H, T, T]: attention probabilities
     pad_mask: np.ndarray | None
+    kv_cache: KVCache | None  # the key/value cache of the call, if any (no backward then)
 
 
 def check_tokens(idx, cfg: TransformerConfig, name: str = "idx") -> np.ndarray:
@@ -347,9 +377,10 @@ def _check_names(params, cfg: TransformerConfig) -> None:
         raise ValueError(f"params lacks {missing[:5]}, which the model config {cfg} needs")
 
 
-def _block_forward(p, pre, x, cfg, linear, ops, pad_mask):
+def _block_forward(p, pre, x, cfg, linear, ops, pad_mask, kv=None, layer=0):
     """One Transformer block. pre-LN: x + attn(ln1(x)), then + mlp(ln2(.));
-    post-LN: ln1(x + attn(x)), then ln2(. + mlp(.)). Heads: the qkv output's width / 3D."""
+    post-LN: ln1(x + attn(x)), then ln2(. + mlp(.)). Heads: the qkv output's width / 3D.
+    With a key/value cache ``kv``, the queries of x attend to the cached keys too."""
     post, eps = cfg.norm == "post", cfg.ln_eps
     if post:
         a_in, ln1 = x, None
@@ -360,6 +391,8 @@ def _block_forward(p, pre, x, cfg, linear, ops, pad_mask):
     )  # [B, T, C] -> [B, T, 3 H D]
     h = qkv.shape[-1] // (3 * cfg.head_dim)
     q, k, v = split_qkv(qkv, h)  # [B, T, 3 H D] -> 3 x [B, H, T, D]
+    if kv is not None:
+        k, v = kv.extend(layer, k, v)  # [B, H, T_past + T, D]
     y, att_c = ops.attention_forward(q, k, v, cfg.causal, pad_mask)  # [B, H, T, D]
     a, proj_c = linear.forward(
         pre + "attn.proj", merge_heads(y), p[pre + "attn.proj.w"], p.get(pre + "attn.proj.b")
@@ -427,12 +460,16 @@ def forward(
     pad_mask: np.ndarray | None = None,
     token_types: np.ndarray | None = None,
     op_impl: OpImpl | None = None,
+    kv_cache: KVCache | None = None,
 ) -> tuple[np.ndarray, ModelCache]:
     """Logits of the next token at every position (``cfg.head``), or the final hidden states.
 
     idx: int [B, T] with 1 <= T <= block_size; pad_mask: bool [B, T] (True = padding) or None;
     token_types: int [B, T] or None (all 0; only with ``cfg.type_vocab_size``);
     ``op_impl``: ``nn.backend.NUMPY_OPS`` or ``NUMBA_OPS`` (default: ``MINICOMPRESS_KERNEL``)
+    or an inference twin of them; ``kv_cache``: a ``KVCache`` holding the keys and values of
+    the ``kv_cache.length`` positions before idx (generation: idx holds the new positions
+    only; no padding, no backward).
     ->  logits [B, T, V] or hidden states [B, T, C] (the parameters' dtype), and the cache
     for ``backward``.
     """
@@ -442,9 +479,11 @@ def forward(
     _check_names(params, cfg)
     check_pad_mask(pad_mask, *idx.shape)
     token_types = _check_token_types(token_types, idx, cfg)
-    t = idx.shape[1]
+    t, start = idx.shape[1], 0
+    if kv_cache is not None:
+        start = _check_kv_cache(kv_cache, idx, pad_mask, cfg)
     tok, tok_c = embedding_forward(idx, params["wte"])  # [B, T, C]
-    pos, pos_c = embedding_forward(np.arange(t), params["wpe"])  # [T, C]
+    pos, pos_c = embedding_forward(np.arange(start, start + t), params["wpe"])  # [T, C]
     x = tok + pos  # [B, T, C]
     tt_c = None
     if token_types is not None:
@@ -455,7 +494,7 @@ def forward(
         x, ln_emb = ops.layernorm_forward(x, params["ln_emb.g"], params["ln_emb.b"], cfg.ln_eps)
     hidden, attn, blocks = [x], [], []
     for i in range(cfg.n_layer):
-        x, bc = _block_forward(params, f"blocks.{i}.", x, cfg, linear, ops, pad_mask)
+        x, bc = _block_forward(params, f"blocks.{i}.", x, cfg, linear, ops, pad_mask, kv_cache, i)
         blocks.append(bc)
         hidden.append(x)
         attn.append(bc.att.p)
@@ -465,11 +504,31 @@ def forward(
     head_c = None
     if cfg.head:
         x, head_c = linear.forward("head", x, params["head.w"], None)  # [B, T, C] -> [B, T, V]
+    if kv_cache is not None:
+        kv_cache.length += t
     cache = ModelCache(
         cfg, linear, ops, (tok_c, pos_c, tt_c), ln_emb, blocks, ln_f, head_c, hidden, attn,
-        pad_mask,
+        pad_mask, kv_cache,
     )  # fmt: skip
     return x, cache
+
+
+def _check_kv_cache(kv: KVCache, idx: np.ndarray, pad_mask, cfg: TransformerConfig) -> int:
+    """The position of idx's first token; refuse a cache that cannot take idx."""
+    if not isinstance(kv, KVCache):
+        raise TypeError(f"kv_cache must be a KVCache; got {type(kv).__name__}")
+    if pad_mask is not None:
+        raise ValueError("kv_cache does not take a pad_mask (generation has no padding)")
+    if not cfg.causal:
+        raise ValueError("kv_cache needs a causal model: an encoder's keys change with the text")
+    if idx.shape[0] != kv.batch_size or len(kv.k) != cfg.n_layer:
+        raise ValueError(f"kv_cache was made for batch {kv.batch_size}; idx has {idx.shape[0]}")
+    if kv.length + idx.shape[1] > cfg.block_size:
+        raise ValueError(
+            f"kv_cache holds {kv.length} positions: {idx.shape[1]} more exceed block_size="
+            f"{cfg.block_size}"
+        )
+    return kv.length
 
 
 def backward(
@@ -485,6 +544,8 @@ def backward(
     ``dattn[l]`` [B, H, T, T] on ``cache.attn[l]`` (None entries skip).
     """
     cfg, linear, ops = cache.cfg, cache.linear, cache.op_impl
+    if cache.kv_cache is not None:
+        raise ValueError("backward of a forward pass with a kv_cache is not supported")
     for extra, n, what in ((dhidden, cfg.n_layer + 1, "dhidden"), (dattn, cfg.n_layer, "dattn")):
         if extra is not None and len(extra) != n:
             raise ValueError(f"{what} must hold {n} entries (arrays or None); got {len(extra)}")
@@ -588,20 +649,32 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     linear=DENSE,
+    use_cache: bool = True,
+    op_impl: OpImpl | None = None,
 ) -> np.ndarray:
-    """Sample ``n_tokens`` tokens after ``prompt`` (int [T0]), one at a time, re-running the
-    whole context each time (``deploy`` has the key/value-cached version).
+    """Sample ``n_tokens`` tokens after ``prompt`` (int [T0]), one at a time.
 
-    The context is cut to the last ``block_size`` tokens.  ->  int64 [T0 + n_tokens].
+    The context is the last ``block_size`` tokens. With ``use_cache`` the keys and values of
+    the context are kept (``KVCache``), so each new token costs one position; once the text
+    is longer than ``block_size`` the window slides, every absolute position shifts and the
+    window is recomputed (as without the cache). Both give the same tokens.
+    ->  int64 [T0 + n_tokens].
     """
     if not cfg.head or not cfg.causal:
         raise ValueError("generate needs a causal model with an output head")
     n_tokens, temperature, top_k = check_sampling(cfg, n_tokens, temperature, top_k)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator; got {type(rng).__name__}")
+    if not isinstance(use_cache, bool):
+        raise TypeError(f"use_cache must be True or False; got {use_cache!r}")
     out = [int(i) for i in check_prompt(prompt, cfg)]
+    kv = None
     for _ in range(n_tokens):
-        ctx = np.array(out[-cfg.block_size :], dtype=np.int64)[None, :]  # [1, T]
-        logits, _ = forward(params, ctx, cfg, linear)
+        if kv is not None and kv.length < cfg.block_size:  # one new position
+            ctx = np.array([out[-1:]], dtype=np.int64)  # [1, 1]
+        else:  # the whole window: the first token, no cache, or a full cache
+            kv = KVCache(cfg, 1) if use_cache else None
+            ctx = np.array([out[-cfg.block_size :]], dtype=np.int64)  # [1, T]
+        logits, _ = forward(params, ctx, cfg, linear, op_impl=op_impl, kv_cache=kv)
         out.append(sample_next(logits[0, -1], rng, temperature, top_k))
     return np.array(out, dtype=np.int64)
