@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import numpy as np
 
@@ -162,9 +163,11 @@ def run_quant_bench(
             torch.set_num_threads(threads)
             torch_threads = torch.get_num_threads()
             fp = torch_module(params, cfg)
-            int8 = torch.ao.quantization.quantize_dynamic(
-                torch_module(params, cfg), {torch.nn.Linear}, dtype=torch.qint8
-            )
+            with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
+                warnings.simplefilter("ignore")
+                int8 = torch.ao.quantization.quantize_dynamic(
+                    torch_module(params, cfg), {torch.nn.Linear}, dtype=torch.qint8
+                )
             tidx = torch.tensor(idx)
             for name, mod in (("fp32 torch", fp), ("int8 torch", int8)):
                 box = _time_torch_linears(mod)
