@@ -105,8 +105,8 @@ print(
 # %% [markdown]
 # At 2 bits the symmetric grid has only 3 levels ($-1, 0, 1$ times $s = 0.75$): $0.25$ and
 # $0.5$ both become 0 and 0.75, where the asymmetric grid had four levels $1/3$ apart. For a
-# range that is not centred on 0 the asymmetric grid spends its levels where the weights are. The price of the zero point is an extra term in
-# an integer matmul (tutorial 07, section 3).
+# range that is not centred on 0 the asymmetric grid spends its levels where the weights are.
+# The price of the zero point is an extra term in an integer matmul (tutorial 07, section 3).
 #
 # ## 3. Rounding, and the half-step bound
 #
