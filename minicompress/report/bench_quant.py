@@ -10,10 +10,10 @@ Contenders, one batch [B, T] of token ids (default 32 x 128), logits out:
 - ``int8 torch``: that module after ``torch.ao.quantization.quantize_dynamic`` (its
   default qconfig: int8 weights per tensor, activations per tensor at run time).
 
-Each is timed with ``report.timing.best_of_rounds`` (the contenders alternate, the best
-round of each counts), with the time inside the linear layers measured in the same runs
-(a timing wrapper around our ``linear``; forward hooks on torch's Linear modules):
-``other_ms`` = total - linear, i.e. attention, layer norm, GELU, embeddings, copies.
+Each is timed by ``best_split_of_rounds`` (the contenders alternate, the best round of
+each counts), with the time inside the linear layers measured in the same calls (a timing
+wrapper around our ``linear``; forward hooks on torch's Linear modules): ``other_ms`` =
+total - linear, i.e. attention, layer norm, GELU, embeddings, copies.
 
 Run: ``python -m minicompress.report.bench_quant MODEL [--json PATH]``.
 """
@@ -31,7 +31,7 @@ from minicompress.nn.model import TransformerConfig, forward, linear_names
 from minicompress.quant.ptq import quantize_weights
 from minicompress.quant.runtime import INT8, pack_int8_params
 from minicompress.quant.tensor import QuantSpec
-from minicompress.report.timing import best_of_rounds, blas_summary
+from minicompress.report.timing import blas_summary
 
 W8 = QuantSpec(8, "symmetric", "channel")
 
@@ -50,6 +50,36 @@ class TimedLinear:
 
     def backward(self, name, dy, cache):
         return self.inner.backward(name, dy, cache)
+
+
+def best_split_of_rounds(
+    fns: dict, rounds: int = 3, repeat: int = 5, warmup: int = 1, pause_s: float = 0.2
+) -> dict[str, tuple[float, float]]:
+    """Time contenders that report the seconds spent in their linear layers.
+
+    fns: {name: (run, linear_seconds)}: ``run()`` does one forward pass; ``linear_seconds()``
+    reads a counter that the linear layers add their time to. In each round every
+    contender runs ``warmup + repeat`` times, in turn; per call, the total wall time and
+    the increase of its counter are recorded. -> {name: (total ms, linear ms)}: the
+    medians over the calls of the round whose median total is the smallest (the least
+    disturbed round; report.timing.best_of_rounds explains why rounds alternate).
+    """
+    best = {name: (float("inf"), 0.0) for name in fns}
+    for _ in range(rounds):
+        for name, (run, linear_seconds) in fns.items():
+            time.sleep(pause_s)
+            totals, linears = [], []
+            for i in range(warmup + repeat):
+                lin0, t0 = linear_seconds(), time.perf_counter()
+                run()
+                total, lin = time.perf_counter() - t0, linear_seconds() - lin0
+                if i >= warmup:
+                    totals.append(total)
+                    linears.append(lin)
+            median = 1e3 * float(np.median(totals))
+            if median < best[name][0]:
+                best[name] = (median, 1e3 * float(np.median(linears)))
+    return best
 
 
 def torch_module(params: dict, cfg: TransformerConfig):
@@ -147,12 +177,14 @@ def run_quant_bench(
     idx = np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch_size, seq_len))
     q = quantize_weights(params, cfg, W8, embedding_spec=None)
     packed = pack_int8_params(params, cfg, q)
-    timed = {"fp32 numpy": (params, TimedLinear(DENSE)), "int8 ours": (packed, TimedLinear(INT8))}
-    fns, linear_seconds, calls, logits = {}, {}, {}, {}
-    for name, (p, lin) in timed.items():
-        fns[name] = lambda p=p, lin=lin: forward(p, idx, cfg, lin)
-        logits[name] = fns[name]()[0]
-        linear_seconds[name] = lambda lin=lin: lin.seconds
+    fns, logits = {}, {}
+    for name, p, lin in (
+        ("fp32 numpy", params, TimedLinear(DENSE)),
+        ("int8 ours", packed, TimedLinear(INT8)),
+    ):
+        run = lambda p=p, lin=lin: forward(p, idx, cfg, lin)[0]  # noqa: E731
+        fns[name] = (run, lambda lin=lin: lin.seconds)
+        logits[name] = run()
     torch_threads = None
     if with_torch:
         try:
@@ -174,32 +206,22 @@ def run_quant_bench(
 
                 def run(mod=mod):
                     with torch.inference_mode():
-                        return mod(tidx)
+                        return mod(tidx).numpy()
 
-                fns[name] = run
-                logits[name] = run().numpy()
-                linear_seconds[name] = lambda box=box: box[0]
-    for name, fn in fns.items():  # count calls, to turn the accumulated seconds into ms/call
-
-        def counted(fn=fn, name=name):
-            calls[name] = calls.get(name, 0) + 1
-            return fn()
-
-        fns[name] = counted
-    start = {name: get() for name, get in linear_seconds.items()}
-    best = best_of_rounds(fns, rounds=rounds, repeat=repeat, pause_s=0.2)
+                fns[name] = (run, lambda box=box: box[0])
+                logits[name] = run()
+    best = best_split_of_rounds(fns, rounds=rounds, repeat=repeat)
     limits.unregister()
     ref = logits["fp32 numpy"]
     rows = []
-    for name in fns:
-        linear_ms = 1e3 * (linear_seconds[name]() - start[name]) / calls[name]
+    for name, (ms, linear_ms) in best.items():
         rows.append(
             {
                 "model": name,
-                "ms": best[name],
+                "ms": ms,
                 "linear_ms": linear_ms,
-                "other_ms": best[name] - linear_ms,
-                "vs_fp32_numpy": best[name] / best["fp32 numpy"],
+                "other_ms": ms - linear_ms,
+                "vs_fp32_numpy": ms / best["fp32 numpy"][0],
                 "logit_rmse": float(np.sqrt(np.mean((logits[name] - ref) ** 2))),
             }
         )
@@ -210,7 +232,8 @@ def run_quant_bench(
         "threads": threads,
         "torch_threads": torch_threads,
         "blas": blas_summary(),
-        "note": "linear_ms is the mean over all timed calls (all rounds); ms the best median",
+        "rounds": rounds,
+        "repeat": repeat,
     }
 
 
