@@ -407,10 +407,12 @@ def test_a_model_that_cannot_fit_in_memory_is_refused_before_allocating(rng):
         init_params(cfg, rng)
 
 
-def test_param_count_matches_init_params(rng):
+@pytest.mark.parametrize("layers", [1, 2, 5])
+def test_param_count_matches_init_params(rng, layers):
     for kw in (TINY, ENCODER):
-        cfg = TransformerConfig(**kw)
+        cfg = TransformerConfig(**{**kw, "n_layer": layers})
         assert param_count(cfg) == count_params(init_params(cfg, rng))
+    assert param_count(TransformerConfig(**dict(TINY, n_layer=2**40))) > 2**40  # no allocation
 
 
 # ----------------------------------------------------------------------------------------

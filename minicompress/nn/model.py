@@ -23,6 +23,7 @@ F MLP width (of a block), V vocabulary.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
@@ -186,8 +187,14 @@ def param_shapes(
 
 
 def param_count(cfg: TransformerConfig) -> int:
-    """Number of parameters of the full-size model the config describes (no allocation)."""
-    return int(sum(math.prod(s) for s in param_shapes(cfg).values()))
+    """Number of parameters of the full-size model the config describes, in closed form
+    (nothing allocated, whatever n_layer): the embeddings and norms outside the blocks plus
+    n_layer times one block."""
+    one_block = sum(
+        math.prod(s) for s in _block_shapes(cfg, cfg.n_head, cfg.mlp_ratio * cfg.n_embd, 0).values()
+    )
+    outside = sum(math.prod(s) for s in param_shapes(dataclasses.replace(cfg, n_layer=1)).values())
+    return int(outside - one_block + cfg.n_layer * one_block)
 
 
 def layer_shapes(params: dict, cfg: TransformerConfig) -> list[LayerShape]:
@@ -633,10 +640,11 @@ def sample_next(logits: np.ndarray, rng, temperature: float, top_k: int | None) 
     z = logits.astype(np.float64)  # [V]
     if temperature == 0:
         return int(np.argmax(z))
-    z = z / temperature
+    with np.errstate(over="ignore"):  # a tiny temperature sends the others to -inf: greedy
+        z = (z - z.max()) / temperature  # shifted first, so the largest is exactly 0
     if top_k is not None:
         z[z < np.sort(z)[-top_k]] = -np.inf
-    prob = np.exp(z - z.max())
+    prob = np.exp(z)
     return int(rng.choice(z.shape[0], p=prob / prob.sum()))
 
 
