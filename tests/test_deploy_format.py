@@ -1,7 +1,10 @@
 """minicompress/deploy/format.py: bit packing by hand and by properties, every quantized
-encoding round-tripped, damaged entries refused, the registry extended by another codec."""
+encoding round-tripped, damaged entries refused, the registry extended by another codec;
+compressed checkpoints saved and read, their real sizes, damaged files refused."""
 
 from __future__ import annotations
+
+import pickle
 
 import numpy as np
 import pytest
@@ -9,6 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minicompress.deploy import format as fmt
+from minicompress.nn.checkpoint import (
+    StoredTensor,
+    load_checkpoint,
+    save_checkpoint,
+    write_checkpoint,
+)
+from minicompress.nn.model import TransformerConfig, init_params
+from minicompress.quant import ptq
 from minicompress.quant.tensor import QuantSpec, dequantize_tensor, quantize_tensor
 
 # ----------------------------------------------------------------------------------------
@@ -148,3 +159,106 @@ def test_another_technique_registers_its_encoding(monkeypatch):
         fmt.register_encoding("int4", codec)
     with pytest.raises(TypeError, match="no encoding for a str"):
         fmt.encode_tensor("w")
+
+
+# ----------------------------------------------------------------------------------------
+# compressed checkpoints on disk
+# ----------------------------------------------------------------------------------------
+
+
+def _model(cfg=None):
+    cfg = cfg or TransformerConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    params = init_params(cfg, np.random.default_rng(0))
+    return params, cfg, [chr(65 + i) for i in range(cfg.vocab_size)]
+
+
+W4G = QuantSpec(4, "asymmetric", "group", group_size=16, scale_dtype="float16")
+
+
+def test_save_and_read_round_trip(tmp_path):
+    params, cfg, vocab = _model()
+    q = ptq.quantize_weights(params, cfg, W4G)
+    file = fmt.save_compressed(tmp_path / "q", params, cfg, vocab, q, {"note": "w4"})
+    m = fmt.read_compressed(tmp_path / "q")
+    assert m.path == file and m.file_bytes == file.stat().st_size == fmt.file_bytes(tmp_path / "q")
+    assert m.cfg == cfg and m.vocab == vocab and m.meta == {"note": "w4"}
+    for name, a in params.items():
+        if name in q:
+            assert m.encodings[name] == f"int{q[name].spec.bits}"
+            assert np.array_equal(m.tensors[name].q, q[name].q)
+            assert np.array_equal(m.params[name], dequantize_tensor(q[name]))
+        else:
+            assert m.encodings[name] == "fp32" and np.array_equal(m.params[name], a)
+    loaded, cfg2, vocab2, meta2 = fmt.load_compressed(file)
+    assert set(loaded) == set(params) and cfg2 == cfg and meta2 == {"note": "w4"}
+
+
+def test_load_compressed_reads_dense_checkpoints_like_load_checkpoint(tmp_path):
+    params, cfg, vocab = _model()
+    save_checkpoint(tmp_path / "d", params, cfg, vocab)
+    ours, theirs = fmt.load_compressed(tmp_path / "d"), load_checkpoint(tmp_path / "d")
+    assert ours[1:] == theirs[1:]
+    assert all(np.array_equal(ours[0][k], theirs[0][k]) for k in params)
+
+
+def test_sizes_on_disk_of_the_default_model(tmp_path):
+    # the default teacher's shapes (836k parameters): W8 >= 3.5x smaller, W4 >= 6x,
+    # measured as real file sizes, scales, zero points, header and checksum included
+    params, cfg, vocab = _model(TransformerConfig(vocab_size=103))
+    fp32 = save_checkpoint(tmp_path / "fp32", params, cfg, vocab).stat().st_size
+    sizes = {}
+    w4 = QuantSpec(4, "asymmetric", "group", group_size=32, scale_dtype="float16")
+    for label, spec in (("w8", QuantSpec(8, "symmetric", "channel")), ("w4", w4)):
+        q = ptq.quantize_weights(params, cfg, spec)
+        sizes[label] = fmt.save_compressed(tmp_path / label, params, cfg, vocab, q).stat().st_size
+    assert fp32 / sizes["w8"] >= 3.5 and fp32 / sizes["w4"] >= 6.0, (fp32, sizes)
+    assert fp32 >= 4 * sum(a.size for a in params.values())
+
+
+def test_damaged_files_are_refused_in_one_line(tmp_path):
+    params, cfg, vocab = _model()
+    file = fmt.save_compressed(
+        tmp_path / "q", params, cfg, vocab, ptq.quantize_weights(params, cfg, W4G)
+    )
+    data = file.read_bytes()
+    cases = {
+        "truncated": data[: len(data) // 2],
+        "flipped": data[:300] + bytes([data[300] ^ 0x10]) + data[301:],
+        "version": data[:8] + (99).to_bytes(4, "little") + data[12:],
+        "pickle": pickle.dumps({"w": [1.0]}),
+    }
+    messages = {
+        "truncated": "damaged",
+        "flipped": "damaged",
+        "version": "format version 99",
+        "pickle": "pickle",
+    }
+    for what, blob in cases.items():
+        bad = tmp_path / f"{what}.mc"
+        bad.write_bytes(blob)
+        with pytest.raises(ValueError, match=messages[what]) as e:
+            fmt.read_compressed(bad)
+        assert "\n" not in str(e.value)
+
+
+def test_unknown_encoding_in_a_file_is_refused(tmp_path):
+    params, cfg, vocab = _model()
+    tensors = {k: fmt.encode_tensor(v) for k, v in params.items()}
+    tensors["wte"] = StoredTensor("int9", {"codes": np.zeros(3, np.uint8)}, {})
+    write_checkpoint(tmp_path / "x.mc", cfg, vocab, tensors)
+    with pytest.raises(ValueError, match="tensor 'wte' has encoding 'int9', which this"):
+        fmt.read_compressed(tmp_path / "x.mc")
+
+
+def test_a_failed_save_writes_nothing_and_keeps_the_old_file(tmp_path):
+    params, cfg, vocab = _model()
+    file = fmt.save_compressed(tmp_path / "q", params, cfg, vocab, {})
+    before = file.read_bytes()
+    wrong = quantize_tensor(np.zeros((3, 3), np.float32) + 1, QuantSpec(8))
+    with pytest.raises(ValueError, match=r"compressed tensor 'wte' has shape \(3, 3\)"):
+        fmt.save_compressed(tmp_path / "q", params, cfg, vocab, {"wte": wrong})
+    with pytest.raises(ValueError, match=r"compressed tensors \['nope'\] are not parameters"):
+        fmt.save_compressed(tmp_path / "q", params, cfg, vocab, {"nope": wrong})
+    assert file.read_bytes() == before and sorted(p.name for p in file.parent.iterdir()) == [
+        "model.mc"
+    ]

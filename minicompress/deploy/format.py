@@ -19,18 +19,32 @@ an encoder ``obj -> Encoded``, a decoder ``(attrs, arrays) -> obj`` that refuses
 cannot read, and ``to_dense(obj) -> float32`` (e.g. CSR for a pruned weight). No new
 format, no change here.
 
-The size of a compressed model is the size of its file on disk: codes, scales, zero
-points, header and checksum included (``file_bytes``).
+``save_compressed`` writes a model through ``nn.checkpoint.write_checkpoint`` (one file,
+atomic, SHA-256, format version); ``read_compressed`` decodes every tensor (for a runtime:
+the QuantizedTensors) and ``load_compressed`` returns float32 parameters like
+``load_checkpoint`` (for the simulation, ``eval``, ``generate``). The size of a compressed
+model is the size of its file on disk: codes, scales, zero points, header and checksum
+included (``file_bytes``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from minicompress.nn.checkpoint import (
+    StoredTensor,
+    check_savable,
+    checkpoint_file,
+    read_checkpoint,
+    write_checkpoint,
+)
+from minicompress.nn.model import TransformerConfig, check_params
 from minicompress.quant import formulas as F
 from minicompress.quant.tensor import QuantizedTensor, QuantSpec, dequantize_tensor, scale_shape
 
@@ -38,12 +52,8 @@ FP32 = "fp32"
 INT_ENCODINGS = tuple(f"int{n}" for n in range(F.BITS_RANGE[0], F.BITS_RANGE[1] + 1))
 
 
-class Encoded(NamedTuple):
-    """One tensor as a checkpoint stores it (the fields of ``nn.checkpoint.StoredTensor``)."""
-
-    encoding: str  # "fp32", "int4", ...
-    arrays: dict[str, np.ndarray]  # by role: {"values": w}, {"codes", "scale", ...}
-    attrs: dict  # JSON-safe parameters of the encoding
+# One tensor as a checkpoint stores it: (encoding, arrays by role, JSON attributes).
+Encoded = StoredTensor
 
 
 class Codec(NamedTuple):
@@ -232,3 +242,85 @@ def decode_tensor(name: str, encoding: str, attrs: dict, arrays: dict) -> object
 def to_dense(encoding: str, obj: object) -> np.ndarray:
     """float32 values of a decoded tensor (dequantized codes, a dense matrix of CSR...)."""
     return CODECS[encoding].to_dense(obj)
+
+
+# ----------------------------------------------------------------------------------------
+# compressed checkpoints
+# ----------------------------------------------------------------------------------------
+
+
+class CompressedModel(NamedTuple):
+    """A compressed checkpoint as loaded."""
+
+    params: dict[str, np.ndarray]  # float32 values of every tensor: the simulation's model
+    cfg: TransformerConfig
+    vocab: list[str]
+    meta: dict
+    tensors: dict[str, object]  # decoded: ndarray (fp32), QuantizedTensor (intN), ...
+    encodings: dict[str, str]  # name -> encoding
+    path: Path  # the file
+    file_bytes: int  # its size on disk
+
+
+def save_compressed(
+    path: str | Path,
+    params: dict,
+    cfg: TransformerConfig,
+    vocab: list[str],
+    compressed: dict[str, object],
+    meta: dict | None = None,
+) -> Path:
+    """Write a model whose tensors ``compressed`` replaces (QuantizedTensor, or any
+    registered type) and whose others are fp32, as one checkpoint file (atomically, with
+    the checksum of ``nn.checkpoint``). Every tensor is checked before a byte is written:
+    the parameters fit the config, and each compressed tensor decodes to its parameter's
+    shape. Returns the file."""
+    check_savable(params, cfg, vocab, meta)
+    unknown = sorted(set(compressed) - set(params))
+    if unknown:
+        raise ValueError(f"compressed tensors {unknown[:5]} are not parameters of the model")
+    tensors = {}
+    for name, a in params.items():
+        enc = encode_tensor(compressed.get(name, a))
+        dense = to_dense(enc.encoding, decode_tensor(name, enc.encoding, enc.attrs, enc.arrays))
+        if dense.shape != a.shape:
+            raise ValueError(
+                f"compressed tensor {name!r} has shape {dense.shape}; the parameter is {a.shape}"
+            )
+        tensors[name] = enc
+    return write_checkpoint(path, cfg, vocab, tensors, meta)
+
+
+def read_compressed(path: str | Path) -> CompressedModel:
+    """Every tensor of a checkpoint decoded, dense or compressed (see ``CompressedModel``).
+    Refused with a one-line ValueError: what ``nn.checkpoint.read_checkpoint`` refuses (a
+    missing, truncated, altered, foreign or pickled file, another format version), an
+    unknown encoding, a malformed tensor, tensors that do not make the config's model."""
+    ck = read_checkpoint(path)
+    where = f"checkpoint {str(ck.path)!r}"
+    tensors, params, encodings = {}, {}, {}
+    for name, t in ck.tensors.items():
+        try:
+            obj = decode_tensor(name, t.encoding, t.attrs, t.arrays)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        tensors[name], encodings[name] = obj, t.encoding
+        params[name] = to_dense(t.encoding, obj)
+    try:
+        check_params(params, ck.cfg)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: the tensors do not make the config's model: {e}") from None
+    size = os.path.getsize(ck.path)
+    return CompressedModel(params, ck.cfg, ck.vocab, ck.meta, tensors, encodings, ck.path, size)
+
+
+def load_compressed(path: str | Path) -> tuple[dict, TransformerConfig, list[str], dict]:
+    """``load_checkpoint`` for any checkpoint, dense or compressed: (params, config, vocab,
+    meta) with every tensor as float32 values (quantized ones dequantized)."""
+    m = read_compressed(path)
+    return m.params, m.cfg, m.vocab, m.meta
+
+
+def file_bytes(path: str | Path) -> int:
+    """The size on disk of a checkpoint (its folder or its file)."""
+    return os.path.getsize(checkpoint_file(path))
