@@ -10,7 +10,12 @@ from quant_models import tiny_trained
 from minicompress.data import Batch
 from minicompress.nn.linear import DENSE
 from minicompress.nn.model import TransformerConfig, forward, init_params, linear_names
-from minicompress.quant.calibrate import calibrate, calibration_batches, static_qparams
+from minicompress.quant.calibrate import (
+    calibrate,
+    calibration_batches,
+    record_inputs,
+    static_qparams,
+)
 from minicompress.quant.tensor import QuantSpec, scale_zero_point
 
 
@@ -65,9 +70,11 @@ def test_padding_is_skipped():
     ranges = calibrate(params, cfg, [Batch(x, None, pad)], "minmax", progress=False)
     rec = RecordingLinear()
     forward(params, x, cfg, rec, pad_mask=pad)
+    recorded = record_inputs(params, cfg, [Batch(x, None, pad)])
     for name, (lo, hi) in ranges.items():
         kept = rec.inputs[name][0][~pad]  # [n_real, K]
         assert (lo, hi) == (kept.min(), kept.max()), name
+        assert np.array_equal(recorded[name], kept)
     assert rec.inputs["blocks.0.attn.qkv"][0].max() >= 100 > 10 * ranges["blocks.0.attn.qkv"][1]
 
 

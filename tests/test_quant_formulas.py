@@ -330,3 +330,42 @@ def test_group_size_must_divide_the_dimension():
         F.granular_view(np.zeros((2, 2, 2), np.float32), "group", group_size=2)
     with pytest.raises(ValueError, match="needs a group_size"):
         F.granular_view(w, "group", axis=1)
+
+
+# ----------------------------------------------------------------------------------------
+# the int8 kernels' quantizers are these formulas, bit for bit
+# ----------------------------------------------------------------------------------------
+
+
+def _kernel_cases(rng):
+    x = (rng.standard_normal((37, 53)) * rng.uniform(0.01, 10, (37, 1))).astype(np.float32)
+    x[3] = 0.0  # an all-zero row / column
+    x[5] = 2.5  # a constant row
+    x[7, :4] = [0.5, -0.5, 1.5, -2.5]  # ties at a unit scale
+    x[9] = np.abs(x[9])  # one-signed rows: the range widened to hold 0
+    x[11] = -np.abs(x[11])
+    return x
+
+
+def test_kernel_weight_quantizer_is_symmetric_per_channel(rng):
+    from minicompress.kernels.reference import quantize_weight_per_channel
+
+    w = _kernel_cases(rng)
+    q_ref, s_ref = quantize_weight_per_channel(w)
+    s = F.symmetric_scale(np.abs(w).max(axis=0), 8)  # [N]: max|w| / 127
+    q = F.quantize(w, s, 0, *F.code_range(8, "symmetric"))  # [-127, 127]
+    assert np.array_equal(s, s_ref) and s.dtype == s_ref.dtype
+    assert np.array_equal(q, q_ref)
+
+
+def test_kernel_activation_quantizer_is_asymmetric_per_row(rng):
+    from minicompress.kernels.reference import quantize_rows_uint8
+
+    x = _kernel_cases(rng)
+    q_ref, s_ref, z_ref = quantize_rows_uint8(x)
+    lo, hi = F.include_zero(x.min(axis=1), x.max(axis=1))  # [M]
+    s = F.linear_scale(lo, hi, 8)  # (hi - lo) / 255
+    z = F.asymmetric_zero_point(lo, s)
+    q = F.quantize(x, s[:, None], z[:, None], *F.code_range(8, "asymmetric"))
+    assert np.array_equal(s, s_ref) and s.dtype == s_ref.dtype
+    assert np.array_equal(z, z_ref) and np.array_equal(q, q_ref)

@@ -40,14 +40,14 @@ import numpy as np
 
 from minicompress.data import CharTokenizer, builtin_text, make_dataset
 from minicompress.nn.checkpoint import load_checkpoint
-from minicompress.nn.model import TransformerConfig, forward, init_params, linear_names
+from minicompress.nn.model import TransformerConfig, forward, init_params
 from minicompress.nn.train import TrainConfig, train
 from minicompress.quant import observers as O
 from minicompress.quant import ptq
 from minicompress.quant.calibrate import (
-    ObservingLinear,
     calibrate,
     calibration_batches,
+    record_inputs,
     static_qparams,
 )
 from minicompress.quant.linear import FakeQuantLinear
@@ -84,27 +84,13 @@ print(f"validation perplexity: float {base:.4f}, weights at 8 bits {w8:.4f}")
 # ## 1. What the linear layers see
 #
 # `ObservingLinear` is a `linear` object (the model's extension point) that shows each
-# layer's input to an observer before running the layer. Here the observer just keeps the
-# values, to look at them.
-
+# layer's input to an observer before running the layer; `record_inputs` uses it with an
+# observer that just keeps the values, to look at them.
 
 # %%
-class Keep:
-    """A stand-in observer that keeps everything it is shown."""
-
-    def __init__(self):
-        self.values = []
-
-    def update(self, x, skip=None):
-        self.values.append(x.reshape(-1, x.shape[-1]).copy())
-
-
 rng = np.random.default_rng(0)
 batches = calibration_batches(data.train, 4 if FAST else 8, 16, cfg.block_size, rng)
-keep = {n: Keep() for n in linear_names(cfg)}
-for b in batches:
-    forward(W8, b.x, cfg, ObservingLinear(keep))
-acts = {n: np.concatenate(k.values) for n, k in keep.items()}  # [tokens, K] per layer
+acts = record_inputs(W8, cfg, batches)  # {layer: [tokens, K]}
 rows = []
 for n, a in acts.items():
     per_channel = np.abs(a).max(axis=0)  # [K]
@@ -164,14 +150,11 @@ plt.close(fig)
 # %%
 spec = QuantSpec(8, "asymmetric", "tensor")
 held_out = calibration_batches(data.train, 2, 16, cfg.block_size, np.random.default_rng(9))
+x = record_inputs(W8, cfg, held_out, [name])[name]  # the same layer's inputs, other text
 ranges, errs = {}, []
 for obs_name in O.OBSERVERS:
     r = calibrate(W8, cfg, batches, obs_name, spec, layers=[name], progress=False)[name]
     ranges[obs_name] = r
-    keep2 = {name: Keep()}
-    for b in held_out:
-        forward(W8, b.x, cfg, ObservingLinear(keep2))
-    x = np.concatenate(keep2[name].values)
     clip, rnd = error_split(x, spec, *r)
     errs.append(
         {

@@ -37,6 +37,29 @@ class ObservingLinear:
         return self.inner.backward(name, dy, cache)
 
 
+def record_inputs(params: dict, cfg: TransformerConfig, batches: Iterable, layers=None) -> dict:
+    """Every input each linear layer receives over ``batches`` (padding dropped), to look
+    at: {layer: float [n_tokens, K]}. Memory grows with the batches: use a few."""
+
+    class Keep:
+        def __init__(self):
+            self.rows = []
+
+        def update(self, x, skip=None):
+            rows = x if skip is None else x[~np.asarray(skip, bool)]  # [..., K] kept
+            self.rows.append(rows.reshape(-1, x.shape[-1]).copy())
+
+    names = linear_names(cfg) if layers is None else list(layers)
+    observing = ObservingLinear({n: Keep() for n in names})
+    for batch in batches:
+        batch = batch if isinstance(batch, Batch) else Batch(np.asarray(batch), None)
+        observing.skip = batch.pad_mask
+        forward(
+            params, batch.x, cfg, observing, pad_mask=batch.pad_mask, token_types=batch.token_types
+        )
+    return {n: np.concatenate(k.rows) for n, k in observing.observers.items()}
+
+
 def calibration_batches(
     ids: np.ndarray, n_batches: int, batch_size: int, block_size: int, rng: np.random.Generator
 ) -> list[Batch]:
