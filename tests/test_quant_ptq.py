@@ -79,6 +79,22 @@ def test_layer_sensitivity_quantizes_one_layer_at_a_time():
     assert max(r["delta_pct"] for r in rows) > 1.0  # 2 bits per tensor hurts somewhere
 
 
+def test_mse_clipping_lowers_the_weight_error():
+    params, cfg, _ = tiny_trained()
+    spec = QuantSpec(3, "asymmetric", "group", group_size=16)
+
+    def error(q):
+        return sum(float(np.sum((dequantize_tensor(qt) - params[k]) ** 2)) for k, qt in q.items())
+
+    minmax = ptq.quantize_weights(params, cfg, spec, embedding_spec=None)
+    mse = ptq.quantize_weights(params, cfg, spec, embedding_spec=None, clip="mse")
+    assert error(mse) < 0.95 * error(minmax)
+    with pytest.raises(ValueError, match="granularity 'model' shares one range"):
+        ptq.quantize_weights(params, cfg, QuantSpec(8, granularity="model"), clip="mse")
+    with pytest.raises(ValueError, match="clip must be one of minmax, mse; got 'kl'"):
+        ptq.quantize_weights(params, cfg, spec, clip="kl")
+
+
 def test_bad_layers_are_refused():
     params, cfg, _ = tiny_trained()
     with pytest.raises(ValueError, match=r"layers \['blocks.0.mlp'\] are not linear layers"):

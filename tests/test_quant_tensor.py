@@ -14,12 +14,14 @@ from make_golden_quant import load_golden
 from minicompress.quant import formulas as F
 from minicompress.quant.tensor import (
     QuantSpec,
+    clipping_errors,
     dequantize_tensor,
     error_split,
     fake_quantize_ste,
     fake_quantize_tensor,
     grid_points,
     model_range,
+    mse_ranges,
     quantize_tensor,
     scale_zero_point,
 )
@@ -225,3 +227,28 @@ def test_error_split_into_clipping_and_rounding():
     assert clip == pytest.approx((-3 - ends[0]) ** 2 + (2.5 - ends[1]) ** 2, rel=1e-6)
     assert 0 < rnd <= 3 * (s / 2) ** 2
     assert error_split(x, spec, x.min(), x.max())[0] == 0  # min-max: nothing clipped
+
+
+def test_clipping_errors_per_group_and_mse_ranges(rng):
+    w = rng.standard_normal((16, 3)).astype(np.float32)  # [K, N], groups of 8 along K
+    spec = QuantSpec(3, "asymmetric", "group", group_size=8)
+    alphas = np.linspace(1.0, 0.5, 11)
+    errs = clipping_errors(w, spec, alphas)
+    assert errs.shape == (11, 2, 1, 3)
+    # each entry is the error of that one group quantized on its own, range shrunk by a
+    one = QuantSpec(3, "asymmetric", "tensor")
+    g = w[8:16, 2:3]
+    for i, a in enumerate(alphas):
+        x_hat = fake_quantize_tensor(g, one, g.min() * np.float32(a), g.max() * np.float32(a))
+        assert errs[i, 1, 0, 2] == pytest.approx(np.sum((g.astype(np.float64) - x_hat) ** 2))
+    lo, hi = mse_ranges(w, spec, alphas)
+    best = quantize_tensor(w, spec, lo, hi)
+    minmax = quantize_tensor(w, spec)
+    err_best = (dequantize_tensor(best) - w) ** 2
+    err_minmax = (dequantize_tensor(minmax) - w) ** 2
+    per_group = lambda e: F.group_view(e, 8, 0).sum(axis=1)  # noqa: E731
+    assert np.all(per_group(err_best) <= per_group(err_minmax) * (1 + 1e-6))
+    # on 512 Gaussian values per channel, 3 bits: clipping the tails pays
+    g = rng.standard_normal((512, 2)).astype(np.float32)
+    lo, hi = mse_ranges(g, QuantSpec(3, "asymmetric", "channel"), alphas)
+    assert np.all(hi < 0.9 * g.max(axis=0)) and np.all(lo > 0.9 * g.min(axis=0))

@@ -26,7 +26,13 @@ from minicompress.nn.model import TransformerConfig
 from minicompress.quant.calibrate import calibrate, calibration_batches, static_qparams
 from minicompress.quant.linear import ACTIVATION_MODES, FakeQuantLinear
 from minicompress.quant.observers import OBSERVERS
-from minicompress.quant.ptq import EMBEDDING_SPEC, dequantized_params, perplexity, quantize_weights
+from minicompress.quant.ptq import (
+    CLIPS,
+    EMBEDDING_SPEC,
+    dequantized_params,
+    perplexity,
+    quantize_weights,
+)
 from minicompress.quant.qat import QAT_TRAIN, finetune, qat
 from minicompress.quant.tensor import QuantSpec
 
@@ -39,6 +45,7 @@ class QuantizeConfig:
     granularity: str = "channel"  # weights sharing one range: model | tensor | channel | group
     group_size: int | None = None  # G, with granularity group (32 is a good start)
     scheme: str = "symmetric"  # asymmetric | symmetric (runs on the int8 kernels) | log
+    clip: str = "minmax"  # weight ranges: minmax, or mse (each range shrunk where it pays)
     activations: str = "none"  # none (weight-only) | static (calibrated) | dynamic (per token)
     calibration: str = "minmax"  # the observer of static activations
     calib_batches: int = 8  # calibration batches of 16 training windows
@@ -53,6 +60,13 @@ class QuantizeConfig:
             raise ValueError(
                 f"activations must be one of {', '.join(ACTIVATION_MODES)}; got "
                 f"{self.activations!r}"
+            )
+        if self.clip not in CLIPS:
+            raise ValueError(f"clip must be one of {', '.join(CLIPS)}; got {self.clip!r}")
+        if self.clip == "mse" and (self.granularity == "model" or self.qat_steps):
+            raise ValueError(
+                "clip mse searches each tensor's own ranges after training: not with "
+                "granularity model (one shared range) or QAT (its grid follows min-max)"
             )
         if self.calibration not in OBSERVERS:
             raise ValueError(
@@ -107,7 +121,7 @@ def quantize_model(
         act_mode = "none" if qc.activations == "none" else "dynamic"
         qat(params, cfg, data, spec, finetune_config(qc), act_mode, progress=progress)
     embedding_spec = EMBEDDING_SPEC if qc.embeddings else None
-    qtensors = quantize_weights(params, cfg, spec, embedding_spec=embedding_spec)
+    qtensors = quantize_weights(params, cfg, spec, embedding_spec=embedding_spec, clip=qc.clip)
     sim_params = dequantized_params(params, qtensors)
     record = {
         "weights": spec.to_dict(),

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from minicompress.quant.tensor import QuantSpec, fake_quantize_tensor
+from minicompress.quant.tensor import QuantSpec, clipping_errors, mse_ranges
 
 OBSERVERS = ("minmax", "ema", "percentile", "mse", "kl")
 
@@ -218,23 +218,24 @@ class MSEObserver(HistogramObserver):
         self.spec = QuantSpec(8, "asymmetric", "tensor") if spec is None else spec
         self.n_grid = n_grid
 
-    def errors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(a [n_grid], E(a) [n_grid]): the search the range is chosen from."""
+    def _search(self):
+        """(alphas, bin centres, counts, lo, hi, spec) of the search over the histogram."""
         self._check_seen()
         spec = QuantSpec(self.spec.bits, self.spec.scheme, "tensor", narrow=self.spec.narrow)
         keep = self.counts > 0
-        c, n = self.centers()[keep].astype(np.float32), self.counts[keep]
+        centers, counts = self.centers()[keep].astype(np.float32), self.counts[keep]
         alphas = np.linspace(1.0, 1.0 / self.n_grid, self.n_grid)
-        errs = np.empty(self.n_grid)
-        for i, a in enumerate(alphas):
-            x_hat = fake_quantize_tensor(c, spec, np.float32(a * self.lo), np.float32(a * self.hi))
-            errs[i] = float(np.sum(n * (c.astype(np.float64) - x_hat) ** 2))
-        return alphas, errs
+        return alphas, centers, counts, np.float32(self.lo), np.float32(self.hi), spec
+
+    def errors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(a [n_grid], E(a) [n_grid]): the search the range is chosen from."""
+        alphas, centers, counts, lo, hi, spec = self._search()
+        return alphas, clipping_errors(centers, spec, alphas, lo, hi, counts).reshape(-1)
 
     def range(self):
-        alphas, errs = self.errors()
-        a = alphas[int(np.argmin(errs))]  # ties: the widest range (alphas decrease)
-        return np.float32(a * self.lo), np.float32(a * self.hi)
+        alphas, centers, counts, lo, hi, spec = self._search()
+        lo, hi = mse_ranges(centers, spec, alphas, lo, hi, counts)
+        return np.float32(lo), np.float32(hi)
 
 
 class KLObserver(HistogramObserver):

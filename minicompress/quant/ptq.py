@@ -30,13 +30,17 @@ from minicompress.quant.tensor import (
     QuantSpec,
     dequantize_tensor,
     model_range,
+    mse_ranges,
     quantize_tensor,
+    tensor_range,
 )
 
 EMBEDDINGS = ("wte", "wpe", "wtt")  # tables [rows, C]: one range per row (axis 0)
 # default for the tables: 8-bit symmetric per row (measured on the teacher: asymmetric rows
 # cost +0.05% perplexity, symmetric ones nothing measurable)
 EMBEDDING_SPEC = QuantSpec(8, "symmetric", "channel", axis=0)
+CLIPS = ("minmax", "mse")  # how a weight's ranges are chosen
+MSE_ALPHAS = np.linspace(1.0, 0.5, 51)  # the factors the MSE search tries (widest first)
 
 
 def check_layers(cfg: TransformerConfig, layers: Iterable[str] | None) -> list[str]:
@@ -71,18 +75,32 @@ def quantize_weights(
     spec: QuantSpec,
     layers: Iterable[str] | None = None,
     embedding_spec: QuantSpec | None = EMBEDDING_SPEC,
+    clip: str = "minmax",
 ) -> dict[str, QuantizedTensor]:
     """Quantize the linear weights of ``layers`` with ``spec`` and the embedding tables
-    with ``embedding_spec`` -> {parameter name: QuantizedTensor}."""
+    with ``embedding_spec`` -> {parameter name: QuantizedTensor}.
+
+    clip: "minmax" (each range is its weights' min and max: nothing is clipped) or "mse"
+    (each range shrunk by the factor in ``MSE_ALPHAS`` that minimizes its squared error,
+    ``tensor.mse_ranges``: the largest weights clipped when that pays in rounding).
+    """
+    if clip not in CLIPS:
+        raise ValueError(f"clip must be one of {', '.join(CLIPS)}; got {clip!r}")
+    if clip == "mse" and spec.granularity == "model":
+        raise ValueError(
+            "clip 'mse' shrinks each tensor's own ranges; granularity 'model' "
+            "shares one range: use clip 'minmax'"
+        )
     specs = tensor_specs(params, cfg, spec, layers, embedding_spec)
     shared = [n for n, s in specs.items() if s.granularity == "model"]
     lo, hi = model_range(params[n] for n in shared) if shared else (None, None)
     out = {}
     for name, s in specs.items():
-        if s.granularity == "model":
-            out[name] = quantize_tensor(params[name], s, lo, hi)
-        else:
-            out[name] = quantize_tensor(params[name], s)
+        w = params[name]
+        ranges = (lo, hi) if s.granularity == "model" else tensor_range(w, s)
+        if clip == "mse":
+            ranges = mse_ranges(w, s, MSE_ALPHAS, *ranges)
+        out[name] = quantize_tensor(w, s, *ranges)
     return out
 
 

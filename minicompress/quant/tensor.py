@@ -242,6 +242,41 @@ def error_split(x: np.ndarray, spec: QuantSpec, lo, hi) -> tuple[float, float]:
     return float(err[~inside].sum()), float(err[inside].sum())
 
 
+def clipping_errors(
+    x: np.ndarray, spec: QuantSpec, alphas, lo=None, hi=None, counts=None
+) -> np.ndarray:
+    """The squared error of fake quantization with each range shrunk by a factor a:
+
+        E_r(a) = sum over the values v of range r of  count_v * (v - fq(v; [a lo_r, a hi_r]))**2
+
+    x: float [...] at ``spec``'s granularity (per tensor, channel or group: one E per
+    range); alphas: factors in (0, 1]; lo, hi: the ranges to shrink (default min-max of x);
+    counts: a weight per value, shaped like x (a histogram's counts; default 1).
+    -> float64 [len(alphas), *scale_shape]. A small a clips (clipping error), a = 1
+    spreads the levels over the extremes (rounding error).
+    """
+    if lo is None:
+        lo, hi = tensor_range(x, spec)
+    view, axes = F.granular_view(x, spec.granularity, spec.axis, spec.group_size)
+    weight = 1.0 if counts is None else np.asarray(counts, np.float64).reshape(view.shape)
+    out = []
+    for a in alphas:
+        x_hat = fake_quantize_tensor(x, spec, lo * x.dtype.type(a), hi * x.dtype.type(a))
+        err = (view.astype(np.float64) - x_hat.reshape(view.shape)) ** 2 * weight
+        out.append(err.sum(axis=axes, keepdims=True))
+    return np.stack(out)
+
+
+def mse_ranges(x: np.ndarray, spec: QuantSpec, alphas, lo=None, hi=None, counts=None):
+    """The range of each granule that minimizes ``clipping_errors``: (a* lo, a* hi) with a*
+    the best factor per range (on ties the widest: give alphas in decreasing order)."""
+    if lo is None:
+        lo, hi = tensor_range(x, spec)
+    errs = clipping_errors(x, spec, alphas, lo, hi, counts)  # [A, *scale_shape]
+    best = np.asarray(alphas, x.dtype)[np.argmin(errs, axis=0)]  # first minimum per range
+    return lo * best, hi * best
+
+
 def model_range(tensors) -> tuple[np.float32, np.float32]:
     """The course's statistics "of all the weights of the model": (w_min, w_max) over every
     array of ``tensors`` (an iterable of float arrays, none empty or non-finite)."""

@@ -51,7 +51,10 @@ def rows_to_run(qat_steps: int) -> list[tuple[str, QuantizeConfig]]:
         ("W4 group 32, log grid", QuantizeConfig(4, "group", 32, scheme="log")),
         ("W4 group 64", QuantizeConfig(4, "group", 64, scheme=asym)),
         ("W4 group 32", QuantizeConfig(4, "group", 32, scheme=asym)),
+        ("W4 per channel, MSE clipping", QuantizeConfig(4, "channel", scheme=asym, clip="mse")),
+        ("W4 group 32, MSE clipping", QuantizeConfig(4, "group", 32, scheme=asym, clip="mse")),
         ("W3 group 32", QuantizeConfig(3, "group", 32, scheme=asym)),
+        ("W3 group 32, MSE clipping", QuantizeConfig(3, "group", 32, scheme=asym, clip="mse")),
         ("W2 group 32", QuantizeConfig(2, "group", 32, scheme=asym)),
         ("W8A8 dynamic (per token)", QuantizeConfig(8, activations="dynamic")),
     ]
