@@ -10,12 +10,13 @@ from gradcheck import assert_close
 from quant_models import tiny_trained
 
 from minicompress.data import eval_windows
+from minicompress.deploy.format import save_compressed
 from minicompress.kernels import int8_kernel_path, pack_quantized_int8_linear
 from minicompress.nn.model import forward
 from minicompress.nn.ops import cross_entropy_forward
 from minicompress.quant import ptq
 from minicompress.quant.linear import FakeQuantLinear
-from minicompress.quant.runtime import INT8, int8_weights, pack_int8_params
+from minicompress.quant.runtime import INT8, int8_weights, load_int8, pack_int8_params
 from minicompress.quant.tensor import QuantSpec, dequantize_tensor, quantize_tensor
 
 PATHS = ["reference", "portable", int8_kernel_path("auto")]
@@ -82,3 +83,17 @@ def test_what_the_kernels_cannot_run_is_refused(rng):
             int8_weights("blocks.0.mlp.fc", quantize_tensor(w, spec))
     with pytest.raises(TypeError, match="Int8Linear runs inference only"):
         INT8.backward("head", np.zeros((2, 3), np.float32), None)
+
+
+def test_a_saved_checkpoint_runs_on_the_kernels_as_stored(tmp_path):
+    params, cfg, data = tiny_trained()
+    q = ptq.quantize_weights(params, cfg, W8)
+    save_compressed(tmp_path / "w8", params, cfg, data.tokenizer.chars, q)
+    loaded, cfg2, _, _ = load_int8(tmp_path / "w8", kernel_path="reference")
+    in_memory = pack_int8_params(params, cfg, q, path="reference")
+    x = eval_windows(data.val, cfg.block_size)[0][:4]
+    assert np.array_equal(forward(loaded, x, cfg2, INT8)[0], forward(in_memory, x, cfg, INT8)[0])
+    q4 = ptq.quantize_weights(params, cfg, QuantSpec(4, "asymmetric", "group", group_size=16))
+    save_compressed(tmp_path / "w4", params, cfg, data.tokenizer.chars, q4)
+    with pytest.raises(ValueError, match="the int8 kernel takes symmetric weights"):
+        load_int8(tmp_path / "w4")
