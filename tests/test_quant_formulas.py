@@ -71,6 +71,14 @@ def test_clipping_outside_the_range():
     assert F.ste_mask(x, s, z, 0, 7).tolist() == [False, True, True, False]
 
 
+def test_values_beyond_the_float_range_of_x_over_s_clip():
+    s = np.float32(1e-30)  # x / s overflows float32 to +-inf: still clipped, no warning
+    x = np.array([3e38, -3e38, 0.0], np.float32)
+    with np.errstate(all="raise"):
+        assert F.quantize(x, s, 3, 0, 15).tolist() == [15, 0, 3]
+        assert F.ste_mask(x, s, 3, 0, 15).tolist() == [False, False, True]
+
+
 @pytest.mark.parametrize("value", [0.0, 0.3, -2.5])
 def test_constant_tensor_does_not_divide_by_zero(value):
     w = np.full(7, value, np.float32)

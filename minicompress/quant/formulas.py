@@ -258,7 +258,8 @@ def quantize(x: np.ndarray, scale, zero_point, q_min, q_max) -> np.ndarray:
     even, a true division (not x * (1/s)), in x's dtype: bit for bit the int8 kernels.
     """
     x, scale, zero_point = np.asarray(x), np.asarray(scale), np.asarray(zero_point)
-    c = np.rint(x / scale).astype(np.int64) + zero_point  # exact integers
+    with np.errstate(over="ignore"):  # x / s beyond the float range is +-inf: it clips
+        c = np.rint(x / scale) + zero_point  # integers (or +-inf), exact in float64
     return np.clip(c, q_min, q_max).astype(np.int32)
 
 
@@ -288,7 +289,8 @@ def ste_mask(x: np.ndarray, scale, zero_point, q_min, q_max) -> np.ndarray:
     arXiv:1308.3432); this is PyTorch's ``fake_quantize_*`` backward.
     """
     x, scale, zero_point = np.asarray(x), np.asarray(scale), np.asarray(zero_point)
-    c = np.rint(x / scale).astype(np.int64) + zero_point
+    with np.errstate(over="ignore"):
+        c = np.rint(x / scale) + zero_point
     return (c >= q_min) & (c <= q_max)
 
 
