@@ -189,6 +189,7 @@ def test_masked_and_non_finite_values_are_skipped(name, rng):
     ref.update(kept)
     assert obs.n_skipped_nonfinite == 3 and obs.n_seen == kept.size
     lo, hi = obs.range()
+    assert type(lo) is np.float32 and type(hi) is np.float32  # scalars, not 1-element arrays
     assert (lo, hi) == ref.range() and hi < 10
     if name in ("minmax", "ema"):  # one batch: the extremes themselves
         assert (lo, hi) == (kept.min(), kept.max())

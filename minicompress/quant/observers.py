@@ -234,8 +234,8 @@ class MSEObserver(HistogramObserver):
 
     def range(self):
         alphas, centers, counts, lo, hi, spec = self._search()
-        lo, hi = mse_ranges(centers, spec, alphas, lo, hi, counts)
-        return np.float32(lo), np.float32(hi)
+        lo, hi = mse_ranges(centers, spec, alphas, lo, hi, counts)  # [1] each
+        return np.float32(lo.item()), np.float32(hi.item())
 
 
 class KLObserver(HistogramObserver):

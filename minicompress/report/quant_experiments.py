@@ -23,7 +23,7 @@ import numpy as np
 
 from minicompress.data import CharTokenizer, builtin_text, make_dataset
 from minicompress.deploy.format import file_bytes, save_compressed
-from minicompress.fileio import atomic_write_bytes, save_json
+from minicompress.fileio import atomic_write_bytes, load_json, save_json
 from minicompress.nn.checkpoint import checkpoint_file, load_checkpoint
 from minicompress.nn.model import linear_names
 from minicompress.quant.calibrate import calibration_batches, record_inputs
@@ -72,7 +72,11 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
 
 
-def run_experiments(model, out, qat_steps: int = 300, sensitivity: bool = True) -> dict:
+def run_experiments(
+    model, out, qat_steps: int = 300, sensitivity: bool = True, resume: bool = False
+) -> dict:
+    """Every row of ``rows_to_run``, the figures, the sensitivity (module docstring).
+    resume: keep the rows already in ``out/results.json`` and run only the others."""
     out = Path(out)
     params, cfg, vocab, meta = load_checkpoint(model)
     data = make_dataset(builtin_text(), cfg.block_size, tokenizer=CharTokenizer(vocab))
@@ -80,9 +84,13 @@ def run_experiments(model, out, qat_steps: int = 300, sensitivity: bool = True) 
     base_bytes = file_bytes(checkpoint_file(model))
     results = {"model": str(model), "baseline_val_ppl": base, "baseline_file_bytes": base_bytes}
     rows = []
+    if resume and (out / "results.json").is_file():
+        rows = load_json(out / "results.json").get("rows", [])
+    done = {r["method"] for r in rows}
     print(f"float32: val ppl {base:.4f}, {base_bytes:,} bytes", flush=True)
-    control_ppl = None
     for label, qc in rows_to_run(qat_steps):
+        if label in done:
+            continue
         t0 = time.perf_counter()
         q = quantize_model(params, cfg, data, qc, progress=False)
         ppl = perplexity(q.sim_params, cfg, data.val, q.linear)
@@ -182,8 +190,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="folder for results.json, table.md, figures")
     ap.add_argument("--qat-steps", type=int, default=300, help="0: no QAT row")
     ap.add_argument("--no-sensitivity", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already measured")
     args = ap.parse_args(argv)
-    r = run_experiments(args.model, args.out, args.qat_steps, not args.no_sensitivity)
+    r = run_experiments(args.model, args.out, args.qat_steps, not args.no_sensitivity, args.resume)
     cols = ["method", "val_ppl", "change_pct", "file_bytes", "compression_ratio"]
     print(format_table([{c: row[c] for c in cols} for row in r["rows"]], floatfmt=".4g"))
     return 0
