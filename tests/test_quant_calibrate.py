@@ -105,3 +105,13 @@ def test_bad_input_is_refused(rng):
         calibrate(params, cfg, [], "max", progress=False)
     with pytest.raises(ValueError, match="n_batches must be >= 1"):
         calibration_batches(data.train, 0, 4, cfg.block_size, rng)
+
+
+def test_every_observer_gives_scalar_qparams(rng):
+    params, cfg, data = tiny_trained()
+    batches = calibration_batches(data.train, 1, 4, cfg.block_size, rng)
+    for obs in ("minmax", "ema", "percentile", "mse", "kl"):
+        ranges = calibrate(params, cfg, batches, obs, layers=["head"], progress=False)
+        ((scale, zero_point),) = static_qparams(ranges).values()
+        assert np.ndim(scale) == 0 and np.ndim(zero_point) == 0, obs
+        assert scale > 0 and 0 <= zero_point <= 255
