@@ -60,6 +60,5 @@ def test_model_matches_torch_golden(name, ops_name):
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("name", list(MODEL_BUILDERS))
 def test_model_matches_torch_live(torch, name, seed):
-    torch.set_default_dtype(torch.float64)
     case = MODEL_BUILDERS[name](torch, np.random.default_rng([7, seed]), np.float64)
     compare(case, backend.NUMPY_OPS)

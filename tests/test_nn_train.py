@@ -292,3 +292,17 @@ def test_train_config_refuses(field, value, error):
 def test_train_config_takes_numpy_integers():
     tc = TrainConfig(steps=np.int64(5), batch_size=np.int32(2))
     assert type(tc.steps) is int and type(tc.batch_size) is int
+
+
+def test_after_step_sees_the_learning_rate_of_the_step(data):
+    """``opt.last_lr`` is the schedule's rate of the step just taken (warmup, then cosine)."""
+    from minicompress.nn.optim import lr_at
+
+    cfg = tiny_cfg(data)
+    params = init_params(cfg, np.random.default_rng(8))
+    tc = TrainConfig(steps=5, batch_size=2, warmup=2, lr=1e-2, min_lr=1e-3, eval_every=0)
+    seen = []
+    train(params, cfg, data, tc, after_step=lambda s, p, g, opt: seen.append(opt.last_lr),
+          progress=False)  # fmt: skip
+    assert seen == [lr_at(s, 5, 1e-2, 2, 1e-3) for s in range(5)]
+    assert seen[0] < seen[1] and seen[-1] < seen[1]  # up during warmup, down after

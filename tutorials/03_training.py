@@ -38,6 +38,8 @@ from minicompress.data import builtin_text, get_batch, make_dataset
 from minicompress.nn import model
 from minicompress.nn.optim import AdamW, clip_grad_norm, global_grad_norm, lr_at
 from minicompress.nn.train import TrainConfig, evaluate, next_token_loss, train
+from minicompress.prune.masks import HoldMasks
+from minicompress.prune.regularizers import L1Penalty, RegularizedLoss
 from minicompress.report.plots import plot_loss_curve
 
 FAST = os.environ.get("MINICOMPRESS_FAST") == "1"
@@ -221,31 +223,19 @@ assert data.tokenizer.decode(sample).startswith("The ")
 # - `linear`: every linear layer of training *and* validation goes through it
 #   (quantization-aware training passes a fake-quantizing one).
 #
-# Here a loss adds an L2 penalty $\lambda \lVert w \rVert^2$ on one matrix, and an
-# after-step hook keeps a quarter of another matrix at exactly zero.
+# Here the pruning chapter's two hooks are used ahead of time: a loss that adds an L1
+# penalty $\lambda \lVert w \rVert_1$ on one matrix (its subgradient
+# $\lambda\,\mathrm{sign}(w)$ joins the gradients), and an after-step hook that keeps a
+# quarter of another matrix at exactly zero.
 
 # %%
 LAMBDA, PENALIZED, MASKED = 1e-3, "blocks.0.mlp.fc.w", "blocks.0.attn.proj.w"
-
-
-def loss_with_penalty(p, batch, cfg_, linear):
-    """next-token cross-entropy + lambda * ||w||^2 on one matrix (gradient 2 lambda w)."""
-    value, grads = next_token_loss(p, batch, cfg_, linear)
-    w = p[PENALIZED]
-    grads[PENALIZED] = grads[PENALIZED] + 2 * LAMBDA * w
-    return value + LAMBDA * float(np.sum(w * w)), grads
-
-
-mask = (np.random.default_rng(1).random(params[MASKED].shape) > 0.25).astype(np.float32)
-
-
-def keep_mask(step, p, grads, opt):
-    """The masked quarter stays exactly zero: weights and AdamW's moments."""
-    p[MASKED] *= mask
-    opt.m[MASKED] *= mask
-    opt.v[MASKED] *= mask
-
-
+# L = CE + lambda * ||w||_1: the default loss wrapped by a penalty
+loss_with_penalty = RegularizedLoss(next_token_loss, L1Penalty((PENALIZED,), LAMBDA), "subgradient")
+keep = np.random.default_rng(1).random(params[MASKED].shape) > 0.25  # True = kept
+# the pruning chapter's hook: after each step, w, AdamW's m and v <- 0 where not kept
+keep_mask = HoldMasks({MASKED: keep})
+mask = keep.astype(np.float32)
 params[MASKED] *= mask
 tc_hooks = TrainConfig(steps=20 if FAST else 100, batch_size=8, warmup=5, lr=1e-3, eval_every=0)
 norm_before = float(np.linalg.norm(params[PENALIZED]))

@@ -76,12 +76,14 @@ class AdamW:
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}")
         self.t = 0
+        self.last_lr = self.lr  # the learning rate of the last step (after-step hooks read it)
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
 
     def step(self, params: dict, grads: dict, lr: float | None = None) -> None:
         """One update of every parameter that has a gradient, in place."""
         lr = self.lr if lr is None else lr
+        self.last_lr = lr
         b1, b2 = self.betas
         self.t += 1
         step_size = lr / (1.0 - b1**self.t)

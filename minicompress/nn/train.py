@@ -51,7 +51,8 @@ class LossFn(Protocol):
 class AfterStep(Protocol):
     """Called after every optimizer step (``step`` counts from 1): re-apply pruning masks
     (AdamW's moments are ``opt.m`` / ``opt.v``, under the parameters' keys), take a
-    proximal step, update quantization ranges."""
+    proximal step (the step's learning rate is ``opt.last_lr``), update quantization
+    ranges."""
 
     def __call__(self, step: int, params: dict, grads: dict, opt: AdamW) -> None: ...
 

@@ -1,0 +1,45 @@
+"""minicompress/report/bench_pretrained.py: what the benchmark times computes the right
+thing — the PyTorch encoder of our weights gives sentence-transformers' embeddings (golden
+file), its quantize_dynamic copy is really quantized, and the benchmark batch is 32 full
+rows of 64 tokens. (The timings themselves are never asserted.)"""
+
+from __future__ import annotations
+
+import numpy as np
+from gradcheck import assert_close
+from pretrained_helpers import minilm
+from test_pretrained_embed import golden, golden_batch
+
+from minicompress.pretrained.fidelity import row_cosines
+from minicompress.pretrained.tokenizer import select_rows
+from minicompress.report.bench_pretrained import (
+    bench_batch,
+    torch_encoder,
+    torch_int8_dynamic,
+    torch_runner,
+)
+
+
+def test_bench_batch_is_full_rows_of_corpus_tokens():
+    batch = bench_batch(minilm())
+    assert batch.ids.shape == (32, 64) and not batch.pad_mask.any()
+    assert np.all(batch.ids[:, 0] == 101) and np.all(batch.ids[:, -1] == 102)  # [CLS] [SEP]
+
+
+def test_torch_encoder_matches_sentence_transformers_golden(torch):
+    model, g = minilm(), golden()
+    rows = np.arange(len(g["texts"]) - 1)  # the short rows, padded
+    theirs = torch_runner(
+        torch_encoder(model.params, model.cfg), select_rows(golden_batch(g), rows)
+    )()
+    assert_close(theirs, g["embeddings"][rows], rtol=0, atol=1e-5, name="torch encoder")
+
+
+def test_torch_int8_is_quantized_and_close(torch):
+    model = minilm()
+    batch = bench_batch(model, batch_size=4, seq_len=24)
+    fp32 = torch_encoder(model.params, model.cfg)
+    int8 = torch_int8_dynamic(fp32)
+    assert "DynamicQuantizedLinear" in repr(int8)
+    cos = row_cosines(torch_runner(fp32, batch)(), torch_runner(int8, batch)())
+    assert 0.8 < cos.mean() < 0.9999
