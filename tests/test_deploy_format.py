@@ -19,6 +19,7 @@ from minicompress.nn.checkpoint import (
     write_checkpoint,
 )
 from minicompress.nn.model import TransformerConfig, init_params
+from minicompress.prune.sparse import load_sparse, save_sparse, unpack_sparse
 from minicompress.quant import ptq
 from minicompress.quant.tensor import QuantSpec, dequantize_tensor, quantize_tensor
 
@@ -262,3 +263,27 @@ def test_a_failed_save_writes_nothing_and_keeps_the_old_file(tmp_path):
     assert file.read_bytes() == before and sorted(p.name for p in file.parent.iterdir()) == [
         "model.mc"
     ]
+
+
+def test_pruning_csr_checkpoints_read_through_the_same_format(tmp_path):
+    # prune.sparse writes "csr" tensors; the registry reads them (and writes them back)
+    params, cfg, vocab = _model()
+    rng = np.random.default_rng(3)
+    w = params["blocks.0.mlp.fc.w"]
+    params["blocks.0.mlp.fc.w"] = np.where(rng.random(w.shape) < 0.9, 0, w).astype(np.float32)
+    for int8 in (False, True):
+        file = save_sparse(tmp_path / f"s{int8}", params, cfg, vocab, min_sparsity=0.5, int8=int8)
+        m = fmt.read_compressed(file)
+        assert m.encodings["blocks.0.mlp.fc.w"] == "csr"
+        expected = unpack_sparse(load_sparse(file)[0])
+        assert all(np.array_equal(m.params[k], expected[k]) for k in params)
+        again = fmt.save_compressed(
+            tmp_path / f"again{int8}",
+            params,
+            cfg,
+            vocab,
+            {k: v for k, v in m.tensors.items() if k.endswith("fc.w")},
+        )
+        assert np.array_equal(
+            unpack_sparse(load_sparse(again)[0])["blocks.0.mlp.fc.w"], expected["blocks.0.mlp.fc.w"]
+        )

@@ -16,8 +16,8 @@ registry that maps an encoding's name to them:
 
 Another technique adds its encoding with ``register_encoding(name, Codec(...), types)``:
 an encoder ``obj -> Encoded``, a decoder ``(attrs, arrays) -> obj`` that refuses what it
-cannot read, and ``to_dense(obj) -> float32`` (e.g. CSR for a pruned weight). No new
-format, no change here.
+cannot read, and ``to_dense(obj) -> float32``. Pruning's ``csr`` (``prune.sparse``: CSR of
+w.T with float32 or int8 values) is registered so, below: no new format.
 
 ``save_compressed`` writes a model through ``nn.checkpoint.write_checkpoint`` (one file,
 atomic, SHA-256, format version); ``read_compressed`` decodes every tensor (for a runtime:
@@ -45,6 +45,13 @@ from minicompress.nn.checkpoint import (
     write_checkpoint,
 )
 from minicompress.nn.model import TransformerConfig, check_params
+from minicompress.prune.sparse import (
+    CSR_ENCODING,
+    SparseWeight,
+    decode_sparse_weight,
+    encode_sparse_weight,
+    to_dense_weight,
+)
 from minicompress.quant import formulas as F
 from minicompress.quant.tensor import QuantizedTensor, QuantSpec, dequantize_tensor, scale_shape
 
@@ -213,6 +220,14 @@ def register_encoding(name: str, codec: Codec, types: tuple[type, ...] = ()) -> 
         raise TypeError(f"codec must be a Codec(encode, decode, to_dense); got {type(codec)}")
     CODECS[name] = codec
     ENCODERS[:0] = [(t, codec.encode) for t in types]
+
+
+# pruning's sparse weights: CSR of w.T, float32 or int8 values (prune/sparse.py)
+register_encoding(
+    CSR_ENCODING,
+    Codec(encode_sparse_weight, decode_sparse_weight, to_dense_weight),
+    (SparseWeight,),
+)
 
 
 def encode_tensor(obj: object) -> Encoded:
