@@ -10,13 +10,13 @@ from gradcheck import assert_close
 from quant_models import tiny_trained
 
 from minicompress.data import eval_windows
-from minicompress.deploy.format import save_compressed
+from minicompress.deploy.format import load_int8, save_compressed
 from minicompress.kernels import int8_kernel_path, pack_quantized_int8_linear
 from minicompress.nn.model import forward
 from minicompress.nn.ops import cross_entropy_forward
 from minicompress.quant import ptq
 from minicompress.quant.linear import FakeQuantLinear
-from minicompress.quant.runtime import INT8, int8_weights, load_int8, pack_int8_params
+from minicompress.quant.runtime import INT8, int8_weights, pack_int8_params
 from minicompress.quant.tensor import QuantSpec, dequantize_tensor, quantize_tensor
 
 PATHS = ["reference", "portable", int8_kernel_path("auto")]

@@ -4,6 +4,12 @@
 (the signature of ``nn.checkpoint.load_checkpoint``).
 """
 
-from minicompress.deploy.format import load_compressed, read_compressed, save_compressed
+from minicompress.deploy.format import (
+    load_compressed,
+    load_int8,
+    load_quantized,
+    read_compressed,
+    save_compressed,
+)
 
-__all__ = ["load_compressed", "read_compressed", "save_compressed"]
+__all__ = ["load_compressed", "load_int8", "load_quantized", "read_compressed", "save_compressed"]

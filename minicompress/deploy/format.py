@@ -21,8 +21,10 @@ w.T with float32 or int8 values) is registered so, below: no new format.
 
 ``save_compressed`` writes a model through ``nn.checkpoint.write_checkpoint`` (one file,
 atomic, SHA-256, format version); ``read_compressed`` decodes every tensor (for a runtime:
-the QuantizedTensors) and ``load_compressed`` returns float32 parameters like
-``load_checkpoint`` (for the simulation, ``eval``, ``generate``). The size of a compressed
+the QuantizedTensors); ``load_compressed`` returns float32 parameters like
+``load_checkpoint``, ``load_quantized`` adds the linear that simulates the recorded
+activation quantization (for ``eval``, ``generate``), ``load_int8`` packs the stored codes
+for the int8 kernels. The size of a compressed
 model is the size of its file on disk: codes, scales, zero points, header and checksum
 included (``file_bytes``).
 """
@@ -53,6 +55,8 @@ from minicompress.prune.sparse import (
     to_dense_weight,
 )
 from minicompress.quant import formulas as F
+from minicompress.quant.pipeline import simulation_linear
+from minicompress.quant.runtime import pack_int8_params
 from minicompress.quant.tensor import QuantizedTensor, QuantSpec, dequantize_tensor, scale_shape
 
 FP32 = "fp32"
@@ -339,3 +343,25 @@ def load_compressed(path: str | Path) -> tuple[dict, TransformerConfig, list[str
 def file_bytes(path: str | Path) -> int:
     """The size on disk of a checkpoint (its folder or its file)."""
     return os.path.getsize(checkpoint_file(path))
+
+
+def load_quantized(path: str | Path) -> tuple[dict, TransformerConfig, list[str], dict, object]:
+    """(params, cfg, vocab, meta, linear) of any checkpoint, for ``eval`` and ``generate``:
+    float32 parameters (dequantized) and the linear that simulates the activation
+    quantization the checkpoint records (``quant.pipeline.simulation_linear``; DENSE for a
+    weight-only or dense model)."""
+    params, cfg, vocab, meta = load_compressed(path)
+    return params, cfg, vocab, meta, simulation_linear(meta)
+
+
+def load_int8(
+    path: str | Path, kernel_path: str | None = None
+) -> tuple[dict, TransformerConfig, list[str], dict]:
+    """A quantized checkpoint ready for the int8 runtime: (params, cfg, vocab, meta) where
+    every linear weight stored with codes the int8 kernel takes is a ``PackedInt8Linear``
+    built from those codes (no re-quantization; ``quant.runtime.pack_int8_params``), the
+    rest float32. Run it with ``linear=quant.runtime.INT8``. A linear weight whose encoding
+    the kernel cannot run (asymmetric, group-wise) is refused, naming it."""
+    m = read_compressed(path)
+    qtensors = {k: t for k, t in m.tensors.items() if isinstance(t, QuantizedTensor)}
+    return pack_int8_params(m.params, m.cfg, qtensors, kernel_path), m.cfg, m.vocab, m.meta

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from minicompress.deploy.format import read_compressed
 from minicompress.kernels import PackedInt8Linear, int8_linear, pack_quantized_int8_linear
 from minicompress.nn.model import TransformerConfig, linear_names
 from minicompress.nn.ops import linear_forward
@@ -71,16 +70,6 @@ def pack_int8_params(
         else:
             out[key] = dequantize_tensor(qt)
     return out
-
-
-def load_int8(path, kernel_path: str | None = None) -> tuple[dict, TransformerConfig, list, dict]:
-    """A quantized checkpoint ready for the int8 runtime: (params, cfg, vocab, meta) where
-    every linear weight stored with an int8-compatible encoding is a ``PackedInt8Linear``
-    built from its stored codes (no re-quantization), the rest float32. Run it with
-    ``linear=INT8``. Refused: a linear weight whose encoding the kernel cannot run."""
-    m = read_compressed(path)
-    qtensors = {k: t for k, t in m.tensors.items() if isinstance(t, QuantizedTensor)}
-    return pack_int8_params(m.params, m.cfg, qtensors, kernel_path), m.cfg, m.vocab, m.meta
 
 
 class Int8Linear:

@@ -27,8 +27,8 @@ from minicompress.fileio import atomic_write_bytes, load_json, save_json
 from minicompress.nn.checkpoint import checkpoint_file, load_checkpoint
 from minicompress.nn.model import linear_names
 from minicompress.quant.calibrate import calibration_batches, record_inputs
-from minicompress.quant.command import QuantizeConfig, finetune_config, quantize_model
 from minicompress.quant.observers import OBSERVERS, make_observer
+from minicompress.quant.pipeline import QuantizeConfig, finetune_config, quantize_model
 from minicompress.quant.ptq import layer_sensitivity, perplexity
 from minicompress.quant.qat import finetune
 from minicompress.quant.tensor import QuantSpec, grid_points, model_range, scale_zero_point

@@ -1,4 +1,4 @@
-"""minicompress/quant/command.py and the ``quantize`` CLI (cli/quantize.py): the report,
+"""The ``quantize`` command (cli/quantize.py) and quant/pipeline.py behind it: the report,
 the saved checkpoint and its recorded activation quantization, one-line errors."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import pytest
 from quant_models import tiny_trained
 
 from minicompress import cli
-from minicompress.deploy.format import read_compressed
+from minicompress.cli.quantize import run_quantize
+from minicompress.deploy.format import load_quantized, read_compressed
 from minicompress.nn.checkpoint import save_checkpoint
 from minicompress.quant import ptq
-from minicompress.quant.command import QuantizeConfig, load_quantized, run_quantize
 from minicompress.quant.linear import FakeQuantLinear
+from minicompress.quant.pipeline import QuantizeConfig
 
 
 @pytest.fixture(scope="module")

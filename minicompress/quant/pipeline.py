@@ -1,26 +1,20 @@
-"""The ``quantize`` command's work, as functions (the CLI module only parses flags).
+"""The whole model quantized by one configuration (what ``quantize`` does, in memory).
 
-``quantize_model`` turns a float model into a quantized one in memory (optional QAT,
-weight quantization, activation calibration); ``run_quantize`` does the whole command:
-load, measure, quantize, measure, save the compressed checkpoint, report. The activation
-quantization a checkpoint was made with is recorded in its metadata
-(``meta["quantization"]``), so ``simulation_linear(meta)`` rebuilds the linear that
-evaluates it (``load_quantized`` does both).
+``quantize_model`` turns a float model into a quantized one: optional QAT, weight
+quantization, activation calibration. The activation quantization is recorded in the
+metadata it returns (``meta["quantization"]``), which the checkpoint keeps, so
+``simulation_linear(meta)`` rebuilds the linear that evaluates the saved model
+(``deploy.format.load_quantized``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from minicompress.data.corpus import CharTokenizer, builtin_text, make_dataset
-from minicompress.deploy.format import file_bytes, load_compressed, save_compressed
-from minicompress.nn.checkpoint import checkpoint_file, load_checkpoint
 from minicompress.nn.linear import DENSE
 from minicompress.nn.model import TransformerConfig
 from minicompress.quant.calibrate import calibrate, calibration_batches, static_qparams
@@ -30,10 +24,9 @@ from minicompress.quant.ptq import (
     CLIPS,
     EMBEDDING_SPEC,
     dequantized_params,
-    perplexity,
     quantize_weights,
 )
-from minicompress.quant.qat import QAT_TRAIN, finetune, qat
+from minicompress.quant.qat import QAT_TRAIN, qat
 from minicompress.quant.tensor import QuantSpec
 
 
@@ -157,49 +150,3 @@ def simulation_linear(meta: dict):
         known = ", ".join(ACTIVATION_MODES)
         raise ValueError(f"meta records activations {mode!r}; this minicompress knows {known}")
     return DENSE
-
-
-def load_quantized(path) -> tuple[dict, TransformerConfig, list[str], dict, object]:
-    """(params, cfg, vocab, meta, linear) of any checkpoint: float32 parameters
-    (dequantized) and the linear that simulates its activations; for eval and generate."""
-    params, cfg, vocab, meta = load_compressed(path)
-    return params, cfg, vocab, meta, simulation_linear(meta)
-
-
-def run_quantize(
-    model: str | Path,
-    qc: QuantizeConfig,
-    out: str | Path,
-    text: str | None = None,
-    progress: bool = True,
-) -> dict:
-    """The whole ``quantize`` command -> its report (what ``--json`` writes): at least
-    val_ppl, baseline_val_ppl, file_bytes, baseline_file_bytes."""
-    params, cfg, vocab, meta = load_checkpoint(model)
-    data = make_dataset(
-        builtin_text() if text is None else text, cfg.block_size, tokenizer=CharTokenizer(vocab)
-    )
-    baseline = perplexity(params, cfg, data.val)
-    result = quantize_model(params, cfg, data, qc, progress)
-    val_ppl = perplexity(result.sim_params, cfg, data.val, result.linear)
-    meta = {**meta, **result.meta}
-    file = save_compressed(out, result.params, cfg, vocab, result.qtensors, meta)
-    report = {
-        "val_ppl": val_ppl,
-        "baseline_val_ppl": baseline,
-        "change_pct": 100 * (val_ppl / baseline - 1),
-        "file": str(file),
-        "file_bytes": file_bytes(file),
-        "baseline_file_bytes": file_bytes(checkpoint_file(model)),
-        **dataclasses.asdict(qc),
-    }
-    report["compression_ratio"] = report["baseline_file_bytes"] / report["file_bytes"]
-    if qc.qat_steps:  # the same fine-tune of the float model: QAT's fair reference
-        control = {k: v.copy() for k, v in params.items()}
-        finetune(control, cfg, data, finetune_config(qc), progress=progress)
-        report["control_val_ppl"] = perplexity(control, cfg, data.val)
-        report["change_vs_control_pct"] = 100 * (val_ppl / report["control_val_ppl"] - 1)
-    report["val_loss"] = math.log(val_ppl)
-    n_params = sum(a.size for a in params.values())
-    report["bits_per_parameter"] = 8 * report["file_bytes"] / n_params  # on disk, all in
-    return report
