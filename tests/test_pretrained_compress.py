@@ -12,13 +12,12 @@ from pretrained_helpers import minilm, need_extra, write_tiny_checkpoint
 pytest.importorskip("minicompress.quant.runtime", reason="the quant package is not on main")
 pytest.importorskip("minicompress.prune.structured", reason="the prune package is not on main")
 
-from minicompress.quant.linear import FakeQuantLinear  # noqa: E402
-from minicompress.quant.ptq import dequantized_params  # noqa: E402
-
 from minicompress.pretrained import embed_texts, load_pretrained  # noqa: E402
 from minicompress.pretrained.compress import CompressConfig, compress, kernel_runs  # noqa: E402
 from minicompress.pretrained.fidelity import row_cosines  # noqa: E402
 from minicompress.pretrained.sentences import corpus_sentences, sentences_outside  # noqa: E402
+from minicompress.quant.linear import FakeQuantLinear  # noqa: E402
+from minicompress.quant.ptq import dequantized_params  # noqa: E402
 
 
 @pytest.mark.parametrize(
