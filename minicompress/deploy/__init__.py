@@ -1,0 +1,1 @@
+"""Deployment: the inference runtime, compressed checkpoints, the combined pipeline."""
