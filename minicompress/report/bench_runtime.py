@@ -176,13 +176,14 @@ def run_runtime_bench(
     gen_tokens: int = 100,
     with_torch: bool = True,
     seed: int = 0,
+    pause_s: float = PAUSE_S,
 ) -> dict:
     """Time the runtime against PyTorch eager (see the module docstring).
 
     params, cfg: the model (default: the default teacher's shape with random weights —
     the speed does not depend on the values); batch_size x block_size tokens per forward;
     threads: the runtime's threads, PyTorch's and BLAS's; prompt_len + gen_tokens <=
-    block_size (no sliding window in the timed loop).
+    block_size (no sliding window in the timed loop); pause_s: the pause before each timing.
     ->  {"forward": [rows], "generate": [rows], "checks": {...}, "blas", "torch_threads",
          "int8_path", "threads", "load_average", ...}. Times in ms (best round's median).
     """
@@ -209,7 +210,9 @@ def run_runtime_bench(
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         if torch is not None:
             torch.set_num_threads(threads)
-        result = _measure(fp32, int8, params, cfg, idx, prompt, gen_tokens, torch, rounds, repeat)
+        result = _measure(
+            fp32, int8, params, cfg, idx, prompt, gen_tokens, torch, rounds, repeat, pause_s
+        )
     finally:
         numba.set_num_threads(old_numba_threads)
         if torch is not None:
@@ -231,7 +234,9 @@ def run_runtime_bench(
     }
 
 
-def _measure(fp32, int8, params, cfg, idx, prompt, gen_tokens, torch, rounds, repeat) -> dict:
+def _measure(
+    fp32, int8, params, cfg, idx, prompt, gen_tokens, torch, rounds, repeat, pause_s
+) -> dict:
     threads = fp32.rc.threads
     # correctness before speed: every contender computes the same model
     ref = fp32.forward(idx)
@@ -260,10 +265,10 @@ def _measure(fp32, int8, params, cfg, idx, prompt, gen_tokens, torch, rounds, re
         qmodel = torch_quantized(tmodel)
         tidx = torch.from_numpy(idx)
         with torch.no_grad():
-            theirs = tmodel(tidx)[0].numpy()
-            theirs_q = qmodel(tidx)[0].numpy()
-        checks["torch_fp32_vs_ours_max_abs"] = float(np.abs(theirs - ref).max())
-        checks["torch_int8_vs_fp32_max_abs"] = float(np.abs(theirs_q - ref).max())
+            logits = tmodel(tidx)[0].numpy()
+            logits_q = qmodel(tidx)[0].numpy()
+        checks["torch_fp32_vs_ours_max_abs"] = float(np.abs(logits - ref).max())
+        checks["torch_int8_vs_fp32_max_abs"] = float(np.abs(logits_q - ref).max())
         torch_tokens = theirs(tmodel, True)()
         checks["greedy_tokens_equal_torch"] = bool(np.array_equal(torch_tokens, ours_tokens))
 
@@ -279,8 +284,8 @@ def _measure(fp32, int8, params, cfg, idx, prompt, gen_tokens, torch, rounds, re
         gen_fns["torch eager fp32 + KV cache"] = theirs(tmodel, True)
         gen_fns["torch eager fp32, no cache"] = theirs(tmodel, False)
         gen_fns["torch quantize_dynamic + KV cache"] = theirs(qmodel, True)
-    fwd = best_of_rounds(forward_fns, rounds, repeat=repeat, pause_s=PAUSE_S)
-    gen = best_of_rounds(gen_fns, rounds, repeat=max(1, repeat // 2), pause_s=PAUSE_S)
+    fwd = best_of_rounds(forward_fns, rounds, repeat=repeat, pause_s=pause_s)
+    gen = best_of_rounds(gen_fns, rounds, repeat=max(1, repeat // 2), pause_s=pause_s)
     tokens = idx.size
     forward_rows = [
         {"contender": k, "ms": v, "tokens_per_s": tokens / (v / 1e3)} for k, v in fwd.items()
