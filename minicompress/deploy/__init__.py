@@ -1,1 +1,1 @@
-"""Deployment: the inference runtime, compressed checkpoints, the combined pipeline."""
+"""Deployment: the compressed checkpoint format (``format.py``) and the runtimes built on it."""
