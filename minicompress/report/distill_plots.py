@@ -1,0 +1,102 @@
+"""Figures of knowledge distillation, shared by the ``distill`` command and tutorial 09:
+soft labels at several temperatures, the validation curves of a distilled and a scratch
+student, and the sweep over alpha and T. Each takes numbers already computed (the results
+dict of ``distill.experiment.run_distill``) and writes a PNG."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from minicompress.report.plots import _plt
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def plot_soft_labels(
+    probs_by_temperature: dict[float, np.ndarray], labels: list[str], path, title: str = ""
+) -> Path:
+    """Bars of one distribution (over ``labels``) at each temperature: {T: p [V]}."""
+    plt = _plt()
+    temps = sorted(probs_by_temperature)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / len(temps)
+    x = np.arange(len(labels))
+    for k, t in enumerate(temps):
+        offset = (k - (len(temps) - 1) / 2) * width
+        ax.bar(x + offset, probs_by_temperature[t], width, label=f"T={t:g}")
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("probability")
+    ax.set_title(title or "soft labels: softmax(z / T)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_distill_curves(results: dict, path, title: str = "") -> Path:
+    """Validation perplexity against the step of the first seed's students: every distilled
+    setting and the scratch baseline, with the teacher as a line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    curves = results["curves"]
+    for i, run in enumerate(results["runs"]):
+        c = curves.get(f"distilled {i}")
+        if c:
+            label = f"distilled ({run['loss']}, a={run['alpha']:g}, T={run['temperature']:g})"
+            ax.plot(c["steps"], np.exp(c["val_loss"]), "o-", ms=3, label=label)
+    if "scratch" in curves:
+        c = curves["scratch"]
+        ax.plot(c["steps"], np.exp(c["val_loss"]), "s--", ms=3, color="0.4", label="scratch")
+    ax.axhline(results["teacher_val_ppl"], color="k", lw=0.8, ls=":", label="teacher")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title(
+        title
+        or f"student of {results['params']:,} parameters "
+        f"({results['compression']:.1f}x fewer than the teacher), seed {results['seeds'][0]}"
+    )
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_sweep(results: dict, path, title: str = "") -> Path:
+    """Validation perplexity (mean over seeds, sample std as error bars) against alpha, one
+    line per (KD loss, T); the scratch student and the teacher as horizontal lines."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    groups: dict[tuple, list] = {}
+    for r in results["runs"]:
+        groups.setdefault((r["loss"], r["temperature"]), []).append(r)
+    for (loss, t), rows in sorted(groups.items()):
+        rows = sorted(rows, key=lambda r: r["alpha"])
+        ax.errorbar(
+            [r["alpha"] for r in rows],
+            [r["val_ppl"] for r in rows],
+            yerr=[r["val_ppl_std"] for r in rows],
+            marker="o",
+            capsize=3,
+            label=f"{loss}, T={t:g}",
+        )
+    if "scratch_val_ppl" in results:
+        m, s = results["scratch_val_ppl"], results["scratch_val_ppl_std"]
+        ax.axhline(m, color="0.4", ls="--", label="scratch (alpha = 1 without a teacher)")
+        if s > 0 and math.isfinite(s):
+            ax.axhspan(m - s, m + s, color="0.4", alpha=0.15)
+    ax.axhline(results["teacher_val_ppl"], color="k", lw=0.8, ls=":", label="teacher")
+    ax.set_xlabel("alpha (weight of the hard-label cross-entropy)")
+    ax.set_ylabel("validation perplexity")
+    n = len(results["seeds"])
+    ax.set_title(title or f"distilled student, {n} seed{'s' if n > 1 else ''}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
