@@ -10,13 +10,7 @@ import pytest
 from gradcheck import assert_close
 
 from minicompress.deploy.profile import time_breakdown
-from minicompress.deploy.runtime import (
-    Runtime,
-    RuntimeConfig,
-    RuntimeLinear,
-    batch_slices,
-    pack_int8_params,
-)
+from minicompress.deploy.runtime import Runtime, RuntimeConfig, RuntimeLinear, batch_slices
 from minicompress.kernels import PackedInt8Linear, quantized_linear_reference
 from minicompress.nn.backend import NUMPY_OPS
 from minicompress.nn.gradcheck import random_params64
@@ -29,6 +23,9 @@ from minicompress.nn.model import (
     init_params,
     linear_names,
 )
+from minicompress.quant.ptq import quantize_weights
+from minicompress.quant.runtime import pack_int8_params
+from minicompress.quant.tensor import QuantSpec
 
 TINY = dict(vocab_size=13, block_size=12, n_layer=2, n_head=2, n_embd=16, mlp_ratio=2)
 F64 = dict(rtol=1e-8, atol=1e-9)  # exp_nonpositive in the softmax: < 1e-8 relative
@@ -107,13 +104,18 @@ def test_runtime_config_refuses_bad_values():
 # ----------------------------------------------------------------------------------------
 
 
+def _packed(params, cfg, layers=None):
+    q = quantize_weights(params, cfg, QuantSpec(8, "symmetric", "channel"), layers, None)
+    return pack_int8_params(params, cfg, q)
+
+
 class ReferenceInt8:
-    """The simulation of a packed layer: ``kernels.quantized_linear_reference`` (NumPy) on
-    the same codes and scales, then the bias."""
+    """A packed layer computed by ``kernels.quantized_linear_reference`` (NumPy) on the same
+    codes, scales and bias (inside the packed layer)."""
 
     def forward(self, name, x, w: PackedInt8Linear, b):
-        y = quantized_linear_reference(x.reshape(-1, w.k), w.w_q(), w.w_scale, None)
-        return (y + b if b is not None else y).reshape(*x.shape[:-1], w.n), None
+        y = quantized_linear_reference(x.reshape(-1, w.k), w.w_q(), w.w_scale, w.bias)
+        return y.reshape(*x.shape[:-1], w.n), None
 
     def backward(self, name, dy, cache):
         raise AssertionError("not called")
@@ -124,7 +126,7 @@ def test_int8_runtime_equals_its_simulation(rng):
     integer arithmetic through the same model: equal to float32 rounding."""
     cfg = TransformerConfig(**TINY)
     params = init_params(cfg, rng)
-    packed = pack_int8_params(params, cfg)
+    packed = _packed(params, cfg)
     assert all(isinstance(packed[n + ".w"], PackedInt8Linear) for n in linear_names(cfg))
     idx = rng.integers(0, cfg.vocab_size, (3, 12))
     with Runtime(packed, cfg) as rt:
@@ -134,18 +136,6 @@ def test_int8_runtime_equals_its_simulation(rng):
     assert_close(ours, ref, rtol=1e-4, atol=1e-5, name="int8 logits")
     dense, _ = forward(params, idx, cfg, op_impl=NUMPY_OPS)
     assert 0 < np.abs(ours - dense).max() < 0.05 * np.abs(dense).max()  # quantized, close
-
-
-def test_pack_int8_params_keeps_the_input_and_chosen_layers(rng):
-    cfg = TransformerConfig(**TINY)
-    params = init_params(cfg, rng)
-    before = {k: v.copy() for k, v in params.items()}
-    packed = pack_int8_params(params, cfg, layers=["blocks.0.mlp.fc"])
-    assert isinstance(packed["blocks.0.mlp.fc.w"], PackedInt8Linear)
-    assert packed["head.w"] is params["head.w"]
-    assert all(np.array_equal(params[k], before[k]) for k in params)
-    with pytest.raises(TypeError, match="already packed"):
-        pack_int8_params(packed, cfg, layers=["blocks.0.mlp.fc"])
 
 
 def test_runtime_linear_refuses_unknown_storage_and_backward(rng):
@@ -198,12 +188,12 @@ def test_sampled_generation_follows_the_seed(rng):
 
 def test_time_breakdown_names_every_part(rng):
     cfg = TransformerConfig(**TINY)
-    params = pack_int8_params(init_params(cfg, rng), cfg, layers=["blocks.1.mlp.fc"])
+    params = _packed(init_params(cfg, rng), cfg, layers=["blocks.1.mlp.fc"])
     with Runtime(params, cfg) as rt:
         parts = time_breakdown(rt, rng.integers(0, cfg.vocab_size, (2, 12)), repeat=2)
     for key in ("attention", "layer norm", "GELU", "other", "total"):
         assert key in parts
-    assert "linear (DenseInference)" in parts and "linear (PackedInt8Inference)" in parts
+    assert "linear (DenseInference)" in parts and "linear (Int8Linear)" in parts
     timed = sum(v for k, v in parts.items() if k not in ("total", "other"))
     assert all(v > 0 for k, v in parts.items() if k != "other")
     assert timed <= parts["total"] * 1.5  # medians of parts need not add up exactly

@@ -33,16 +33,17 @@ import numba
 import numpy as np
 
 from minicompress.deploy.ops import INFERENCE_OPS
-from minicompress.kernels import PackedInt8Linear, int8_linear, pack_int8_linear
+from minicompress.kernels import PackedInt8Linear
 from minicompress.nn.model import (
     TransformerConfig,
     check_tokens,
     forward,
     generate,
-    linear_names,
 )
 from minicompress.nn.ops import linear_forward
 from minicompress.platform import tune_allocator
+from minicompress.prune.sparse import SPARSE, SparseWeight
+from minicompress.quant.runtime import INT8
 
 # ----------------------------------------------------------------------------------------
 # the runtime linear: one kernel per storage
@@ -60,43 +61,15 @@ class DenseInference:
         raise TypeError(f"layer {name!r}: the inference runtime has no backward")
 
 
-class PackedInt8Inference:
-    """A ``kernels.PackedInt8Linear`` weight (per-output-channel int8, packed for this CPU):
-    ``kernels.int8_linear`` with dynamic per-token uint8 activations, then the bias."""
-
-    def forward(self, name: str, x: np.ndarray, w: PackedInt8Linear, b) -> tuple:
-        x2 = x.reshape(-1, w.k)  # [..., K] -> [M, K]
-        y = int8_linear(x2, w)  # [M, N]
-        if b is not None:
-            y += b
-        return y.reshape(*x.shape[:-1], w.n), None
-
-    def backward(self, name: str, dy: np.ndarray, cache) -> tuple:
-        raise TypeError(f"layer {name!r}: the inference runtime has no backward")
-
-
 DENSE_INFERENCE = DenseInference()
-PACKED_INT8_INFERENCE = PackedInt8Inference()
 
 
 def default_handlers() -> dict[type, object]:
-    """Which object runs a layer, by the type of its stored weight."""
-    return {np.ndarray: DENSE_INFERENCE, PackedInt8Linear: PACKED_INT8_INFERENCE}
-
-
-def pack_int8_params(params: dict, cfg: TransformerConfig, layers=None) -> dict:
-    """Runtime parameters with the chosen linear weights (default: every one, the head
-    included) quantized per output channel and packed for ``kernels.int8_linear``
-    (``kernels.pack_int8_linear``: symmetric int8 weights, activations quantized per token
-    at run time: W8A8 dynamic). The other arrays are shared, the input is not modified."""
-    names = linear_names(cfg) if layers is None else list(layers)
-    out = dict(params)
-    for name in names:
-        w = params[name + ".w"]
-        if not isinstance(w, np.ndarray):
-            raise TypeError(f"{name}.w is already packed ({type(w).__name__})")
-        out[name + ".w"] = pack_int8_linear(w)
-    return out
+    """Which object runs a layer, by the type of its stored weight: a float32 array the
+    BLAS product, a ``kernels.PackedInt8Linear`` the int8 kernels (``quant.runtime.INT8``,
+    bias inside the packed layer), a ``prune.sparse.SparseWeight`` the CSR kernels
+    (``prune.sparse.SPARSE``, float32 or int8 values)."""
+    return {np.ndarray: DENSE_INFERENCE, PackedInt8Linear: INT8, SparseWeight: SPARSE}
 
 
 class RuntimeLinear:

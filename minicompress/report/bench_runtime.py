@@ -29,11 +29,14 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from minicompress.deploy.runtime import Runtime, RuntimeConfig, pack_int8_params
+from minicompress.deploy.runtime import Runtime, RuntimeConfig
 from minicompress.kernels import int8_kernel_path
 from minicompress.nn.backend import NUMBA_OPS
 from minicompress.nn.model import TransformerConfig, forward, init_params
 from minicompress.platform import tune_allocator
+from minicompress.quant.ptq import quantize_weights
+from minicompress.quant.runtime import pack_int8_params
+from minicompress.quant.tensor import QuantSpec
 from minicompress.report.timing import best_of_rounds, blas_summary
 
 PAUSE_S = 0.1  # before each timing: idle BLAS / OpenMP threads stop spinning
@@ -202,7 +205,8 @@ def run_runtime_bench(
     idx = rng.integers(0, cfg.vocab_size, (batch_size, cfg.block_size))
     prompt = rng.integers(0, cfg.vocab_size, prompt_len)
     fp32 = Runtime(params, cfg, RuntimeConfig(threads=threads))
-    int8 = Runtime(pack_int8_params(params, cfg), cfg, RuntimeConfig(threads=threads))
+    w8 = quantize_weights(params, cfg, QuantSpec(8, "symmetric", "channel"), embedding_spec=None)
+    int8 = Runtime(pack_int8_params(params, cfg, w8), cfg, RuntimeConfig(threads=threads))
     torch = _import_torch() if with_torch else None
     old_torch_threads = torch.get_num_threads() if torch is not None else None
     old_numba_threads = numba.get_num_threads()
