@@ -214,12 +214,12 @@ def test_weight_only_runtime_equals_its_simulation(rng, tmp_path):
 
 @pytest.mark.parametrize("int8", [False, True])
 def test_csr_runtime_equals_the_masked_model(rng, tmp_path, int8):
-    """80% sparse blocks on the CSR kernels (float32 values, or int8 values with a scale
-    per output feature) against the dense model with the same zeros (and, for int8, the
-    same dequantized values)."""
+    """85% sparse blocks (beyond the break-even) on the CSR kernels (float32 values, or int8
+    values with a scale per output feature) against the dense model with the same zeros
+    (and, for int8, the same dequantized values)."""
     params, cfg = _model(rng)
     names = [f"blocks.{i}.{n}.w" for i in range(2) for n in ("attn.qkv", "mlp.fc", "mlp.proj")]
-    params = _sparse(params, names, 0.8)
+    params = _sparse(params, names, 0.85)
     stored = {**params, **{n: to_sparse_weight(params[n], int8) for n in names}}
     save_compressed(tmp_path / "m", stored, cfg, VOCAB)
     rt, _, _ = load_runtime(tmp_path / "m")
@@ -237,6 +237,16 @@ def test_shrunk_model_runtime_equals_the_reference(rng, tmp_path):
     rt, _, _ = load_runtime(tmp_path / "m")
     idx = rng.integers(0, cfg.vocab_size, (2, 16))
     assert_close(rt.forward(idx), _logits(params, cfg, idx), rtol=1e-4, atol=1e-4, name="shrunk")
+
+
+def test_csr_below_break_even_runs_dense(rng):
+    """A 50% sparse CSR weight is stored sparse but run as its dense values (same output)."""
+    params, cfg = _model(rng)
+    params = _sparse(params, ["blocks.0.mlp.fc.w"], 0.5)
+    stored = {**params, "blocks.0.mlp.fc.w": to_sparse_weight(params["blocks.0.mlp.fc.w"])}
+    rp = runtime_params(stored, cfg)
+    assert isinstance(rp["blocks.0.mlp.fc.w"], np.ndarray)
+    np.testing.assert_array_equal(rp["blocks.0.mlp.fc.w"], params["blocks.0.mlp.fc.w"])
 
 
 def test_runtime_params_refuses_static_activations(rng):

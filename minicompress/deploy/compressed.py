@@ -20,7 +20,9 @@ take (symmetric, one scale per output channel or per tensor) becomes a
 (``meta["quant"]["activations"] == "dynamic"``) — the runtime then computes what the
 simulation ``FakeQuantLinear(activations="dynamic")`` computes; otherwise (weight-only, or a
 grid the kernels do not take) its dequantized float32 values, exactly what the weight-only
-simulation runs. CSR weights stay CSR; everything else is float32.
+simulation runs. A CSR weight runs on the CSR kernels when its sparsity reaches their
+measured break-even (``prune.sparse.BREAK_EVEN``), else as its dense float32 values (the
+file keeps the smaller form either way); everything else is float32.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from minicompress.kernels import CSR
 from minicompress.kernels.reference import check_csr
 from minicompress.nn.checkpoint import StoredTensor, read_checkpoint, write_checkpoint
 from minicompress.nn.model import TransformerConfig, check_params, linear_names
-from minicompress.prune.sparse import SparseWeight, to_dense_weight
+from minicompress.prune.sparse import BREAK_EVEN, SparseWeight, to_dense_weight
 from minicompress.quant.runtime import int8_weights, pack_int8_params
 from minicompress.quant.tensor import QuantizedTensor, dequantize_tensor
 
@@ -180,6 +182,12 @@ def file_bytes(path: str | Path) -> int:
 # ----------------------------------------------------------------------------------------
 
 
+def sparse_fraction(w: SparseWeight) -> float:
+    """Fraction of zeros of the dense weight a SparseWeight stands for."""
+    n, k = w.w_t.shape
+    return 1.0 - w.w_t.data.size / (n * k)
+
+
 def _int8_kernel_takes(name: str, qt: QuantizedTensor) -> bool:
     try:
         int8_weights(name, qt)
@@ -212,6 +220,8 @@ def runtime_params(params: dict, cfg: TransformerConfig, activations: str = "non
     for key, obj in params.items():
         if isinstance(obj, QuantizedTensor) and key not in packable:
             out[key] = dequantize_tensor(obj)
+        elif isinstance(obj, SparseWeight) and sparse_fraction(obj) < BREAK_EVEN:
+            out[key] = to_dense_weight(obj)  # the dense product is faster below break-even
         else:
             out[key] = obj
     return pack_int8_params(out, cfg, packable) if packable else out

@@ -13,11 +13,14 @@ encodings the runtime runs fastest.
               when it is pruned.
 
 After every stage the model is measured on the validation windows (the simulation of what
-it has become) and the stage's figures are logged. Storage (``stored_params``): a quantized
-weight keeps its codes (``QuantizedTensor``); a weight whose sparsity reaches the CSR
-kernels' break-even (``prune.sparse.BREAK_EVEN``) is stored as CSR — with int8 values when
-it was quantized to 8 bits symmetric per channel (the same codes: ``kernels.quantize_csr``
-is that formula), else float32; everything else float32.
+it has become) and the stage's figures are logged.
+
+Storage (``stored_params``), decided by bytes on disk: a pruned weight that takes fewer
+bytes as CSR is stored as CSR — with int8 values when it was quantized to 8 bits
+symmetric per channel (the same codes: ``kernels.quantize_csr`` is that formula), else
+float32; any other quantized weight keeps its codes (``QuantizedTensor``); everything else
+float32. Which kernel runs a CSR weight is the runtime's decision
+(``compressed.runtime_params``).
 
 ``compress`` adds the files: the output is checked before any work, the checkpoint and the
 JSON are written only at the end, each atomically, and nothing that exists is replaced.
@@ -45,7 +48,7 @@ from minicompress.nn.model import TransformerConfig, count_params, linear_names
 from minicompress.nn.train import TrainConfig, evaluate, train
 from minicompress.prune.masks import HoldMasks
 from minicompress.prune.pipeline import UNSTRUCTURED, PruneConfig, prunable_names, prune_model
-from minicompress.prune.sparse import BREAK_EVEN, to_sparse_weight
+from minicompress.prune.sparse import to_sparse_weight
 from minicompress.quant.linear import FakeQuantLinear
 from minicompress.quant.ptq import EMBEDDING_SPEC, dequantized_params, quantize_weights
 from minicompress.quant.tensor import QuantizedTensor
@@ -150,6 +153,16 @@ def _csr_int8_is_the_same_grid(qt: QuantizedTensor) -> bool:
     return s.bits == 8 and s.scheme == "symmetric" and s.granularity == "channel" and s.narrow
 
 
+def csr_is_smaller(w: np.ndarray, int8: bool) -> bool:
+    """Whether w [K, N] takes fewer bytes as CSR of w.T than dense: CSR stores per non-zero
+    a value (4 bytes, or 1 for int8) and a column index (2 bytes when K < 2**15, else 4),
+    plus N + 1 row offsets of 4 bytes; dense stores K N values (int8: and N scales in both)."""
+    k, n = w.shape
+    nnz = int(np.count_nonzero(w))
+    value, index = (1 if int8 else 4), (2 if k < 2**15 else 4)
+    return nnz * (value + index) + 4 * (n + 1) < k * n * value
+
+
 def stored_params(model: Stage) -> dict:
     """What the checkpoint stores for each tensor (see the module docstring)."""
     q = quantized(model)
@@ -158,12 +171,10 @@ def stored_params(model: Stage) -> dict:
     for layer in linear_names(model.cfg):
         key = layer + ".w"
         w = model.params[key]
-        sparsity = 1.0 - np.count_nonzero(w) / w.size
-        if sparsity < BREAK_EVEN:
-            continue
         if key not in q:
-            out[key] = to_sparse_weight(w)
-        elif _csr_int8_is_the_same_grid(q[key]):
+            if csr_is_smaller(w, int8=False):
+                out[key] = to_sparse_weight(w)
+        elif _csr_int8_is_the_same_grid(q[key]) and csr_is_smaller(w, int8=True):
             out[key] = to_sparse_weight(w, int8=True)
     return out
 
