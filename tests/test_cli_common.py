@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import minicompress.cli.common as common
@@ -164,6 +164,7 @@ def test_output_checks(tmp_path):
     (tmp_path / "f").write_text("x")
     assert check_output_file("--json", tmp_path / "new" / "m.json") == tmp_path / "new" / "m.json"
     assert not (tmp_path / "new").exists()  # checked, not created
+    assert check_output_file("--json", tmp_path / "f") == tmp_path / "f"  # may be replaced
     with pytest.raises(UserError, match="--json .* is a folder"):
         check_output_file("--json", tmp_path)
     with pytest.raises(UserError, match="--json .*/f' is a file, not a folder"):
@@ -188,6 +189,20 @@ def test_training_bytes_by_hand():
     B*T*(14C + 3F + 2H*T) + 3*B*T*V = 19 + 6 floats -> 100 bytes."""
     cfg = TransformerConfig(vocab_size=2, block_size=1, n_layer=1, n_head=1, n_embd=1, mlp_ratio=1)
     assert training_bytes(cfg, 1) == 16 * 23 + 4 * 25
+
+
+@pytest.mark.parametrize("layers", [1, 2, 5])
+def test_parameter_count_is_the_models(layers):
+    cfg = TransformerConfig(vocab_size=11, n_layer=layers, n_embd=12, n_head=3, mlp_ratio=2)
+    params = init_params(cfg, np.random.default_rng(0))
+    assert common.parameter_count(cfg) == sum(a.size for a in params.values())
+
+
+def test_memory_check_of_absurd_depths_allocates_nothing():
+    """2**40 blocks: refused by the estimate, not by a MemoryError while estimating."""
+    cfg = TransformerConfig(vocab_size=11, n_layer=2**40)
+    with pytest.raises(UserError, match=r"^--n-layer 1099511627776: .* GiB"):
+        common.check_fits_in_memory(cfg, 1, ["--n-layer 1099511627776"])
 
 
 def test_memory_check_names_the_size_flags(monkeypatch):
@@ -240,9 +255,10 @@ TRAIN_KINDS = kinds(TrainConfig)
 BASE = {"n_layer": 1, "n_embd": 8, "n_head": 2, "block_size": 8, "batch_size": 2, "steps": 1,
         "eval_every": 0}  # fmt: skip
 
-flag_values = st.one_of(
+flag_values = st.one_of(  # sizes are small or far too large: nothing slow to allocate
     st.integers(-3, 200).map(str),
-    st.integers(-(2**70), 2**70).map(str),
+    st.integers(2**40, 2**70).map(str),
+    st.integers(-(2**70), -1).map(str),
     st.floats().map(repr),
     st.floats(-3, 3).map(str),
     st.sampled_from(["true", "FALSE", "Yes", "no", "1", "0", "ture", "", " 5 ", "+7", "1_0",
@@ -341,9 +357,11 @@ def test_generate_flags_property(tiny_model, data, field):
     for name, v in args.items():
         if v is not None:
             argv += ["--" + name.replace("_", "-"), str(v)]
-    status, out, err = run(argv)
     kind = {"prompt": str, "tokens": int, "temperature": float, "top_k": int, "seed": int}[field]
     value = python_parse(kind, text)
+    # known, the lead's: z / temperature overflows below ~1e-307 (see the xfail in test_cli)
+    assume(field != "temperature" or value is INVALID or not 0 < value < 1e-300)
+    status, out, err = run(argv)
     allowed = value is not INVALID and {
         "prompt": lambda v: set(v) <= set(vocab),
         "tokens": lambda v: v >= 1,

@@ -203,11 +203,11 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _probe(flag: str, path: Path) -> None:
-    """Refuse ``path`` (a file or folder to be written) when a parent is a file or the
-    nearest existing folder cannot take a new file (checked by creating and removing one:
-    permissions, read-only file systems and quotas all show up)."""
-    existing = path
+def _probe(flag: str, path: Path, folder: Path) -> None:
+    """Refuse ``path`` (to be written in ``folder``) when ``folder`` or a parent of it is a
+    file, or when the nearest existing folder cannot take a new file (checked by creating
+    and removing one: permissions, read-only file systems and quotas all show up)."""
+    existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
@@ -231,7 +231,7 @@ def check_output_file(flag: str, path: str | Path, inputs: Iterable[str | Path] 
             raise UserError(
                 f"{flag} {str(path)!r} is a file this command reads; write to another file"
             )
-    _probe(flag, path)
+    _probe(flag, path, path.parent)
     return path
 
 
@@ -253,13 +253,22 @@ def check_output_dir(
                     f"{flag} {str(path)!r}: writing {name} there would replace the input "
                     f"{str(item)!r}"
                 )
-    _probe(flag, path)
+    _probe(flag, path, path)
     return path
 
 
 # ----------------------------------------------------------------------------------------
 # will it fit in memory?
 # ----------------------------------------------------------------------------------------
+
+
+def parameter_count(cfg: TransformerConfig) -> int:
+    """``nn.model.param_count`` of ``cfg`` in constant memory: that one lists the shapes of
+    every block, which for ``--n-layer 1099511627776`` is itself out of memory; all blocks
+    are alike, so count one and two blocks and extrapolate."""
+    one = param_count(dataclasses.replace(cfg, n_layer=1))
+    two = param_count(dataclasses.replace(cfg, n_layer=2))
+    return one + (cfg.n_layer - 1) * (two - one)
 
 
 def training_bytes(cfg: TransformerConfig, batch_size: int) -> int:
@@ -271,7 +280,7 @@ def training_bytes(cfg: TransformerConfig, batch_size: int) -> int:
     b, t, c = batch_size, cfg.block_size, cfg.n_embd
     f, h, v = cfg.mlp_ratio * c, cfg.n_head, cfg.vocab_size
     activations = cfg.n_layer * b * t * (14 * c + 3 * f + 2 * h * t) + 3 * b * t * v
-    return 16 * param_count(cfg) + 4 * activations
+    return 16 * parameter_count(cfg) + 4 * activations
 
 
 def check_fits_in_memory(cfg: TransformerConfig, batch_size: int, given: Iterable[str]) -> None:
@@ -284,6 +293,6 @@ def check_fits_in_memory(cfg: TransformerConfig, batch_size: int, given: Iterabl
     flags = " ".join(given) or "the model"
     raise UserError(
         f"{flags}: training this model would need at least {need / 2**30:,.4g} GiB "
-        f"({param_count(cfg):,.4g} parameters, batch {batch_size} x {cfg.block_size}); "
+        f"({parameter_count(cfg):,.4g} parameters, batch {batch_size} x {cfg.block_size}); "
         f"this machine has {total / 2**30:,.1f} GiB: choose smaller sizes"
     )

@@ -84,11 +84,14 @@ def reuse_teacher(folder: Path, cfg, tc, vocab) -> dict | None:
 
 
 def _latency_ms(params, cfg, repeat: int = 20) -> float:
-    """Median time of one forward pass over a full context of one sequence."""
-    from minicompress.report.timing import median_ms
+    """Time of one forward pass over a full context of one sequence: the best median of 3
+    rounds, each after a pause (right after training or evaluation, BLAS threads still
+    busy made the first median 1000x the next one on a loaded machine)."""
+    from minicompress.report.timing import best_of_rounds
 
     x = np.zeros((1, cfg.block_size), dtype=np.int64)
-    return median_ms(lambda: forward(params, x, cfg), repeat=repeat)
+    fn = lambda: forward(params, x, cfg)  # noqa: E731
+    return best_of_rounds({"fp32": fn}, rounds=3, repeat=repeat, pause_s=0.2)["fp32"]
 
 
 def run(args) -> int:
