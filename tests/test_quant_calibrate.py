@@ -46,8 +46,16 @@ def test_minmax_ranges_are_those_of_the_layer_inputs(rng):
 def test_padding_is_skipped():
     # a post-LN encoder reads the raw embeddings in its first qkv: give the padding token
     # a huge embedding, and the padded positions would set that layer's range
-    cfg = TransformerConfig(vocab_size=11, block_size=6, n_layer=1, n_head=2, n_embd=8,
-                            causal=False, head=False, norm="post")  # fmt: skip
+    cfg = TransformerConfig(
+        vocab_size=11,
+        block_size=6,
+        n_layer=1,
+        n_head=2,
+        n_embd=8,
+        causal=False,
+        head=False,
+        norm="post",
+    )
     params = init_params(cfg, np.random.default_rng(1))
     params["wte"][10] = 100.0
     x = np.random.default_rng(2).integers(0, 10, (3, 6))
@@ -66,8 +74,9 @@ def test_padding_is_skipped():
 def test_layers_observer_and_static_qparams(rng):
     params, cfg, data = tiny_trained()
     batches = calibration_batches(data.train, 2, 4, cfg.block_size, rng)
-    ranges = calibrate(params, cfg, batches, "percentile", layers=["blocks.1.mlp.fc"],
-                       progress=False)  # fmt: skip
+    ranges = calibrate(
+        params, cfg, batches, "percentile", layers=["blocks.1.mlp.fc"], progress=False
+    )
     assert list(ranges) == ["blocks.1.mlp.fc"]
     qp = static_qparams(ranges, 8, "asymmetric")
     lo, hi = ranges["blocks.1.mlp.fc"]

@@ -41,8 +41,12 @@ def compare_observer(name, case):
     for batch in case["batches"]:
         obs.update(batch)
     lo, hi = obs.range()
-    assert_close(np.array([lo, hi]), np.array([case["min_val"], case["max_val"]]), rtol=0,
-                 name=f"{name} range")  # fmt: skip
+    assert_close(
+        np.array([lo, hi]),
+        np.array([case["min_val"], case["max_val"]]),
+        rtol=0,
+        name=f"{name} range",
+    )
     scale, zero_point = scale_zero_point(lo, hi, spec)
     assert_close(scale, case["scale"][0], rtol=0, name=f"{name}.scale")
     assert zero_point == case["zero_point"][0], (zero_point, case["zero_point"])
@@ -105,11 +109,16 @@ def _raw_mse(values, spec, lo, hi, alphas):
     """The squared error of fake quantization of every raw value, per clipping factor."""
     return np.array(
         [
-            np.sum((values - fake_quantize_tensor(values, spec, np.float32(a * lo),
-                                                  np.float32(a * hi))).astype(np.float64) ** 2)
+            np.sum(
+                (
+                    values
+                    - fake_quantize_tensor(values, spec, np.float32(a * lo), np.float32(a * hi))
+                ).astype(np.float64)
+                ** 2
+            )
             for a in alphas
         ]
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -15,10 +15,13 @@ from minicompress.quant import formulas as F
 from minicompress.quant.tensor import (
     QuantSpec,
     dequantize_tensor,
+    error_split,
     fake_quantize_ste,
     fake_quantize_tensor,
+    grid_points,
     model_range,
     quantize_tensor,
+    scale_zero_point,
 )
 
 SCHEMES = ["asymmetric", "symmetric", "log"]
@@ -203,3 +206,22 @@ def test_torch_symmetric_convention_clips_the_positive_extreme():
     assert mask.tolist() == [True, True, False] and x_hat[2] == 127 / 64
     x_hat, mask = fake_quantize_ste(w, QuantSpec(8, "symmetric", "tensor"))
     assert mask.all() and x_hat[2] == w[2]
+
+
+def test_grid_points_by_hand():
+    spec = QuantSpec(2, "asymmetric", "tensor")
+    s, z = scale_zero_point(np.float32(-0.25), np.float32(0.75), spec)  # the course's case
+    assert_close(grid_points(s, z, spec), np.array([-1, 0, 1, 2]) / 3, rtol=1e-7, name="grid")
+    log = QuantSpec(3, "log", "tensor")
+    assert grid_points(np.float32(0.25), 0, log).tolist() == [-1, -0.5, -0.25, 0, 0.25, 0.5, 1]
+
+
+def test_error_split_into_clipping_and_rounding():
+    spec = QuantSpec(8, "asymmetric", "tensor")
+    x = np.array([-3.0, -0.5, 0.2, 0.7, 2.5], np.float32)
+    clip, rnd = error_split(x, spec, np.float32(-1), np.float32(1))
+    s, z = scale_zero_point(np.float32(-1), np.float32(1), spec)
+    ends = grid_points(s, z, spec)[[0, -1]]
+    assert clip == pytest.approx((-3 - ends[0]) ** 2 + (2.5 - ends[1]) ** 2, rel=1e-6)
+    assert 0 < rnd <= 3 * (s / 2) ** 2
+    assert error_split(x, spec, x.min(), x.max())[0] == 0  # min-max: nothing clipped

@@ -76,8 +76,9 @@ def calibrate(
     for batch in tqdm(batches, desc=f"calibrate ({observer})", disable=not progress):
         batch = batch if isinstance(batch, Batch) else Batch(np.asarray(batch), None)
         observing.skip = batch.pad_mask
-        forward(params, batch.x, cfg, observing, pad_mask=batch.pad_mask,
-                token_types=batch.token_types)  # fmt: skip
+        forward(
+            params, batch.x, cfg, observing, pad_mask=batch.pad_mask, token_types=batch.token_types
+        )
         seen += 1
     if not seen:
         raise ValueError("calibrate needs at least one batch; got none")

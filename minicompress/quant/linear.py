@@ -77,8 +77,9 @@ class FakeQuantLinear:
                 f"activations must be one of {', '.join(ACTIVATION_MODES)}; got {activations!r}"
             )
         if activations != "none" and act_scheme == "log":
-            raise ValueError("activations are quantized linearly: act_scheme must be "
-                             "'asymmetric' or 'symmetric'")  # fmt: skip
+            raise ValueError(
+                "activations are quantized linearly: act_scheme must be 'asymmetric' or 'symmetric'"
+            )
         self.act_range = F.code_range(act_bits, act_scheme)  # checks bits and scheme
         if activations == "static" and act_qparams is None:
             raise ValueError("static activations need act_qparams: calibrate first")

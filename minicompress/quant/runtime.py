@@ -29,7 +29,7 @@ from minicompress.kernels import PackedInt8Linear, int8_linear, pack_quantized_i
 from minicompress.nn.model import TransformerConfig, linear_names
 from minicompress.nn.ops import linear_forward
 from minicompress.quant import formulas as F
-from minicompress.quant.tensor import QuantizedTensor
+from minicompress.quant.tensor import QuantizedTensor, dequantize_tensor
 
 
 def int8_weights(name: str, qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
@@ -46,8 +46,7 @@ def int8_weights(name: str, qt: QuantizedTensor) -> tuple[np.ndarray, np.ndarray
             f"(run it in the simulation: ptq.dequantized_params)"
         )
     n = qt.q.shape[1]
-    scale = np.broadcast_to(qt.scale.astype(np.float32).reshape(-1), (n,)) if not per_channel \
-        else qt.scale.astype(np.float32).reshape(n)  # fmt: skip
+    scale = np.broadcast_to(qt.scale.astype(np.float32).reshape(-1), (n,))  # [N]
     return qt.q.astype(np.int8), np.ascontiguousarray(scale)
 
 
@@ -61,8 +60,6 @@ def pack_int8_params(
     qtensors: {parameter name: QuantizedTensor} (``ptq.quantize_weights``); path: the
     kernel path (default ``MINICOMPRESS_KERNEL`` / auto).
     """
-    from minicompress.quant.tensor import dequantize_tensor
-
     out = dict(params)
     layers = {f"{n}.w": n for n in linear_names(cfg)}
     for key, qt in qtensors.items():

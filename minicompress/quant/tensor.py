@@ -219,6 +219,29 @@ def fake_quantize_ste(
     return x_hat, mask.reshape(x.shape)
 
 
+def grid_points(scale, zero_point, spec: QuantSpec) -> np.ndarray:
+    """The values one range's codes stand for, ascending: s (q - z) for every code q
+    (log: 0 and +-s 2**(|q| - 1)). scale, zero_point: one range's (scalars) -> float64."""
+    q_min, q_max = spec.code_range()
+    q = np.arange(q_min, q_max + 1)
+    if spec.scheme == "log":
+        return np.unique(F.log_dequantize(q, np.float64(scale)))
+    return F.dequantize(q, np.float64(scale), int(zero_point))
+
+
+def error_split(x: np.ndarray, spec: QuantSpec, lo, hi) -> tuple[float, float]:
+    """The squared error of fake-quantizing x within [lo, hi], split in two:
+
+        clipping error = sum over x outside the grid's range of (x - x_hat)**2,
+        rounding error = sum over x inside it of (x - x_hat)**2
+
+    (inside/outside: ``ste_mask``). A narrower range lowers the rounding error (finer
+    steps) and raises the clipping error: the trade-off the MSE observer searches."""
+    x_hat, inside = fake_quantize_ste(x, spec, lo, hi)
+    err = (x.astype(np.float64) - x_hat) ** 2
+    return float(err[~inside].sum()), float(err[inside].sum())
+
+
 def model_range(tensors) -> tuple[np.float32, np.float32]:
     """The course's statistics "of all the weights of the model": (w_min, w_max) over every
     array of ``tensors`` (an iterable of float arrays, none empty or non-finite)."""
