@@ -111,8 +111,13 @@ def head_importance(
             small, small_cfg = remove_structures(params, cfg, "heads", keep)
             delta[layer, h] = evaluate(small, small_cfg, data.val, eval_windows) - base
             print(f"layer {layer} head {h}: l2 {l2[layer, h]:.3f} d_loss {delta[layer, h]:+.4f}")
+    from scipy.stats import spearmanr
+
     corr = float(np.corrcoef(l2.ravel(), delta.ravel())[0, 1])
+    # within a layer: does the score order the heads as their real cost does?
+    within = float(np.mean([spearmanr(l2[i], delta[i]).statistic for i in range(cfg.n_layer)]))
     return {
+        "spearman_within_layer": within,
         "l2": l2.tolist(),
         "l1": l1.tolist(),
         "delta_loss": delta.tolist(),

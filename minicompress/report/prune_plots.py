@@ -25,7 +25,7 @@ def plot_sweep(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """Validation perplexity against sparsity, one colour per method; dashed one-shot, solid
     fine-tuned (rows of ``prune_experiments.sweep``)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 5.2))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for i, method in enumerate(methods):
         for tuned, style in ((False, "--"), (True, "-")):
@@ -45,8 +45,9 @@ def plot_sweep(rows: list[dict], path: str | Path, title: str = "") -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("sparsity of the block weights")
     ax.set_ylabel("validation perplexity (log)")
-    ax.set_title(title or "perplexity against sparsity (dotted: unpruned, before/after fine-tune)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title or "perplexity against sparsity (dotted: unpruned, before/after fine-tune)",
+                 fontsize=10)  # fmt: skip
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -54,14 +55,16 @@ def plot_sweep(rows: list[dict], path: str | Path, title: str = "") -> Path:
 def plot_head_importance(heads: dict, path: str | Path) -> Path:
     """Heat maps [layer, head]: the L2 score of each head's weights, and the measured
     increase of the validation loss when that head alone is removed."""
+    from matplotlib.colors import SymLogNorm
+
     plt = _plt()
     l2, delta = np.asarray(heads["l2"]), np.asarray(heads["delta_loss"])
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    for ax, data, title in (
-        (axes[0], l2, "L2 norm of the head's weights"),
-        (axes[1], delta, "val loss increase, head removed"),
+    for ax, data, title, norm in (
+        (axes[0], l2, "L2 norm of the head's weights", None),
+        (axes[1], delta, "val loss increase, head removed (symlog)", SymLogNorm(1e-3)),
     ):
-        im = ax.imshow(data, cmap="viridis", aspect="auto")
+        im = ax.imshow(data, cmap="viridis", aspect="auto", norm=norm)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_xticks(range(data.shape[1]))
@@ -70,7 +73,11 @@ def plot_head_importance(heads: dict, path: str | Path) -> Path:
         for (i, j), v in np.ndenumerate(data):
             ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7, color="w")
         fig.colorbar(im, ax=ax)
-    fig.suptitle(f"head importance (correlation {heads['corr_l2_delta']:.2f})", fontsize=10)
+    fig.suptitle(
+        f"head importance: Pearson {heads['corr_l2_delta']:.2f} overall, Spearman "
+        f"{heads['spearman_within_layer']:.2f} within a layer (mean)",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
