@@ -1,7 +1,7 @@
-"""minicompress/distill/experiment.py (and report/distill_plots.py): the distilled-vs-scratch
-experiment end to end on a tiny teacher — both arms see the same init and batches, the
-results hold every figure the ``distill`` command promises, nothing is written over the
-user's files, and a failed run writes nothing."""
+"""minicompress/distill/experiment.py, with its table and figures (report/distill_plots.py):
+the distilled-vs-scratch experiment end to end on a tiny teacher — both arms see the same
+init and batches, the results hold every figure the ``distill`` command promises, nothing
+is written over the user's files, and a failed run writes nothing."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 
 from minicompress.data import make_dataset
 from minicompress.distill import experiment as ex
-from minicompress.distill.trainer import DistillConfig
 from minicompress.nn.checkpoint import load_checkpoint, save_checkpoint
 from minicompress.nn.model import TransformerConfig, init_params
 from minicompress.nn.train import TrainConfig, train
+from minicompress.report.distill_plots import distill_table, plot_distill_results
 
 TEXT = "the quick brown fox jumps over the lazy dog; the dog sleeps. " * 30
 TC = TrainConfig(batch_size=4, steps=6, warmup=2, lr=3e-3, eval_every=3, eval_windows=4)
@@ -53,7 +53,8 @@ def run(teacher_dir, tmp_path, **kw):
 
 
 def test_results_hold_every_promised_figure(teacher_dir, tmp_path):
-    results = run(teacher_dir, tmp_path, plot_path=tmp_path / "curves.png")
+    results = run(teacher_dir, tmp_path)
+    plot_distill_results(results, tmp_path / "curves.png")
     saved = json.loads((tmp_path / "r.json").read_text())
     for key in ("val_ppl", "teacher_val_ppl", "scratch_val_ppl", "params", "teacher_params"):
         assert key in saved and saved[key] == results[key]
@@ -89,9 +90,9 @@ def test_grid_runs_every_setting_with_a_shared_soft_label_cache(teacher_dir, tmp
         grid=grid,
         seeds=[0],
         scratch_baseline=False,
-        plot_path=tmp_path / "sweep.png",
         tc=TrainConfig(batch_size=2, steps=2, warmup=1, eval_every=0),
     )
+    plot_distill_results(results, tmp_path / "sweep.png")
     settings = {(r["loss"], r["temperature"], r["alpha"]) for r in results["runs"]}
     assert len(settings) == 8 and "scratch_val_ppl" not in results
     assert results["val_ppl"] == min(r["val_ppl"] for r in results["runs"])
@@ -129,8 +130,8 @@ def test_parse_grid_checks_every_value():
         ex.parse_grid([0.5], [1.0], ["l2"])
 
 
-def test_format_results_shows_mean_and_spread(teacher_dir, tmp_path):
+def test_table_shows_mean_and_spread(teacher_dir, tmp_path):
     results = run(teacher_dir, tmp_path)
-    table = ex.format_results(results)
+    table = distill_table(results)
     assert "teacher" in table and "student, scratch" in table and " ± " in table
     assert f"{results['val_ppl']:.4f}" in table

@@ -15,25 +15,13 @@ from gradcheck import assert_grads_ok, check_grads
 from minicompress.data import Batch, make_dataset
 from minicompress.distill import student as st
 from minicompress.distill.trainer import DistillConfig, DistillLoss, SoftLabelCache
+from minicompress.nn.gradcheck import random_params64
 from minicompress.nn.linear import DENSE
 from minicompress.nn.model import TransformerConfig, forward, init_params
 from minicompress.nn.train import TrainConfig, next_token_loss, train
 
 V = 11
 TEACHER = TransformerConfig(vocab_size=V, block_size=6, n_layer=3, n_head=2, n_embd=8, mlp_ratio=2)
-
-
-def random_params64(cfg, rng):
-    """float64 parameters of O(1) size, so that every gradient is well above FD noise."""
-    out = {}
-    for name, a in init_params(cfg, rng).items():
-        if name.endswith(".g"):
-            out[name] = 1.0 + 0.2 * rng.standard_normal(a.shape)
-        elif a.ndim == 1:
-            out[name] = 0.2 * rng.standard_normal(a.shape)
-        else:
-            out[name] = 0.5 * rng.standard_normal(a.shape)
-    return out
 
 
 def tiny_pair(rng, student_heads=1, **teacher_kw):

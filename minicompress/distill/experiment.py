@@ -25,6 +25,7 @@ from minicompress.distill.student import (
     student_from_teacher,
 )
 from minicompress.distill.trainer import DistillConfig, DistillLoss, SoftLabelCache
+from minicompress.fileio import save_json
 from minicompress.nn.checkpoint import load_checkpoint, save_checkpoint
 from minicompress.nn.model import count_params, init_params
 from minicompress.nn.train import History, TrainConfig, evaluate, train
@@ -280,23 +281,18 @@ def run_distill_command(
     text: str,
     scratch_baseline: bool = False,
     json_path: str | Path | None = None,
-    plot_path: str | Path | None = None,
     overwrite: bool = False,
     soft_label_mb: float = 1024.0,
     progress: bool = True,
     log=print,
 ) -> dict:
-    """What ``python -m minicompress distill`` does: check the outputs, load the teacher,
-    ``run_distill``, then write the best student to ``out``, the results to ``json_path``
-    and a figure to ``plot_path`` (the sweep when the grid varies alpha or T, else the
-    validation curves). Nothing is written before every run has finished."""
-    from minicompress.fileio import save_json
-    from minicompress.report.distill_plots import plot_distill_curves, plot_sweep
-
+    """What ``python -m minicompress distill`` does: check the output path, load the
+    teacher, ``run_distill``, then write the best student to ``out`` and the results to
+    ``json_path``. Nothing is written before every run has finished. ->  the results
+    (the command prints them as a table and draws them: ``report.distill_plots``)."""
     out = check_out_path(out, teacher_path, overwrite)
-    for name, p in (("--json", json_path), ("--plot", plot_path)):
-        if p is not None and Path(p).resolve() == out.resolve():
-            raise ValueError(f"{name} {str(p)!r} is the same path as --out")
+    if json_path is not None and Path(json_path).resolve() == out.resolve():
+        raise ValueError(f"--json {str(json_path)!r} is the same path as --out")
     teacher = load_teacher(teacher_path)
     results, params, cfg = run_distill(
         teacher,
@@ -311,51 +307,8 @@ def run_distill_command(
         log=log,
     )
     save_student(out, params, cfg, teacher, results)
-    log(format_results(results))
     log(f"student -> {out}")
     if json_path is not None:
         save_json(json_path, results)
         log(f"results -> {json_path}")
-    if plot_path is not None:
-        varies = len({(r["alpha"], r["temperature"]) for r in results["runs"]}) > 1
-        plot = plot_sweep if varies else plot_distill_curves
-        log(f"figure -> {plot(results, plot_path)}")
     return results
-
-
-def _pm(mean: float, std: float, n: int) -> str:
-    return f"{mean:.4f}" + (f" ± {std:.4f}" if n > 1 else "")
-
-
-def format_results(results: dict) -> str:
-    """The results as a table: one row per setting (and the teacher, and the scratch
-    student), validation perplexity as mean ± sample std over the seeds."""
-    from minicompress.report.table import format_table
-
-    n = len(results["seeds"])
-    rows = [
-        {
-            "model": "teacher",
-            "params": results["teacher_params"],
-            "val_ppl": f"{results['teacher_val_ppl']:.4f}",
-        }
-    ]
-    if "scratch_val_ppl" in results:
-        rows.append(
-            {
-                "model": "student, scratch",
-                "params": results["params"],
-                "val_ppl": _pm(results["scratch_val_ppl"], results["scratch_val_ppl_std"], n),
-            }
-        )
-    for r in results["runs"]:
-        rows.append(
-            {
-                "model": f"distilled {r['loss']} a={r['alpha']:g} T={r['temperature']:g}"
-                + (f" h={r['hidden_weight']:g}" if r["hidden_weight"] else "")
-                + (f" att={r['attn_weight']:g}" if r["attn_weight"] else ""),
-                "params": results["params"],
-                "val_ppl": _pm(r["val_ppl"], r["val_ppl_std"], n),
-            }
-        )
-    return format_table(rows) + f"\n(val_ppl: mean ± sample std over seeds {results['seeds']})"

@@ -1,7 +1,7 @@
-"""Figures of knowledge distillation, shared by the ``distill`` command and tutorial 09:
-soft labels at several temperatures, the validation curves of a distilled and a scratch
-student, and the sweep over alpha and T. Each takes numbers already computed (the results
-dict of ``distill.experiment.run_distill``) and writes a PNG."""
+"""Figures and the table of knowledge distillation, shared by the ``distill`` command and
+tutorial 09: soft labels at several temperatures, the validation curves of a distilled and
+a scratch student, the sweep over alpha and T, and the results table. Each takes numbers
+already computed (the results dict of ``distill.experiment.run_distill``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from minicompress.report.plots import _plt
+from minicompress.report.table import format_table
 
 
 def _save(fig, path) -> Path:
@@ -100,3 +101,47 @@ def plot_sweep(results: dict, path, title: str = "") -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_distill_results(results: dict, path) -> Path:
+    """The sweep when the runs vary alpha or T, else the validation curves."""
+    varies = len({(r["alpha"], r["temperature"]) for r in results["runs"]}) > 1
+    return (plot_sweep if varies else plot_distill_curves)(results, path)
+
+
+def _pm(mean: float, std: float, n: int) -> str:
+    return f"{mean:.4f}" + (f" ± {std:.4f}" if n > 1 else "")
+
+
+def distill_table(results: dict) -> str:
+    """The results as a text table: the teacher, the scratch student and one row per
+    distillation setting; validation perplexity as mean ± sample std over the seeds."""
+    n = len(results["seeds"])
+    rows = [
+        {
+            "model": "teacher",
+            "params": results["teacher_params"],
+            "val_ppl": f"{results['teacher_val_ppl']:.4f}",
+        }
+    ]
+    if "scratch_val_ppl" in results:
+        rows.append(
+            {
+                "model": "student, scratch",
+                "params": results["params"],
+                "val_ppl": _pm(results["scratch_val_ppl"], results["scratch_val_ppl_std"], n),
+            }
+        )
+    for r in results["runs"]:
+        name = f"distilled {r['loss']} a={r['alpha']:g} T={r['temperature']:g}"
+        name += f" h={r['hidden_weight']:g}" if r["hidden_weight"] else ""
+        name += f" att={r['attn_weight']:g}" if r["attn_weight"] else ""
+        rows.append(
+            {
+                "model": name,
+                "params": results["params"],
+                "val_ppl": _pm(r["val_ppl"], r["val_ppl_std"], n),
+            }
+        )
+    seeds = results["seeds"]
+    return format_table(rows) + f"\n(val_ppl: mean ± sample std over seeds {seeds})"
