@@ -239,7 +239,8 @@ def run_recipe(
         if name == "distill":
             model = distill_stage(model, conf, vocab, data, progress)
         elif name == "prune":
-            model = prune_stage(model, conf, data, progress, baseline=val_loss(model, data))
+            loss_before = val_loss(model, data, eval_windows)
+            model = prune_stage(model, conf, data, progress, baseline=loss_before)
         elif name == "quantize":
             model = quantize_stage(model, conf)
         else:
