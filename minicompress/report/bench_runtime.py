@@ -315,3 +315,27 @@ def _with_ratios(rows: list[dict], base: str) -> list[dict]:
     """Each row's time relative to ``base``'s: ``time_vs_ours`` > 1 is slower than it."""
     base_ms = next(r["ms"] for r in rows if r["contender"] == base)
     return [{**r, "time_vs_ours": r["ms"] / base_ms} for r in rows]
+
+
+def format_runtime_bench(r: dict) -> str:
+    """The benchmark's result as the terminal shows it."""
+    from minicompress.report.table import format_table
+
+    lines = [
+        f"NumPy BLAS: {r['blas']}; int8 kernel path: {r['int8_path']}; threads: {r['threads']}"
+        + (f"; PyTorch {r['torch_version']}" if r["torch_version"] else " (PyTorch absent)")
+        + (f"; load average {r['load_average']:.1f}" if r["load_average"] is not None else ""),
+        "",
+        f"forward of {r['batch_size']} x {r['block_size']} tokens:",
+        format_table(r["forward"], floatfmt=".4g"),
+        "",
+        f"greedy generation of {r['gen_tokens']} tokens after {r['prompt_len']}, one sequence:",
+        format_table(r["generate"], floatfmt=".4g"),
+        "",
+        "checks: "
+        + ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["checks"].items()
+        ),
+        "(time_vs_ours > 1: slower than the runtime's fp32 row of its table)",
+    ]
+    return "\n".join(lines)

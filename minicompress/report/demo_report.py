@@ -135,7 +135,7 @@ def study_config(quick: bool) -> StudyConfig:
             eval_windows=16,
             speed_batch=8,
             speed_rounds=2,
-            speed_repeat=2,
+            speed_repeat=4,
             sensitivity_windows=4,
             sweep_sparsities=(0.0, 0.5, 0.8, 0.95),
             sample_tokens=40,
@@ -158,7 +158,7 @@ def study_config(quick: bool) -> StudyConfig:
         eval_windows=None,
         speed_batch=32,
         speed_rounds=3,
-        speed_repeat=3,
+        speed_repeat=5,
         sensitivity_windows=32,
         sweep_sparsities=(0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
         sample_tokens=200,
@@ -236,10 +236,12 @@ def run_study(
     text: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    extra: dict | None = None,
 ) -> dict:
     """Run every method of ``sc`` on the teacher checkpoint, save the models under
     ``out_dir/models``, measure them, and write ``out_dir/results.json``, ``report.md``,
-    ``pareto.png``, ``sensitivity.png``, ``sparsity_sweep.png``.  ->  the results."""
+    ``pareto.png``, ``sensitivity.png``, ``sparsity_sweep.png``; ``extra``: more entries for
+    ``results.json`` (e.g. the teacher's training time).  ->  the results."""
     t_start = time.perf_counter()
     out = Path(out_dir)
     teacher_file = checkpoint_file(teacher_path)
@@ -318,6 +320,7 @@ def run_study(
         "plots": plots,
         "machine": {"blas": blas_summary(), "threads": sc.threads},
         "seconds": time.perf_counter() - t_start,
+        **(extra or {}),
     }
     save_json(out / "results.json", results)
     write_report(results, out / "report.md")
