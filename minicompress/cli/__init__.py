@@ -16,7 +16,7 @@ import sys
 from minicompress.cli.common import Parser, UserError
 
 # the command modules, in the order --help lists them
-COMMANDS = ("demo", "train", "evaluate", "bench", "convert")
+COMMANDS = ("demo", "train", "evaluate", "compress", "bench", "convert")
 
 
 def build_parser() -> Parser:
