@@ -15,7 +15,7 @@ from collections import defaultdict
 import numpy as np
 
 from minicompress.deploy.ops import INFERENCE_OPS
-from minicompress.deploy.runtime import Runtime, one_blas_thread
+from minicompress.deploy.runtime import Runtime, single_threaded
 from minicompress.nn.backend import OpImpl
 from minicompress.nn.model import check_tokens, forward
 
@@ -60,17 +60,17 @@ def time_breakdown(
     runtime: Runtime, idx: np.ndarray, repeat: int = 5, clock=time.perf_counter
 ) -> dict[str, float]:
     """Milliseconds per forward pass spent in each part, the median of ``repeat`` passes
-    after one warm-up, on the calling thread with BLAS on one thread.
+    after one warm-up, on the calling thread (BLAS and Numba on one thread).
 
     idx: int [B, T]  ->  {part: ms} with the linear layers by kernel (``"linear
-    (DenseInference)"``), ``"attention"``, ``"layer norm"``, ``"GELU"``, ``"other"`` and
-    ``"total"``.
+    (DenseInference)"``), ``"attention"``, ``"layer norm"``, ``"GELU"``, ``"other"`` (the
+    median total minus the parts' medians) and ``"total"``.
     """
     idx = check_tokens(idx, runtime.cfg)
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
         raise ValueError(f"repeat must be an integer >= 1; got {repeat!r}")
     runs: list[dict[str, float]] = []
-    with one_blas_thread():
+    with single_threaded():
         for i in range(repeat + 1):
             c = _Clock(clock)
             ops = OpImpl(
@@ -85,9 +85,10 @@ def time_breakdown(
             forward(runtime.params, idx, runtime.cfg, _TimedLinear(runtime, c), op_impl=ops)
             total = clock() - t0
             if i:  # the first pass warms up caches and the allocator
-                parts = dict(c.seconds)
-                parts["other"] = total - sum(parts.values())
-                parts["total"] = total
-                runs.append(parts)
-    keys = sorted({k for r in runs for k in r}, key=lambda k: (k == "total", k == "other", k))
-    return {k: float(np.median([r.get(k, 0.0) for r in runs]) * 1e3) for k in keys}
+                runs.append({**c.seconds, "total": total})
+    keys = sorted({k for r in runs for k in r} - {"total"})
+    out = {k: float(np.median([r.get(k, 0.0) for r in runs]) * 1e3) for k in keys}
+    total = float(np.median([r["total"] for r in runs]) * 1e3)
+    out["other"] = total - sum(out.values())  # the medians of the parts add up to the total
+    out["total"] = total
+    return out

@@ -25,6 +25,7 @@ the duration of a call (``threadpoolctl``) and restored afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -124,6 +125,19 @@ def one_blas_thread():
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
+@contextlib.contextmanager
+def single_threaded():
+    """A context in which BLAS and this thread's Numba kernels run on the calling thread
+    only (Numba's thread count is per thread: the old one is restored on exit)."""
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with one_blas_thread():
+            yield
+    finally:
+        numba.set_num_threads(old)
+
+
 def _single_threaded_worker() -> None:
     numba.set_num_threads(1)  # thread-local: this worker's Numba kernels stay on it
 
@@ -219,9 +233,10 @@ class Runtime:
         def cut(a, s):
             return None if a is None else np.asarray(a)[s]
 
-        with one_blas_thread():
-            if len(parts) == 1:
+        if len(parts) == 1:
+            with single_threaded():
                 return self._forward_part(idx, pad_mask, token_types)
+        with one_blas_thread():
             pool = self._workers()
             futures = [
                 pool.submit(self._forward_part, idx[s], cut(pad_mask, s), cut(token_types, s))
@@ -240,8 +255,8 @@ class Runtime:
         use_cache: bool = True,
     ) -> np.ndarray:
         """``nn.model.generate`` (the one generation loop; with the key/value cache each new
-        token costs one position) on the runtime's ops and linear, BLAS on one thread."""
-        with one_blas_thread():
+        token costs one position) on the runtime's ops and linear, on the calling thread."""
+        with single_threaded():
             return generate(
                 self.params,
                 self.cfg,
