@@ -220,16 +220,18 @@ def run_recipe(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     eval_windows: int | None = None,
+    baseline_loss: float | None = None,
 ) -> Compressed:
     """Run ``recipe``'s stages in order on a copy of ``params`` (a trained float model of
-    ``cfg``); ``data``: the TextDataset the stages train on and measure with.
+    ``cfg``); ``data``: the TextDataset the stages train on and measure with;
+    ``baseline_loss``: the model's validation loss on ``eval_windows``, when already known.
     ->  Compressed; ``metrics`` holds the baseline, each stage's figures (val_ppl, its
     change against the baseline, parameters, sparsity, seconds) and the totals."""
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a deploy.recipe.Recipe; got {type(recipe).__name__}")
     t_start = time.perf_counter()
     model = Stage(_copy(params), cfg)
-    base = val_loss(model, data, eval_windows)
+    base = val_loss(model, data, eval_windows) if baseline_loss is None else baseline_loss
     stages = []
     say = log or (lambda s: None)
     say(f"baseline: val ppl {math.exp(base):.4f}, {count_params(params):,} parameters")

@@ -210,9 +210,10 @@ def _speeds(runtimes: dict, data, cfg: TransformerConfig, sc: StudyConfig) -> di
 # ----------------------------------------------------------------------------------------
 
 
-def _sweep_rows(params, cfg, data, sc: StudyConfig, base: float) -> list[dict]:
+def _sweep_rows(params, cfg, data, sc: StudyConfig) -> list[dict]:
     """One-shot global magnitude pruning at each sparsity (``prune.pipeline.prune_model``),
-    in the rows ``prune_plots.plot_sweep`` draws."""
+    in the rows ``prune_plots.plot_sweep`` draws, on ``sensitivity_windows`` windows."""
+    base = evaluate(params, cfg, data.val, sc.sensitivity_windows)
     rows = []
     for s in sc.sweep_sparsities:
         pc = PruneConfig("magnitude", s, scope="global", eval_windows=sc.sensitivity_windows)
@@ -251,6 +252,7 @@ def run_study(
     figures["teacher fp32"], runtimes["teacher fp32"] = measure(teacher_file, data, sc)
     rows.append({"method": "teacher fp32", "setting": "32 bit", "params": count_params(params),
                  "storage": {"fp32": len(params)}, "seconds": 0.0, "stages": []})  # fmt: skip
+    base_loss = evaluate(params, cfg, data.val, sc.eval_windows)  # shared by every recipe
     n = len(sc.methods)
     for i, method in enumerate(sc.methods, 1):
         log(f"[{i}/{n}] {method.name}: {method.recipe}")
@@ -258,7 +260,7 @@ def run_study(
         recipe = parse_recipe(_with_eval_windows(method.recipe, sc.eval_windows))
         result = run_recipe(
             params, cfg, vocab, data, recipe, progress=progress, log=log,
-            eval_windows=sc.eval_windows,
+            eval_windows=sc.eval_windows, baseline_loss=base_loss,
         )  # fmt: skip
         path = save_compressed(
             out / "models" / f"{slug(method.name)}.mc", result.stored, result.cfg, vocab,
@@ -292,12 +294,11 @@ def run_study(
     for rt in runtimes.values():
         rt.close()
     log("per-layer sensitivity and the sparsity sweep")
-    base_loss = math.log(base["val_ppl"])
     sens = layer_sensitivity(
         params, cfg, data.val, QuantSpec(4, "symmetric", "channel"),
         max_windows=sc.sensitivity_windows, progress=progress,
     )  # fmt: skip
-    sweep = _sweep_rows(params, cfg, data, sc, base_loss)
+    sweep = _sweep_rows(params, cfg, data, sc)
     plots = {
         "pareto": str(plot_size_vs_perplexity(rows, out / "pareto.png")),
         "sensitivity": str(
