@@ -22,6 +22,7 @@ from minicompress.report.demo_report import (
 
 METHODS = [
     "teacher fp32",
+    "fp32 fine-tuned (control)",
     "W8 weight-only",
     "W8A8 dynamic",
     "W4 QAT",

@@ -75,6 +75,8 @@ class StudyConfig:
 
 def _methods(ft: int, qat: int, cubic: int, student: dict, combined: dict) -> tuple:
     return (
+        # the fine-tune alone (lr 1e-3), the reference of every fine-tuned row (DESIGN.md)
+        Method("fp32 fine-tuned (control)", "32 bit", {"finetune": {"steps": ft}}),
         Method("W8 weight-only", "8 bit", {"quantize": {"bits": 8, "activations": "none"}}),
         Method("W8A8 dynamic", "8 bit", {"quantize": {"bits": 8}}),
         Method("W4 QAT", "4 bit", {"quantize": {"bits": 4}, "finetune": {"steps": qat}}),
