@@ -403,8 +403,8 @@ def test_demo_keeps_every_teacher_and_reuses_its_own(tmp_path, capsys):
     _, cfg, _, meta = load_checkpoint(quick)
     assert (cfg.n_layer, cfg.n_embd) == (2, 64) and meta["train"]["steps"] == 40
     row = json.loads((out / "results.json").read_text())["rows"][0]
-    assert row["val_ppl"] == pytest.approx(2 ** row["bpc"], rel=1e-9)
-    assert row["size_MB"] * 1e6 == quick.stat().st_size
+    assert row["method"] == "teacher fp32" and np.isfinite(row["val_ppl"])
+    assert row["file_bytes"] == quick.stat().st_size
     assert (out / "teacher-quick" / "loss.png").stat().st_size > 1000
 
     # 3. run again: the teacher of this configuration is reused, not trained

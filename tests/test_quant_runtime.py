@@ -88,12 +88,12 @@ def test_what_the_kernels_cannot_run_is_refused(rng):
 def test_a_saved_checkpoint_runs_on_the_kernels_as_stored(tmp_path):
     params, cfg, data = tiny_trained()
     q = ptq.quantize_weights(params, cfg, W8)
-    save_compressed(tmp_path / "w8", params, cfg, data.tokenizer.chars, q)
+    save_compressed(tmp_path / "w8", {**params, **q}, cfg, data.tokenizer.chars)
     loaded, cfg2, _, _ = load_int8(tmp_path / "w8", kernel_path="reference")
     in_memory = pack_int8_params(params, cfg, q, path="reference")
     x = eval_windows(data.val, cfg.block_size)[0][:4]
     assert np.array_equal(forward(loaded, x, cfg2, INT8)[0], forward(in_memory, x, cfg, INT8)[0])
     q4 = ptq.quantize_weights(params, cfg, QuantSpec(4, "asymmetric", "group", group_size=16))
-    save_compressed(tmp_path / "w4", params, cfg, data.tokenizer.chars, q4)
+    save_compressed(tmp_path / "w4", {**params, **q4}, cfg, data.tokenizer.chars)
     with pytest.raises(ValueError, match="the int8 kernel takes symmetric weights"):
         load_int8(tmp_path / "w4")

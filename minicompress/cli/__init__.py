@@ -16,7 +16,18 @@ import sys
 from minicompress.cli.common import Parser, UserError
 
 # the command modules, in the order --help lists them
-COMMANDS = ("demo", "train", "evaluate", "distill", "prune", "bench", "convert", "pretrained")
+COMMANDS = (
+    "demo",
+    "train",
+    "evaluate",
+    "quantize",
+    "distill",
+    "prune",
+    "compress",
+    "bench",
+    "convert",
+    "pretrained",
+)
 
 
 def build_parser() -> Parser:

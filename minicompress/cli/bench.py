@@ -1,5 +1,6 @@
-"""``minicompress bench train | kernels``: a training step against PyTorch, or the int8 and
-CSR kernels against NumPy, SciPy and PyTorch, timed in the same process."""
+"""``minicompress bench train | kernels | runtime``: a training step against PyTorch, the int8
+and CSR kernels against NumPy, SciPy and PyTorch, or the inference runtime against PyTorch
+eager and ``quantize_dynamic`` (forward and generation), timed in the same process."""
 
 from __future__ import annotations
 
@@ -12,11 +13,20 @@ from minicompress.report.table import format_table
 
 def register(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: a training step, or the kernels")
-    b.add_argument("what", choices=["train", "kernels"])
+    b.add_argument("what", choices=["train", "kernels", "runtime"])
     b.add_argument("--json", help="write the results to this JSON file")
     b.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     b.add_argument(
-        "--batch-size", type=flag_int(minimum=1), default=16, help="(bench train; default 16)"
+        "--batch-size",
+        type=flag_int(minimum=1),
+        default=None,
+        help="(bench train: default 16; bench runtime: default 32)",
+    )
+    b.add_argument(
+        "--model", help="(bench runtime) a checkpoint; default the teacher's shape, random"
+    )
+    b.add_argument(
+        "--threads", type=flag_int(minimum=1), default=2, help="(bench runtime; default 2)"
     )
     b.set_defaults(func=run)
 
@@ -27,7 +37,8 @@ def run(args) -> int:
     if args.json is not None:
         check_output_file("--json", args.json)
     t0 = time.perf_counter()
-    result = _bench_train(args) if args.what == "train" else _bench_kernels(args)
+    runs = {"train": _bench_train, "kernels": _bench_kernels, "runtime": _bench_runtime}
+    result = runs[args.what](args)
     if args.json is not None:
         payload = {**result, "blas": blas_summary(), "seconds": time.perf_counter() - t0}
         save_json(args.json, payload)
@@ -38,7 +49,7 @@ def run(args) -> int:
 def _bench_train(args) -> dict:
     from minicompress.report.bench_train import run_train_bench
 
-    r = run_train_bench(batch_size=args.batch_size, repeat=3 if args.quick else 10)
+    r = run_train_bench(batch_size=args.batch_size or 16, repeat=3 if args.quick else 10)
     print(f"NumPy BLAS: {r['blas']}")
     cols = ("batch_size", "tokens_per_step", "numpy_ms", "torch_ms", "ratio")
     print(format_table([{k: r[k] for k in cols}]))
@@ -68,3 +79,24 @@ def _bench_kernels(args) -> dict:
     print("\nstorage of a 768 x 3072 weight at 90% sparsity:")
     print(format_table(sizes))
     return {"records": int8 + csr, "storage": sizes}
+
+
+def _bench_runtime(args) -> dict:
+    from minicompress.report.bench_runtime import format_runtime_bench, run_runtime_bench
+
+    params = cfg = None
+    if args.model is not None:
+        from minicompress.nn.checkpoint import load_checkpoint
+
+        params, cfg, _, _ = load_checkpoint(args.model)
+    r = run_runtime_bench(
+        params,
+        cfg,
+        batch_size=args.batch_size or 32,
+        threads=args.threads,
+        rounds=2 if args.quick else 3,
+        repeat=2 if args.quick else 5,
+        gen_tokens=30 if args.quick else 100,
+    )
+    print(format_runtime_bench(r))
+    return r

@@ -1,5 +1,7 @@
-"""``minicompress demo [--quick]``: train the teacher (or reuse the one trained before) and
-print its size / quality / latency table.
+"""``minicompress demo [--quick]``: train the teacher (or reuse the one trained before),
+compress it with every technique of the course (``report.demo_report``: W8 weight-only,
+W8A8, W4 QAT, 50% and 80% unstructured pruning, heads removed, a distilled student, the
+combined recipe) and print the table: size, compression ratio, perplexity, tokens/s.
 
 Each configuration has its own teacher folder under ``--out`` (``teacher`` for the
 default, ``teacher-quick`` for ``--quick``, ``-seedN`` appended for another seed), so a
@@ -19,11 +21,10 @@ import numpy as np
 from minicompress.cli.common import UserError, check_output_dir, check_output_file, flag_int
 from minicompress.cli.train import LOSS_PLOT, metrics
 from minicompress.data.corpus import CharTokenizer, builtin_text, make_dataset
-from minicompress.fileio import json_safe, save_json
-from minicompress.nn.checkpoint import CHECKPOINT_FILE, checkpoint_file, load_checkpoint
-from minicompress.nn.model import TransformerConfig, count_params, forward, generate, init_params
+from minicompress.fileio import json_safe
+from minicompress.nn.checkpoint import checkpoint_file, load_checkpoint
+from minicompress.nn.model import TransformerConfig, count_params, init_params
 from minicompress.nn.train import TrainConfig, evaluate, train
-from minicompress.report.table import format_table
 
 QUICK_MODEL = {"n_layer": 2, "n_embd": 64, "n_head": 4, "block_size": 64}  # trains in seconds
 QUICK_TRAIN = {"steps": 40, "eval_every": 0, "warmup": 10}
@@ -83,17 +84,6 @@ def reuse_teacher(folder: Path, cfg, tc, vocab) -> dict | None:
     return params
 
 
-def _latency_ms(params, cfg, repeat: int = 20) -> float:
-    """Time of one forward pass over a full context of one sequence: the best median of 3
-    rounds, each after a pause (right after training or evaluation, BLAS threads still
-    busy made the first median 1000x the next one on a loaded machine)."""
-    from minicompress.report.timing import best_of_rounds
-
-    x = np.zeros((1, cfg.block_size), dtype=np.int64)
-    fn = lambda: forward(params, x, cfg)  # noqa: E731
-    return best_of_rounds({"fp32": fn}, rounds=3, repeat=repeat, pause_s=0.2)["fp32"]
-
-
 def run(args) -> int:
     quick = args.quick
     out = Path(args.out or ("runs/demo-quick" if quick else "runs/demo"))
@@ -102,7 +92,9 @@ def run(args) -> int:
     cfg, tc, name = teacher_plan(quick, args.seed, tok.vocab_size)
     teacher_dir = out / name
     check_output_dir("--out", teacher_dir)
-    check_output_file("--out", out / RESULTS)  # written after the training: checked before
+    for written in (RESULTS, "report.md", "pareto.png", "sensitivity.png", "sparsity_sweep.png"):
+        check_output_file("--out", out / written)  # written after the training: checked before
+    check_output_dir("--out", out / "models")
     data = make_dataset(text, cfg.block_size, tokenizer=tok)
     params = None if args.retrain else reuse_teacher(teacher_dir, cfg, tc, tok.chars)
     if params is not None:
@@ -122,34 +114,33 @@ def run(args) -> int:
 
         plot_loss_curve(hist, teacher_dir / LOSS_PLOT, "teacher")
     m = metrics(loss, params)
-    rows = [
-        {
-            "model": "teacher fp32",
-            "params": m["params"],
-            "size_MB": checkpoint_file(teacher_dir).stat().st_size / 1e6,
-            "ratio": 1.0,
-            "val_ppl": m["val_ppl"],
-            "bpc": m["bpc"],
-            "latency_ms": _latency_ms(params, cfg, 5 if quick else 20),
-        }
-    ]
-    print()
-    print(format_table(rows))
-    print("(size: the checkpoint file; latency: one forward pass over a full context)")
+    print(
+        f"teacher: val ppl {m['val_ppl']:.4f}, {m['bpc']:.3f} bits/char, {m['params']:,} parameters"
+    )
     if (teacher_dir / LOSS_PLOT).exists():
-        print(f"\nloss curve: {teacher_dir / LOSS_PLOT}")
-    save_json(
-        out / RESULTS,
-        {"rows": rows, "teacher": str(teacher_dir / CHECKPOINT_FILE), "train_seconds": seconds},
+        print(f"loss curve: {teacher_dir / LOSS_PLOT}")
+    from minicompress.report.demo_report import format_results, run_study, study_config
+
+    print("\ncompressing the teacher with every technique (each model saved, then measured)")
+    results = run_study(
+        teacher_dir,
+        out,
+        study_config(quick),
+        text=text,
+        progress=not args.no_progress,
+        extra={"train_seconds": seconds},
     )
-    sample = generate(
-        params,
-        cfg,
-        data.tokenizer.encode("The "),
-        40 if quick else 200,
-        np.random.default_rng(0),
-        temperature=0.8,
-        top_k=20,
+    print()
+    print(format_results(results))
+    print(
+        "(size: the checkpoint file on disk; val_ppl: every validation window, on the runtime; "
+        "tokens/s: the runtime's forward over a batch, speed-up against the fp32 teacher)"
     )
-    print("\nsample:\n" + data.tokenizer.decode(sample))
+    if results["targets"]:
+        met = ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in results["targets"].items())
+        print(f"combined recipe targets (>= 10x smaller, <= 10% ppl, >= 3x tokens/s): {met}")
+    print(f"\nreport: {out / 'report.md'}; table: {out / RESULTS}; models: {out / 'models'}")
+    print("plots: " + ", ".join(results["plots"].values()))
+    combined = results["rows"][-1]
+    print(f"\nsample of the {combined['method']} model:\n{combined['sample']}")
     return 0

@@ -56,7 +56,9 @@ def run_quantize(
     baseline = perplexity(params, cfg, data.val)
     result = quantize_model(params, cfg, data, qc, progress)
     val_ppl = perplexity(result.sim_params, cfg, data.val, result.linear)
-    file = save_compressed(out, result.params, cfg, vocab, result.qtensors, {**meta, **result.meta})
+    file = save_compressed(
+        out, {**result.params, **result.qtensors}, cfg, vocab, {**meta, **result.meta}
+    )
     report = {
         "val_ppl": val_ppl,
         "baseline_val_ppl": baseline,

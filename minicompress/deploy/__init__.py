@@ -1,10 +1,14 @@
-"""Deployment: the compressed checkpoint format (``format.py``) and the runtimes built on it.
+"""Deployment: the compressed checkpoint format (``format.py``), what the runtime runs for
+a checkpoint (``compressed.py``), the inference runtime (``ops.py``, ``runtime.py``) and the
+combined pipeline (``recipe.py``, ``pipeline.py``).
 
 ``load_compressed(path)`` reads any checkpoint, dense or compressed, as float32 parameters
-(the signature of ``nn.checkpoint.load_checkpoint``).
+(the signature of ``nn.checkpoint.load_checkpoint``); ``load_runtime(path)`` runs it.
 """
 
+from minicompress.deploy.compressed import load_runtime
 from minicompress.deploy.format import (
+    dense_params,
     load_compressed,
     load_int8,
     load_quantized,
@@ -12,4 +16,12 @@ from minicompress.deploy.format import (
     save_compressed,
 )
 
-__all__ = ["load_compressed", "load_int8", "load_quantized", "read_compressed", "save_compressed"]
+__all__ = [
+    "dense_params",
+    "load_compressed",
+    "load_int8",
+    "load_quantized",
+    "load_runtime",
+    "read_compressed",
+    "save_compressed",
+]

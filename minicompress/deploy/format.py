@@ -19,8 +19,11 @@ an encoder ``obj -> Encoded``, a decoder ``(attrs, arrays) -> obj`` that refuses
 cannot read, and ``to_dense(obj) -> float32``. Pruning's ``csr`` (``prune.sparse``: CSR of
 w.T with float32 or int8 values) is registered so, below: no new format.
 
-``save_compressed`` writes a model through ``nn.checkpoint.write_checkpoint`` (one file,
-atomic, SHA-256, format version); ``read_compressed`` decodes every tensor (for a runtime:
+A compressed model in memory is a dict of parameter name -> tensor, each what its
+technique made: a float32 array (also a layer that structured pruning shrank: it is just
+smaller), a ``QuantizedTensor``, a ``SparseWeight``. ``save_compressed`` writes one through
+``nn.checkpoint.write_checkpoint`` (one file, atomic, SHA-256, format version);
+``read_compressed`` decodes every tensor (for a runtime:
 the QuantizedTensors); ``load_compressed`` returns float32 parameters like
 ``load_checkpoint``, ``load_quantized`` adds the linear that simulates the recorded
 activation quantization (for ``eval``, ``generate``), ``load_int8`` packs the stored codes
@@ -209,9 +212,9 @@ def decode_quantized(attrs: dict, arrays: dict) -> QuantizedTensor:
 CODECS: dict[str, Codec] = {FP32: Codec(encode_fp32, decode_fp32, lambda a: a)}
 for _name in INT_ENCODINGS:
     CODECS[_name] = Codec(encode_quantized, decode_quantized, dequantize_tensor)
-ENCODERS: list[tuple[type, Callable[[object], Encoded]]] = [
-    (QuantizedTensor, encode_quantized),  # before ndarray: a NamedTuple is not an array
-    (np.ndarray, encode_fp32),
+ENCODERS: list[tuple[type, Codec]] = [
+    (QuantizedTensor, CODECS["int8"]),  # before ndarray: a NamedTuple is not an array
+    (np.ndarray, CODECS[FP32]),
 ]
 
 
@@ -223,7 +226,7 @@ def register_encoding(name: str, codec: Codec, types: tuple[type, ...] = ()) -> 
     if not isinstance(codec, Codec):
         raise TypeError(f"codec must be a Codec(encode, decode, to_dense); got {type(codec)}")
     CODECS[name] = codec
-    ENCODERS[:0] = [(t, codec.encode) for t in types]
+    ENCODERS[:0] = [(t, codec) for t in types]
 
 
 # pruning's sparse weights: CSR of w.T, float32 or int8 values (prune/sparse.py)
@@ -234,13 +237,18 @@ register_encoding(
 )
 
 
-def encode_tensor(obj: object) -> Encoded:
-    """Encode a parameter as what it is: an array as fp32, a QuantizedTensor as intN, an
-    object of a registered type with its encoder."""
-    for kind, encode in ENCODERS:
+def codec_of(obj: object) -> Codec:
+    """The codec of a parameter as what it is: an array fp32, a QuantizedTensor intN, an
+    object of a registered type its registered codec."""
+    for kind, codec in ENCODERS:
         if isinstance(obj, kind):
-            return encode(obj)
+            return codec
     raise TypeError(f"no encoding for a {type(obj).__name__}; register one")
+
+
+def encode_tensor(obj: object) -> Encoded:
+    """Encode a parameter as what it is (see ``codec_of``)."""
+    return codec_of(obj).encode(obj)
 
 
 def decode_tensor(name: str, encoding: str, attrs: dict, arrays: dict) -> object:
@@ -281,32 +289,40 @@ class CompressedModel(NamedTuple):
     file_bytes: int  # its size on disk
 
 
+def dense_value(obj: object) -> np.ndarray:
+    """The float32 values a tensor in memory stands for: an array itself, codes dequantized
+    (``quant.tensor.dequantize_tensor``), CSR made dense (``prune.sparse.to_dense_weight``)."""
+    return codec_of(obj).to_dense(obj)
+
+
+def dense_params(params: dict) -> dict[str, np.ndarray]:
+    """float32 values of every tensor of a compressed model in memory (name -> array,
+    QuantizedTensor, SparseWeight...): the weights its simulation runs."""
+    return {name: dense_value(obj) for name, obj in params.items()}
+
+
 def save_compressed(
     path: str | Path,
     params: dict,
     cfg: TransformerConfig,
     vocab: list[str],
-    compressed: dict[str, object],
     meta: dict | None = None,
 ) -> Path:
-    """Write a model whose tensors ``compressed`` replaces (QuantizedTensor, or any
-    registered type) and whose others are fp32, as one checkpoint file (atomically, with
-    the checksum of ``nn.checkpoint``). Every tensor is checked before a byte is written:
-    the parameters fit the config, and each compressed tensor decodes to its parameter's
-    shape. Returns the file."""
-    check_savable(params, cfg, vocab, meta)
-    unknown = sorted(set(compressed) - set(params))
-    if unknown:
-        raise ValueError(f"compressed tensors {unknown[:5]} are not parameters of the model")
-    tensors = {}
-    for name, a in params.items():
-        enc = encode_tensor(compressed.get(name, a))
-        dense = to_dense(enc.encoding, decode_tensor(name, enc.encoding, enc.attrs, enc.arrays))
-        if dense.shape != a.shape:
-            raise ValueError(
-                f"compressed tensor {name!r} has shape {dense.shape}; the parameter is {a.shape}"
-            )
+    """Write a model whose tensors are objects of any encoding (``params``: name -> float
+    array, ``QuantizedTensor``, ``SparseWeight``, or a registered type) as one checkpoint
+    file, atomically, with the checksum of ``nn.checkpoint``. Everything is checked before
+    a byte is written: each tensor encodes and decodes back to values of its parameter's
+    shape, and those values make the config's model. ->  the file written."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of name -> tensor; got {type(params).__name__}")
+    tensors, dense = {}, {}
+    for name, obj in params.items():
+        enc = encode_tensor(obj)
         tensors[name] = enc
+        dense[name] = to_dense(
+            enc.encoding, decode_tensor(name, enc.encoding, enc.attrs, enc.arrays)
+        )
+    check_savable(dense, cfg, vocab, meta)
     return write_checkpoint(path, cfg, vocab, tensors, meta)
 
 

@@ -423,6 +423,8 @@ def _linear_any_shape(x, packed, act_scale, act_zero_point) -> np.ndarray:
         raise ValueError("x must have shape [..., K]; got a 0-d array")
     if x.shape[-1] != packed.k:
         raise ValueError(f"x is {x.shape}: x.shape[-1] must equal the layer's K={packed.k}")
-    x2 = np.asarray(x).reshape(-1, x.shape[-1])  # [..., K] -> [M, K]
+    # [..., K] -> [M, K], a plain array with NumPy's own float32 dtype object (arrays read
+    # from a file carry an equal but distinct one, and the fast path tests identity)
+    x2 = np.asarray(x).reshape(-1, x.shape[-1]).view(_FLOAT32)
     y = int8_linear(x2, packed, act_scale, act_zero_point)  # [M, N]
     return y.reshape(*x.shape[:-1], packed.n)  # [..., N]

@@ -95,7 +95,11 @@ def run_experiments(
         q = quantize_model(params, cfg, data, qc, progress=False)
         ppl = perplexity(q.sim_params, cfg, data.val, q.linear)
         path = save_compressed(
-            out / "models" / _slug(label), q.params, cfg, vocab, q.qtensors, {**meta, **q.meta}
+            out / "models" / _slug(label),
+            {**q.params, **q.qtensors},
+            cfg,
+            vocab,
+            {**meta, **q.meta},
         )
         row = {
             "method": label,
