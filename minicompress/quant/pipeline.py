@@ -17,7 +17,13 @@ import numpy as np
 
 from minicompress.nn.linear import DENSE
 from minicompress.nn.model import TransformerConfig
-from minicompress.quant.calibrate import calibrate, calibration_batches, static_qparams
+from minicompress.quant import smooth
+from minicompress.quant.calibrate import (
+    calibrate,
+    calibration_batches,
+    record_inputs,
+    static_qparams,
+)
 from minicompress.quant.linear import ACTIVATION_MODES, FakeQuantLinear
 from minicompress.quant.observers import OBSERVERS
 from minicompress.quant.ptq import (
@@ -42,6 +48,8 @@ class QuantizeConfig:
     activations: str = "none"  # none (weight-only) | static (calibrated) | dynamic (per token)
     calibration: str = "minmax"  # the observer of static activations
     calib_batches: int = 8  # calibration batches of 16 training windows
+    smooth: float = 0.0  # SmoothQuant migration strength alpha (0: off; the paper's 0.5)
+    awq: bool = False  # AWQ: search per-channel weight scales on the calibration inputs
     qat_steps: int = 0  # quantization-aware fine-tune steps before quantizing (0: PTQ)
     qat_lr: float = 1e-3  # its peak learning rate (the teacher's 6e-3 hurts a fine-tune)
     embeddings: bool = True  # quantize wte/wpe too (8-bit symmetric per row)
@@ -70,6 +78,14 @@ class QuantizeConfig:
             low = 1 if name == "calib_batches" else 0
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}; got {v!r}")
+        smooth.check_alpha(self.smooth)
+        if (self.smooth or self.awq) and self.granularity == "model":
+            raise ValueError(
+                "smooth and awq scale each layer's rows: not with granularity model "
+                "(one shared range)"
+            )
+        if self.smooth and self.awq:
+            raise ValueError("choose smooth (for activations) or awq (for weights), not both")
         if not self.qat_lr > 0:
             raise ValueError(f"qat_lr must be > 0; got {self.qat_lr}")
 
@@ -113,25 +129,47 @@ def quantize_model(
     if qc.qat_steps:  # with quantized activations, QAT trains through per-token ones
         act_mode = "none" if qc.activations == "none" else "dynamic"
         qat(params, cfg, data, spec, finetune_config(qc), act_mode, progress=progress)
-    embedding_spec = EMBEDDING_SPEC if qc.embeddings else None
-    qtensors = quantize_weights(params, cfg, spec, embedding_spec=embedding_spec, clip=qc.clip)
-    sim_params = dequantized_params(params, qtensors)
+    batches = None  # training windows, for the activations' statistics
+    if qc.smooth or qc.awq or qc.activations == "static":
+        rng = np.random.default_rng([qc.seed, 2])
+        batches = calibration_batches(data.train, qc.calib_batches, 16, cfg.block_size, rng)
     record = {
         "weights": spec.to_dict(),
         "activations": qc.activations,
         "config": dataclasses.asdict(qc),
     }
+    if qc.smooth or qc.awq:
+        params, record["input_scales"] = scale_inputs(params, cfg, batches, qc)
+    embedding_spec = EMBEDDING_SPEC if qc.embeddings else None
+    qtensors = quantize_weights(params, cfg, spec, embedding_spec=embedding_spec, clip=qc.clip)
+    sim_params = dequantized_params(params, qtensors)
     linear = DENSE
     if qc.activations == "dynamic":
         linear = FakeQuantLinear(activations="dynamic")
     elif qc.activations == "static":
-        rng = np.random.default_rng([qc.seed, 2])
-        batches = calibration_batches(data.train, qc.calib_batches, 16, cfg.block_size, rng)
         ranges = calibrate(sim_params, cfg, batches, qc.calibration, act_spec, progress=progress)
         act_qparams = static_qparams(ranges, act_spec.bits, act_spec.scheme)
         linear = FakeQuantLinear(activations="static", act_qparams=act_qparams)
         record["act_qparams"] = {n: [float(s), int(z)] for n, (s, z) in act_qparams.items()}
     return Quantized(params, qtensors, sim_params, linear, {"quantization": record})
+
+
+def scale_inputs(params: dict, cfg: TransformerConfig, batches, qc: QuantizeConfig):
+    """SmoothQuant (``qc.smooth`` = alpha) or AWQ (``qc.awq``) on the foldable layers
+    (``smooth.foldable_layers``), from their inputs over ``batches`` of the float model.
+    -> (the equivalent parameters with the scales folded in, {layer: the alpha used})."""
+    layers = list(smooth.foldable_layers(cfg))
+    inputs = record_inputs(params, cfg, batches, layers)  # {layer: [n_tokens, K]}
+    scales, used = {}, {}
+    for name in layers:
+        w = params[name + ".w"]  # [K, N]
+        if qc.smooth:
+            act_absmax, _ = smooth.channel_stats({name: inputs[name]})[name]
+            scales[name] = smooth.smoothquant_scales(act_absmax, np.abs(w).max(axis=1), qc.smooth)
+            used[name] = qc.smooth
+        else:
+            scales[name], used[name] = smooth.awq_search(inputs[name], w, qc.weight_spec())
+    return smooth.fold_input_scales(params, cfg, scales), used
 
 
 def simulation_linear(meta: dict):
