@@ -1,6 +1,7 @@
 """minicompress/quant/runtime.py: the model on the int8 kernels against its fake-quant
 simulation (one layer to float rounding; the whole model within the stated tolerance),
-W4A8 on the same kernels, and what the kernels cannot run, refused."""
+W4A8 on the same kernels, static calibrated activations on the kernels' static variant,
+and what the kernels cannot run, refused."""
 
 from __future__ import annotations
 
@@ -15,8 +16,16 @@ from minicompress.kernels import int8_kernel_path, pack_quantized_int8_linear
 from minicompress.nn.model import forward
 from minicompress.nn.ops import cross_entropy_forward
 from minicompress.quant import ptq
+from minicompress.quant.calibrate import static_qparams
 from minicompress.quant.linear import FakeQuantLinear
-from minicompress.quant.runtime import INT8, int8_weights, pack_int8_params
+from minicompress.quant.pipeline import QuantizeConfig, quantize_model
+from minicompress.quant.runtime import (
+    INT8,
+    Int8Linear,
+    int8_weights,
+    pack_int8_params,
+    runtime_linear,
+)
 from minicompress.quant.tensor import QuantSpec, dequantize_tensor, quantize_tensor
 
 PATHS = ["reference", "portable", int8_kernel_path("auto")]
@@ -97,3 +106,41 @@ def test_a_saved_checkpoint_runs_on_the_kernels_as_stored(tmp_path):
     save_compressed(tmp_path / "w4", {**params, **q4}, cfg, data.tokenizer.chars)
     with pytest.raises(ValueError, match="the int8 kernel takes symmetric weights"):
         load_int8(tmp_path / "w4")
+
+
+@pytest.mark.parametrize("path", sorted(set(PATHS)))
+def test_static_activations_one_layer_equals_its_simulation(path, rng):
+    x = (rng.standard_normal((2, 9, 48)) * 1.5 + 0.2).astype(np.float32)  # [B, T, K]
+    w = (rng.standard_normal((48, 40)) * 0.2).astype(np.float32)  # [K, N]
+    b = rng.standard_normal(40).astype(np.float32)
+    qt = quantize_tensor(w, W8)
+    packed = pack_quantized_int8_linear(*int8_weights("l", qt), b, path)
+    # a calibrated range narrower than x's: some values are clipped on both sides
+    qparams = static_qparams({"l": (np.float32(-2.0), np.float32(2.5))})
+    y_int, _ = Int8Linear(qparams).forward("l", x, packed, b)
+    sim = FakeQuantLinear(activations="static", act_qparams=qparams)
+    y_sim, _ = sim.forward("l", x, dequantize_tensor(qt), b)
+    assert_close(y_int, y_sim, rtol=0, atol=1e-5 * np.abs(y_sim).max(), name=f"y ({path})")
+    y_dyn, _ = INT8.forward("l", x, packed, b)  # and it is not the dynamic result
+    assert np.abs(y_dyn - y_int).max() > 1e-3 * np.abs(y_sim).max()
+    with pytest.raises(ValueError, match="no calibrated activation scale for layer 'other'"):
+        Int8Linear(qparams).forward("other", x, packed, b)
+
+
+def test_static_w8a8_model_on_int8_kernels_matches_simulation():
+    params, cfg, data = tiny_trained()
+    qc = QuantizeConfig(8, activations="static", calib_batches=1)
+    q = quantize_model(params, cfg, data, qc, progress=False)
+    int_params = pack_int8_params(q.params, cfg, q.qtensors)
+    linear = runtime_linear(q.meta)
+    assert linear.act_qparams is not None and runtime_linear({}) is INT8
+    x, y = eval_windows(data.val, cfg.block_size)
+    x, y = x[:32], y[:32]
+    logits_sim, _ = forward(q.sim_params, x, cfg, q.linear)
+    logits_int, _ = forward(int_params, x, cfg, linear)
+    scale = np.abs(logits_sim).max()  # the tolerance of the dynamic test above
+    diff = np.abs(logits_int - logits_sim)
+    assert diff.mean() <= 1e-3 * scale and diff.max() <= 2e-2 * scale, (diff.mean(), diff.max())
+    ce_sim, _ = cross_entropy_forward(logits_sim, y)
+    ce_int, _ = cross_entropy_forward(logits_int, y)
+    assert abs(ce_int / ce_sim - 1) <= 1e-4

@@ -6,7 +6,9 @@ scale per output channel, the bias); ``Int8Linear`` is the ``linear`` that runs 
 layers on ``kernels.int8_linear``: each token's activations are quantized to uint8 with
 their own range (dynamic, per row), multiplied in int32, rescaled to float32. The model
 passes each layer's weight entry to the ``linear`` without reading it, so nothing else
-changes. Layers left in float (an unquantized head, say) run the dense product.
+changes. Layers left in float (an unquantized head, say) run the dense product. With
+calibrated activation scales (``Int8Linear(act_qparams)``, W8A8 static) the kernel's
+static variant quantizes every token with its layer's fixed scale and zero point.
 
 What it computes is exactly the simulation ``FakeQuantLinear(activations="dynamic")`` on
 ``ptq.dequantized_params`` (8-bit asymmetric activations per token, the same weights),
@@ -75,7 +77,18 @@ def pack_int8_params(
 class Int8Linear:
     """Runs every layer whose weight is a ``PackedInt8Linear`` on ``int8_linear`` (the bias
     is inside the packed layer: the ``b`` the model passes is not added again); any other
-    layer runs the dense float product. Inference only: there is no backward."""
+    layer runs the dense float product. Inference only: there is no backward.
+
+    act_qparams: None (dynamic activations: each token's own range, the default), or
+    {layer: (scale, zero_point)} calibrated ahead of time (``calibrate.static_qparams``,
+    8-bit asymmetric): the kernel's static variant quantizes every row with those; the
+    result is then ``FakeQuantLinear(activations="static", act_qparams=...)`` on the same
+    weights, up to float rounding."""
+
+    def __init__(self, act_qparams: dict | None = None):
+        if act_qparams is not None:
+            act_qparams = {n: (np.float32(s), int(z)) for n, (s, z) in dict(act_qparams).items()}
+        self.act_qparams = act_qparams
 
     def forward(self, name: str, x: np.ndarray, w, b: np.ndarray | None):
         """x [..., K] -> y [..., N]."""
@@ -84,7 +97,12 @@ class Int8Linear:
         rows = x.reshape(-1, x.shape[-1])  # [..., K] -> [M, K]
         if rows.dtype != np.float32:
             rows = rows.astype(np.float32)
-        y = int8_linear(rows, w)  # [M, N], bias included
+        if self.act_qparams is None:
+            y = int8_linear(rows, w)  # [M, N], bias included
+        elif name in self.act_qparams:
+            y = int8_linear(rows, w, *self.act_qparams[name])  # [M, N], static activations
+        else:
+            raise ValueError(f"no calibrated activation scale for layer {name!r}: calibrate it")
         return y.reshape(*x.shape[:-1], w.n), None
 
     def backward(self, name: str, dy: np.ndarray, cache):
@@ -94,7 +112,18 @@ class Int8Linear:
         )
 
     def __repr__(self) -> str:
-        return "Int8Linear()"
+        mode = "dynamic" if self.act_qparams is None else f"static, {len(self.act_qparams)} layers"
+        return f"Int8Linear({mode})"
 
 
 INT8 = Int8Linear()
+
+
+def runtime_linear(meta: dict) -> Int8Linear:
+    """The ``Int8Linear`` that runs a checkpoint as it was quantized: static activations
+    with the scales recorded in ``meta["quantization"]["act_qparams"]``, dynamic ones
+    otherwise (a weight-only checkpoint runs W8A8 dynamic on the kernels)."""
+    record = meta.get("quantization") or {}
+    if record.get("activations") == "static":
+        return Int8Linear(record.get("act_qparams", {}))
+    return INT8

@@ -37,6 +37,8 @@ from minicompress.report.table import format_table
 
 CALIB_BATCHES = 4  # static calibration: 4 batches of 16 = 64 training windows (issue #18's)
 
+SMOOTH_ALPHAS = (0.5, 0.75)  # SmoothQuant migration strengths tried (the paper's 0.5 first)
+
 
 def rows_to_run(qat_steps: int) -> list[tuple[str, QuantizeConfig]]:
     """(label, QuantizeConfig) of every row of the table."""
@@ -56,6 +58,8 @@ def rows_to_run(qat_steps: int) -> list[tuple[str, QuantizeConfig]]:
         ("W4 per channel, MSE clipping", QuantizeConfig(4, "channel", scheme=asym, clip="mse")),
         ("W4 group 64, MSE clipping", QuantizeConfig(4, "group", 64, scheme=asym, clip="mse")),
         ("W4 group 32, MSE clipping", QuantizeConfig(4, "group", 32, scheme=asym, clip="mse")),
+        ("W4 group 64, AWQ", QuantizeConfig(4, "group", 64, scheme=asym, awq=True)),
+        ("W4 group 32, AWQ", QuantizeConfig(4, "group", 32, scheme=asym, awq=True)),
         ("W3 group 32", QuantizeConfig(3, "group", 32, scheme=asym)),
         ("W3 group 32, MSE clipping", QuantizeConfig(3, "group", 32, scheme=asym, clip="mse")),
         ("W2 group 32", QuantizeConfig(2, "group", 32, scheme=asym)),
@@ -64,6 +68,12 @@ def rows_to_run(qat_steps: int) -> list[tuple[str, QuantizeConfig]]:
     for obs in OBSERVERS:
         qc = QuantizeConfig(8, activations="static", calibration=obs, calib_batches=CALIB_BATCHES)
         rows.append((f"W8A8 static, {obs}", qc))
+    for alpha in SMOOTH_ALPHAS:
+        for obs in ("minmax", "percentile"):
+            qc = QuantizeConfig(
+                8, activations="static", calibration=obs, calib_batches=CALIB_BATCHES, smooth=alpha
+            )
+            rows.append((f"W8A8 static, {obs}, SmoothQuant {alpha}", qc))
     if qat_steps:
         qc = QuantizeConfig(4, "group", 32, scheme=asym, qat_steps=qat_steps)
         rows.append((f"W4 group 32 after {qat_steps} QAT steps", qc))
