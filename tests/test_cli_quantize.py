@@ -95,6 +95,7 @@ def test_cli_w4_group_with_qat_and_json(teacher, tmp_path, monkeypatch, capsys):
         (["--activations", "int8"], "--activations int8: activations must be one of"),
         (["--calibration", "entropy"], "--calibration entropy: calibration must be one of"),
         (["--scheme", "log", "--bits", "1"], "--bits 1: bits must be in [2, 8]"),
+        (["--smooth", "1.5"], "--smooth 1.5: alpha must be a number in [0, 1]"),
     ],
 )
 def test_cli_bad_flags_one_line(teacher, tmp_path, monkeypatch, capsys, flags, message):
@@ -116,3 +117,33 @@ def test_cli_refuses_to_overwrite_its_input_or_read_a_missing_model(
     assert quantize_cli(monkeypatch, tmp_path / "none", "--out", tmp_path / "q") == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and err.count("\n") == 1
+
+
+def test_eval_and_generate_read_a_quantized_checkpoint(teacher, tmp_path, monkeypatch, capsys):
+    folder, text = teacher
+    out, js = tmp_path / "q", tmp_path / "q.json"
+    flags = ["--activations", "static", "--calib-batches", 1, "--smooth", 0.5]
+    status = quantize_cli(monkeypatch, folder, *flags, "--out", out, "--json", js, "--text", text)
+    assert status == 0, capsys.readouterr().err
+    report = json.loads(js.read_text())
+    assert report["smooth"] == 0.5
+    capsys.readouterr()
+    metrics = tmp_path / "eval.json"
+    assert cli.main(["eval", str(out), "--text", str(text), "--json", str(metrics)]) == 0
+    # eval runs the checkpoint as it was quantized: its static activations included
+    assert json.loads(metrics.read_text())["val_ppl"] == pytest.approx(report["val_ppl"], 1e-9)
+    capsys.readouterr()
+    argv = ["generate", str(out), "--prompt", "The", "--tokens", "5", "--temperature", "0"]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.startswith("The")
+
+
+def test_cli_awq_flag(teacher, tmp_path, monkeypatch, capsys):
+    folder, text = teacher
+    flags = ["--bits", 4, "--granularity", "group", "--group-size", 16, "--scheme", "asymmetric"]
+    flags += ["--awq", "true", "--calib-batches", 1, "--no-progress"]
+    status = quantize_cli(monkeypatch, folder, *flags, "--out", tmp_path / "a", "--text", text)
+    assert status == 0, capsys.readouterr().err
+    meta = read_compressed(tmp_path / "a").meta
+    assert meta["quantization"]["config"]["awq"] is True
+    assert "blocks.0.mlp.fc" in meta["quantization"]["input_scales"]

@@ -1,5 +1,7 @@
 """``minicompress eval`` (validation perplexity, bits per character) and ``minicompress
-generate`` (sample text) on a checkpoint."""
+generate`` (sample text) on a checkpoint, dense or compressed: a quantized checkpoint runs
+as it was quantized (``deploy.format.load_quantized``: dequantized weights, and the
+activations' fake quantization it records)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from minicompress.cli.common import (
 from minicompress.cli.train import metrics
 from minicompress.data.corpus import CharTokenizer, make_dataset
 from minicompress.fileio import save_json
-from minicompress.nn.checkpoint import checkpoint_file, load_checkpoint
+from minicompress.deploy.format import load_quantized
+from minicompress.nn.checkpoint import checkpoint_file
 from minicompress.nn.model import generate
 from minicompress.nn.train import evaluate
 from minicompress.report.table import format_table
@@ -49,13 +52,13 @@ def register(sub) -> None:
 def run_eval(args) -> int:
     if args.json is not None:
         check_output_file("--json", args.json, inputs=[checkpoint_file(args.model), args.text])
-    params, cfg, vocab, _ = load_checkpoint(args.model)
+    params, cfg, vocab, _, linear = load_quantized(args.model)
     text = read_text(args.text)
     try:
         data = make_dataset(text, cfg.block_size, tokenizer=CharTokenizer(vocab))
     except ValueError as e:
         raise UserError(f"--text: {e}") from None
-    m = metrics(evaluate(params, cfg, data.val), params)
+    m = metrics(evaluate(params, cfg, data.val, linear=linear), params)
     print(format_table([m], floatfmt=".4f"))
     if args.json is not None:
         save_json(args.json, m)
@@ -63,7 +66,7 @@ def run_eval(args) -> int:
 
 
 def run_generate(args) -> int:
-    params, cfg, vocab, _ = load_checkpoint(args.model)
+    params, cfg, vocab, _, linear = load_quantized(args.model)
     if args.top_k is not None and args.top_k > cfg.vocab_size:
         raise UserError(
             f"--top-k {args.top_k}: the model has {cfg.vocab_size} tokens; allowed 1 to "
@@ -78,6 +81,7 @@ def run_generate(args) -> int:
         np.random.default_rng(args.seed),
         args.temperature,
         args.top_k,
+        linear=linear,
     )
     print(tok.decode(ids))
     return 0

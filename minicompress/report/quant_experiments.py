@@ -35,7 +35,7 @@ from minicompress.quant.tensor import QuantSpec, grid_points, model_range, scale
 from minicompress.report import quant_plots
 from minicompress.report.table import format_table
 
-CALIB_BATCHES = 4  # static calibration: 4 batches of 16 = 64 training windows (issue #18's)
+CALIB_BATCHES = 4  # calibration (static, AWQ, SmoothQuant): 4 x 16 = 64 training windows
 
 SMOOTH_ALPHAS = (0.5, 0.75)  # SmoothQuant migration strengths tried (the paper's 0.5 first)
 
@@ -43,6 +43,7 @@ SMOOTH_ALPHAS = (0.5, 0.75)  # SmoothQuant migration strengths tried (the paper'
 def rows_to_run(qat_steps: int) -> list[tuple[str, QuantizeConfig]]:
     """(label, QuantizeConfig) of every row of the table."""
     asym, sym = "asymmetric", "symmetric"
+    calib = {"calib_batches": CALIB_BATCHES}
     rows = [
         ("W8 one range for the model (course)", QuantizeConfig(8, "model", scheme=asym)),
         ("W8 per tensor", QuantizeConfig(8, "tensor", scheme=sym)),
@@ -58,8 +59,8 @@ def rows_to_run(qat_steps: int) -> list[tuple[str, QuantizeConfig]]:
         ("W4 per channel, MSE clipping", QuantizeConfig(4, "channel", scheme=asym, clip="mse")),
         ("W4 group 64, MSE clipping", QuantizeConfig(4, "group", 64, scheme=asym, clip="mse")),
         ("W4 group 32, MSE clipping", QuantizeConfig(4, "group", 32, scheme=asym, clip="mse")),
-        ("W4 group 64, AWQ", QuantizeConfig(4, "group", 64, scheme=asym, awq=True)),
-        ("W4 group 32, AWQ", QuantizeConfig(4, "group", 32, scheme=asym, awq=True)),
+        ("W4 group 64, AWQ", QuantizeConfig(4, "group", 64, scheme=asym, awq=True, **calib)),
+        ("W4 group 32, AWQ", QuantizeConfig(4, "group", 32, scheme=asym, awq=True, **calib)),
         ("W3 group 32", QuantizeConfig(3, "group", 32, scheme=asym)),
         ("W3 group 32, MSE clipping", QuantizeConfig(3, "group", 32, scheme=asym, clip="mse")),
         ("W2 group 32", QuantizeConfig(2, "group", 32, scheme=asym)),
