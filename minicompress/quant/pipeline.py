@@ -24,6 +24,7 @@ from minicompress.quant.calibrate import (
     record_inputs,
     static_qparams,
 )
+from minicompress.quant.gptq import gptq_quantize
 from minicompress.quant.linear import ACTIVATION_MODES, FakeQuantLinear
 from minicompress.quant.observers import OBSERVERS
 from minicompress.quant.ptq import (
@@ -50,6 +51,7 @@ class QuantizeConfig:
     calib_batches: int = 8  # calibration batches of 16 training windows
     smooth: float = 0.0  # SmoothQuant migration strength alpha (0: off; the paper's 0.5)
     awq: bool = False  # AWQ: search per-channel weight scales on the calibration inputs
+    gptq: bool = False  # GPTQ: round the linear weights with error compensation (same inputs)
     qat_steps: int = 0  # quantization-aware fine-tune steps before quantizing (0: PTQ)
     qat_lr: float = 1e-3  # its peak learning rate (the teacher's 6e-3 hurts a fine-tune)
     embeddings: bool = True  # quantize wte/wpe too (8-bit symmetric per row)
@@ -86,6 +88,12 @@ class QuantizeConfig:
             )
         if self.smooth and self.awq:
             raise ValueError("choose smooth (for activations) or awq (for weights), not both")
+        linear_grid = self.scheme != "log" and self.clip == "minmax"
+        if self.gptq and (self.granularity not in ("channel", "group") or not linear_grid):
+            raise ValueError(
+                "gptq rounds linear grids per channel or per group with min-max ranges: "
+                "granularity channel or group, scheme asymmetric or symmetric, clip minmax"
+            )
         if not self.qat_lr > 0:
             raise ValueError(f"qat_lr must be > 0; got {self.qat_lr}")
 
@@ -130,7 +138,7 @@ def quantize_model(
         act_mode = "none" if qc.activations == "none" else "dynamic"
         qat(params, cfg, data, spec, finetune_config(qc), act_mode, progress=progress)
     batches = None  # training windows, for the activations' statistics
-    if qc.smooth or qc.awq or qc.activations == "static":
+    if qc.smooth or qc.awq or qc.gptq or qc.activations == "static":
         rng = np.random.default_rng([qc.seed, 2])
         batches = calibration_batches(data.train, qc.calib_batches, 16, cfg.block_size, rng)
     record = {
@@ -142,6 +150,10 @@ def quantize_model(
         params, record["input_scales"] = scale_inputs(params, cfg, batches, qc)
     embedding_spec = EMBEDDING_SPEC if qc.embeddings else None
     qtensors = quantize_weights(params, cfg, spec, embedding_spec=embedding_spec, clip=qc.clip)
+    if qc.gptq:  # the linear weights again, each rounding compensated on its layer's inputs
+        inputs = record_inputs(params, cfg, batches)  # {layer: [n_tokens, K]}
+        for name, x in inputs.items():
+            qtensors[name + ".w"] = gptq_quantize(x, params[name + ".w"], spec)
     sim_params = dequantized_params(params, qtensors)
     linear = DENSE
     if qc.activations == "dynamic":
