@@ -12,8 +12,11 @@ Modules, in the order they build on each other:
   MSE, KL); ``calibrate``: runs them on the model's linear inputs;
 - ``linear``: ``FakeQuantLinear``, the fake-quantizing ``linear`` of the model contract;
 - ``ptq``, ``qat``: the whole model, after training or through training;
-- ``runtime``: ``Int8Linear``, the model's linear layers on the int8 kernels;
-- ``command``: the ``quantize`` command's work.
+- ``smooth``: per-input-channel scales folded into the layer before (SmoothQuant for
+  static activations, AWQ for weights); ``gptq``: rounding with error compensation;
+- ``runtime``: ``Int8Linear``, the model's linear layers on the int8 kernels (dynamic or
+  static activations);
+- ``pipeline``: the ``quantize`` command's work (``QuantizeConfig``, ``quantize_model``).
 
 This file imports nothing: the int8 kernels import ``formulas``, and must not pull in
 modules that import them back.
