@@ -106,9 +106,7 @@ def test_awq_search_is_never_worse_than_no_scaling(seed, outlier):
     s, alpha = smooth.awq_search(x, w, spec)
     assert 0.0 <= alpha <= 1.0 and s.shape == (16,)
     ones = np.ones(16, np.float32)
-    assert smooth.scaled_output_error(x, w, s, spec) <= smooth.scaled_output_error(
-        x, w, ones, spec
-    )
+    assert smooth.scaled_output_error(x, w, s, spec) <= smooth.scaled_output_error(x, w, ones, spec)
 
 
 def test_scaled_output_error_is_zero_on_the_grid():
@@ -137,7 +135,9 @@ def test_smoothquant_lowers_the_static_w8a8_input_range_and_keeps_the_model():
     # in float the smoothed model is the same function
     rng = np.random.default_rng(0)
     idx = rng.integers(0, cfg.vocab_size, (2, cfg.block_size))
-    assert_close(forward(smoothed.params, idx, cfg)[0], forward(params, idx, cfg)[0], rtol=0, atol=2e-4)
+    assert_close(
+        forward(smoothed.params, idx, cfg)[0], forward(params, idx, cfg)[0], rtol=0, atol=2e-4
+    )
     # the outlier channels moved into the weights: the static range of an LN-fed layer
     # shrinks relative to the typical activation
     batches = calibration_batches(data.train, 2, 16, cfg.block_size, np.random.default_rng(1))

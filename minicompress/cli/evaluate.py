@@ -17,8 +17,8 @@ from minicompress.cli.common import (
 )
 from minicompress.cli.train import metrics
 from minicompress.data.corpus import CharTokenizer, make_dataset
-from minicompress.fileio import save_json
 from minicompress.deploy.format import load_quantized
+from minicompress.fileio import save_json
 from minicompress.nn.checkpoint import checkpoint_file
 from minicompress.nn.model import generate
 from minicompress.nn.train import evaluate
