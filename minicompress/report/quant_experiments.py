@@ -6,10 +6,12 @@ per-layer sensitivity and the figures of the README.
 Every row quantizes the same float model and measures the validation perplexity over all
 validation windows, and the size of the compressed checkpoint file it writes
 (``DIR/models/<row>/model.mc``). Weight-only rows quantize the linear weights at the row's
-granularity and the embeddings at 8 bits per row; W8A8 rows add activations (dynamic per
-token, or static calibrated on 64 training windows by each observer); the QAT
-row fine-tunes through fake quantization and is compared with the same fine-tune of the
-float model. Writes ``DIR/results.json`` (rows as they finish) and ``DIR/table.md``.
+granularity and the embeddings at 8 bits per row (AWQ and GPTQ rows use 64 training
+windows); W8A8 rows add activations (dynamic per token, or static calibrated on 64
+training windows by each observer, with or without SmoothQuant); the QAT row fine-tunes
+through fake quantization and is compared with the same fine-tune of the float model.
+Writes ``DIR/results.json`` (rows as they finish) and ``DIR/table.md``; ``--only`` runs
+the rows whose label contains a text, ``--resume`` keeps the rows already measured.
 """
 
 from __future__ import annotations
