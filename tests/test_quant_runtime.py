@@ -16,7 +16,7 @@ from minicompress.nn.model import forward
 from minicompress.nn.ops import cross_entropy_forward
 from minicompress.quant import ptq
 from minicompress.quant.linear import FakeQuantLinear
-from minicompress.quant.runtime import INT8, int8_weights, pack_int8_params
+from minicompress.quant.runtime import INT8, Int8Linear, int8_weights, pack_int8_params
 from minicompress.quant.tensor import QuantSpec, dequantize_tensor, quantize_tensor
 
 PATHS = ["reference", "portable", int8_kernel_path("auto")]
@@ -37,6 +37,25 @@ def test_one_layer_equals_its_simulation(path, spec, rng):
     y_sim, _ = SIM.forward("l", x, dequantize_tensor(qt), b)
     # the same integers on both sides; only the float rounding of the product differs
     assert_close(y_int, y_sim, rtol=0, atol=1e-5 * np.abs(y_sim).max(), name=f"y ({path})")
+
+
+@pytest.mark.parametrize("path", sorted(set(PATHS)))
+def test_one_layer_with_a_static_range_equals_its_simulation(path, rng):
+    x = (rng.standard_normal((2, 9, 48)) * 1.5 + 0.2).astype(np.float32)  # [B, T, K]
+    w = (rng.standard_normal((48, 40)) * 0.2).astype(np.float32)  # [K, N]
+    b = rng.standard_normal(40).astype(np.float32)
+    qt = quantize_tensor(w, W8)
+    packed = pack_quantized_int8_linear(*int8_weights("l", qt), b, path)
+    # a range narrower than x's: some values clip, on both sides alike
+    act = {"l": (np.float32(4.0 / 255), np.int32(128))}
+    y_int, _ = Int8Linear(act).forward("l", x, packed, b)
+    sim = FakeQuantLinear(activations="static", act_qparams=act)
+    y_sim, _ = sim.forward("l", x, dequantize_tensor(qt), b)
+    assert_close(y_int, y_sim, rtol=0, atol=1e-5 * np.abs(y_sim).max(), name=f"y ({path})")
+    y_dyn, _ = INT8.forward("l", x, packed, b)
+    assert np.abs(y_dyn - y_int).max() > 1e-2 * np.abs(y_sim).max()  # the range mattered
+    with pytest.raises(ValueError, match="layer 'other' has no calibrated activation range"):
+        Int8Linear(act).forward("other", x, packed, b)
 
 
 def test_model_on_int8_kernels_matches_simulation():

@@ -75,7 +75,17 @@ def pack_int8_params(
 class Int8Linear:
     """Runs every layer whose weight is a ``PackedInt8Linear`` on ``int8_linear`` (the bias
     is inside the packed layer: the ``b`` the model passes is not added again); any other
-    layer runs the dense float product. Inference only: there is no backward."""
+    layer runs the dense float product. Inference only: there is no backward.
+
+    act_qparams: None (the default: each token's activations get their own range at run
+    time), or {layer name: (scale, zero point)} calibrated ahead of time
+    (``calibrate.static_qparams``): those layers quantize every row with that one range, in
+    the kernel (``int8_linear(x, w, act_scale, act_zero_point)``) — what the simulation
+    ``FakeQuantLinear(activations="static", act_qparams=...)`` computes. A packed layer
+    missing from ``act_qparams`` is refused by name."""
+
+    def __init__(self, act_qparams: dict | None = None):
+        self.act_qparams = None if act_qparams is None else dict(act_qparams)
 
     def forward(self, name: str, x: np.ndarray, w, b: np.ndarray | None):
         """x [..., K] -> y [..., N]."""
@@ -84,7 +94,13 @@ class Int8Linear:
         rows = x.reshape(-1, x.shape[-1])  # [..., K] -> [M, K]
         if rows.dtype != np.float32:
             rows = rows.astype(np.float32)
-        y = int8_linear(rows, w)  # [M, N], bias included
+        if self.act_qparams is None:
+            y = int8_linear(rows, w)  # [M, N], bias included; a range per row
+        else:
+            if name not in self.act_qparams:
+                raise ValueError(f"layer {name!r} has no calibrated activation range")
+            scale, zero_point = self.act_qparams[name]
+            y = int8_linear(rows, w, float(scale), int(zero_point))  # one range for all rows
         return y.reshape(*x.shape[:-1], w.n), None
 
     def backward(self, name: str, dy: np.ndarray, cache):
@@ -94,7 +110,8 @@ class Int8Linear:
         )
 
     def __repr__(self) -> str:
-        return "Int8Linear()"
+        n = "" if self.act_qparams is None else f"act_qparams=<{len(self.act_qparams)} layers>"
+        return f"Int8Linear({n})"
 
 
 INT8 = Int8Linear()
