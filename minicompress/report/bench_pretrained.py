@@ -344,8 +344,9 @@ def compress_report(
             return lambda: runtime_embeddings(rt, batch)
 
         bench = run_pretrained_bench(
-            model, {"compressed": make}, rounds=rounds, repeat=repeat, with_torch=torch_ok
-        )
+            model, {"compressed": make}, rounds=rounds, repeat=repeat, with_torch=torch_ok,
+            seq_len=min(BENCH_TOKENS, model.tokenizer.max_length),  # a smaller position table
+        )  # fmt: skip
         if rt is not None:
             rt.close()
         ms = bench["ms"]
