@@ -171,3 +171,27 @@ def test_a_bad_model_dir_is_one_line_naming_the_file(tmp_path, capsys, what, mes
     err = capsys.readouterr().err.strip()
     assert message in err and str(d) in err, err
     assert "\n" not in err and "Traceback" not in err
+
+
+def test_embed_with_a_compressed_checkpoint(tiny_dir, tmp_path, capsys):
+    from minicompress.pretrained.compress import CompressConfig, compress
+    from minicompress.pretrained.saved import save_compressed_encoder
+
+    model = load_pretrained(tiny_dir)
+    cm = compress(model, CompressConfig(activations="dynamic"))
+    ckpt = save_compressed_encoder(tmp_path / "w8a8.mc", model, cm)
+    out = tmp_path / "e.npy"
+    argv = ["pretrained", "embed", "--checkpoint", str(ckpt), "--text", "a big dog",
+            "--text", "the cat sat", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    want = embed_texts(model, ["a big dog", "the cat sat"], params=cm.params, linear=cm.linear)
+    np.testing.assert_array_equal(np.load(out, allow_pickle=False), want)
+    both = ["pretrained", "embed", "--checkpoint", str(ckpt), "--model-dir", str(tiny_dir),
+            "--text", "a"]  # fmt: skip
+    assert cli.main(both) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--model-dir" in err and "--checkpoint" in err
+    missing = ["pretrained", "embed", "--checkpoint", str(tmp_path / "none.mc"), "--text", "a"]
+    assert cli.main(missing) == 2
+    err = capsys.readouterr().err.strip()
+    assert "none.mc" in err and "\n" not in err

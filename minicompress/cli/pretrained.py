@@ -24,7 +24,9 @@ def register(sub) -> None:
     cmds = p.add_subparsers(dest="pretrained_command", required=True, metavar="embed|compress")
 
     e = cmds.add_parser("embed", help="sentence embeddings, in input order")
-    e.add_argument("--model-dir", help=_MODEL_DIR_HELP)
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--model-dir", help=_MODEL_DIR_HELP)
+    src.add_argument("--checkpoint", help="a compressed encoder (.mc) from `compress --out`")
     e.add_argument("--text", action="append", type=flag_text, help="a sentence (repeatable)")
     e.add_argument("--text-file", help="a UTF-8 file, one sentence per line")
     e.add_argument("--out", help="write the embeddings [N, C] to this .npy file")
@@ -66,19 +68,25 @@ def _load(model_dir):
 
 
 def run_embed(args) -> int:
-    from minicompress.pretrained.commands import embed_command, save_npy
+    from minicompress.pretrained.commands import load_encoder, read_texts, save_npy
+    from minicompress.pretrained.embed import embed_texts
 
     if args.out is not None:
         if not args.out.endswith(".npy"):
             raise UserError(f"--out {args.out!r}: the embeddings file must end in .npy")
-        check_output_file("--out", args.out, inputs=[args.text_file])
+        check_output_file("--out", args.out, inputs=[args.text_file, args.checkpoint])
     if not args.text and args.text_file is None:
         raise UserError("no text to embed: give --text TEXT (repeatable) or --text-file FILE")
-    _load(args.model_dir)  # a clear error before reading the texts
     try:
-        emb = embed_command(args.model_dir, args.text, args.text_file, args.batch_size)
+        texts = read_texts(args.text, args.text_file)
     except ValueError as e:
         raise UserError(f"--text-file: {e}") from None
+    try:
+        model, params, cfg, linear = load_encoder(args.model_dir, args.checkpoint)
+    except (FileNotFoundError, ModuleNotFoundError) as e:
+        flag = "--model-dir" if args.checkpoint is None else "--checkpoint"
+        raise UserError(f"{flag}: {e}") from None
+    emb = embed_texts(model, texts, args.batch_size, linear, params, cfg)
     if args.out is not None:
         save_npy(args.out, emb)
         print(f"{emb.shape[0]} embeddings of width {emb.shape[1]} -> {args.out}")
