@@ -195,3 +195,19 @@ def test_embed_with_a_compressed_checkpoint(tiny_dir, tmp_path, capsys):
     assert cli.main(missing) == 2
     err = capsys.readouterr().err.strip()
     assert "none.mc" in err and "\n" not in err
+
+
+def test_too_long_text_is_truncated_with_a_warning(tiny_dir, tmp_path):
+    long_text = " ".join(["the big red dog sat on a mat"] * 5)  # 40 pieces, 16 positions
+    out = tmp_path / "e.npy"
+    argv = ["pretrained", "embed", "--model-dir", str(tiny_dir), "--text", long_text,
+            "--out", str(out)]  # fmt: skip
+    with pytest.warns(TruncationWarning, match="longer than 16 tokens"):
+        assert cli.main(argv) == 0
+    model = load_pretrained(tiny_dir)
+    kept = model.tokenizer.encode(["the big red dog sat on a mat the big red dog sat on"])
+    assert kept.ids.shape[1] == 16  # [CLS] + 14 pieces + [SEP]: what truncation keeps
+    from minicompress.pretrained import sentence_embeddings
+
+    want = sentence_embeddings(model.params, model.cfg, kept)
+    np.testing.assert_allclose(np.load(out, allow_pickle=False), want, atol=1e-6)
