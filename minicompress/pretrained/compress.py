@@ -139,14 +139,14 @@ def kernel_runs(cc: CompressConfig) -> bool:
 
 
 def compression_meta(cc: CompressConfig, info: dict, act_qparams: dict | None) -> dict:
-    """What a checkpoint records so that it runs as it was measured: ``quant`` (read by
-    ``deploy.compressed.load_runtime``), ``quantization`` (read by
-    ``quant.pipeline.simulation_linear``: the weight grid, the activation mode, the
-    calibrated static ranges), and ``compress`` (the whole ``CompressConfig`` and ``info``)."""
+    """What a checkpoint records so that it runs as it was measured: ``quantization``, the
+    package's one quantization record (as ``quant.pipeline`` makes it: the weight grid, the
+    activation mode, the calibrated static ranges; read by
+    ``quant.pipeline.simulation_linear`` and the runtimes), and ``compress`` (the whole
+    ``CompressConfig`` and ``info``)."""
     meta: dict = {"compress": {"config": dataclasses.asdict(cc), **info}}
     spec = cc.weight_spec()
     if spec is not None:
-        meta["quant"] = {"activations": cc.activations, "bits": cc.bits}
         record = {"weights": spec.to_dict(), "activations": cc.activations}
         if act_qparams is not None:
             record["act_qparams"] = {n: [float(s), int(z)] for n, (s, z) in act_qparams.items()}

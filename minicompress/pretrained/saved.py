@@ -7,7 +7,7 @@ vocabulary as the checkpoint's vocabulary (token i is ``vocab[i]``), and in the 
 
 - ``encoder``: where the model came from and the tokenizer's normalizer settings and
   maximum length, so that the file alone tokenizes and embeds text;
-- ``quant`` / ``quantization`` / ``compress``: how it was compressed
+- ``quantization`` / ``compress``: how it was compressed
   (``pretrained.compress.compression_meta``): the activation mode and, for static
   activations, the calibrated ranges, so that it runs again exactly as it was measured.
 

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minicompress.pretrained.loader import TOKENIZER_FILE, VOCAB_FILE, require
+from minicompress.pretrained.files import TOKENIZER_FILE, VOCAB_FILE, require
 
 
 class TruncationWarning(UserWarning):
