@@ -87,6 +87,22 @@ def test_layernorm_uses_eps(rng):
         )
 
 
+def test_gelu_erf_against_scipy_in_float64(rng):
+    from scipy.special import erfc
+
+    x = np.concatenate([
+        (rng.standard_normal(20000) * 4).astype(np.float32),
+        np.float32([0.0, -0.0, 1e-30, -1e-30, 1e-3, -1e-3, 9.5, -9.5, 13.0, -13.0, 1e4, -1e4]),
+    ])  # fmt: skip
+    y, _ = D.gelu_forward_infer(x, "none")
+    x64 = x.astype(np.float64)
+    z = np.abs(x64) / np.sqrt(2.0)
+    ref = 0.5 * x64 * np.where(x64 < 0, erfc(z), 2.0 - erfc(z))  # GELU = x Phi(x), exactly
+    # Numerical Recipes' erfc fit (fractional error < 1.2e-7) and float32 rounding: 2e-7
+    # relative, also far out on the negative side where 0.5 x (1 + erf) cancels
+    assert_close(y, ref, rtol=2e-7, atol=1e-37, name="gelu erf")
+
+
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
 def test_gelu_equals_reference(rng, approximate):
     x = (rng.standard_normal((4, 33)) * 4).astype(np.float32)

@@ -13,7 +13,13 @@ pytest.importorskip("minicompress.quant.runtime", reason="the quant package is n
 pytest.importorskip("minicompress.prune.structured", reason="the prune package is not on main")
 
 from minicompress.pretrained import embed_texts, load_pretrained  # noqa: E402
-from minicompress.pretrained.compress import CompressConfig, compress, kernel_runs  # noqa: E402
+from minicompress.pretrained.compress import (  # noqa: E402
+    CompressConfig,
+    compress,
+    encoder_runtime,
+    kernel_runs,
+)
+from minicompress.pretrained.embed import runtime_embeddings, sentence_embeddings  # noqa: E402
 from minicompress.pretrained.fidelity import row_cosines  # noqa: E402
 from minicompress.pretrained.sentences import corpus_sentences, sentences_outside  # noqa: E402
 from minicompress.quant.linear import FakeQuantLinear  # noqa: E402
@@ -50,7 +56,8 @@ def test_labels_and_runtimes():
     assert kernel_runs(CompressConfig(activations="dynamic", granularity="tensor"))
     assert not kernel_runs(CompressConfig(activations="dynamic", scheme="asymmetric"))
     assert not kernel_runs(CompressConfig(activations="dynamic", granularity="group"))
-    assert not kernel_runs(CompressConfig(activations="static"))
+    assert kernel_runs(CompressConfig(activations="static"))
+    assert not kernel_runs(CompressConfig(activations="none"))
 
 
 @pytest.fixture
@@ -94,7 +101,42 @@ def test_static_activations_need_calibration_sentences(tiny):
     with pytest.raises(ValueError, match="calibration"):
         compress(tiny, CompressConfig(activations="static"))
     cm = compress(tiny, CompressConfig(activations="static"), ["the cat sat", "a dog runs"])
-    assert cm.runtime == "simulation" and cm.info["calibrated_layers"] == 8
+    assert cm.runtime == "int8 kernels" and cm.info["calibrated_layers"] == 8
+
+
+def test_static_int8_kernels_match_their_simulation(tiny):
+    texts = ["the cat sat on the mat", "a big red dog", "the dogs run"]
+    cm = compress(tiny, CompressConfig(activations="static"), texts)
+    ours = embed_texts(tiny, texts, params=cm.params, linear=cm.linear)
+    sim = FakeQuantLinear(activations="static", act_qparams=cm.linear.act_qparams)
+    simulated = embed_texts(
+        tiny, texts, params=dequantized_params(tiny.params, cm.qtensors), linear=sim
+    )
+    assert np.abs(ours - simulated).max() < 1e-4  # quant.runtime's stated agreement
+    dynamic = compress(tiny, CompressConfig(activations="dynamic"))
+    other = embed_texts(tiny, texts, params=dynamic.params, linear=dynamic.linear)
+    assert np.abs(other - ours).max() > 1e-3  # the calibrated ranges were used
+
+
+@pytest.mark.parametrize(
+    "cc",
+    [CompressConfig(bits=None), CompressConfig(activations="dynamic"),
+     CompressConfig(activations="static"), CompressConfig(bits=None, head_sparsity=0.5)],
+    ids=["fp32", "W8A8 dynamic", "W8A8 static", "heads removed"],
+)  # fmt: skip
+def test_inference_runtime_computes_the_training_path(tiny, cc):
+    texts = ["the cat sat on the mat", "a big red dog", "the dogs run", "a"]
+    cm = compress(tiny, cc, texts)
+    batch = tiny.tokenizer.encode(texts)  # padded: the runtime masks it too
+    with encoder_runtime(cm, threads=2) as rt:
+        got = runtime_embeddings(rt, batch)
+    want = sentence_embeddings(cm.params, cm.cfg, batch, cm.linear)
+    assert np.abs(got - want).max() < 1e-5, np.abs(got - want).max()
+
+
+def test_a_simulation_has_no_runtime(tiny):
+    cc = CompressConfig(bits=4, granularity="group", group_size=4, activations="dynamic")
+    assert encoder_runtime(compress(tiny, cc)) is None
 
 
 @pytest.mark.parametrize(

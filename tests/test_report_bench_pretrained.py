@@ -43,3 +43,25 @@ def test_torch_int8_is_quantized_and_close(torch):
     assert "DynamicQuantizedLinear" in repr(int8)
     cos = row_cosines(torch_runner(fp32, batch)(), torch_runner(int8, batch)())
     assert 0.8 < cos.mean() < 0.9999
+
+
+def test_bench_contenders_compute_the_same_embeddings(tmp_path):
+    from pretrained_helpers import need_extra, write_tiny_checkpoint
+
+    from minicompress.pretrained import load_pretrained
+    from minicompress.pretrained.compress import CompressConfig, compress, encoder_runtime
+    from minicompress.pretrained.embed import runtime_embeddings
+    from minicompress.report.bench_pretrained import run_pretrained_bench
+
+    need_extra()
+    tiny = load_pretrained(write_tiny_checkpoint(tmp_path / "tiny"))
+    rt = encoder_runtime(compress(tiny, CompressConfig(activations="dynamic")))
+    r = run_pretrained_bench(
+        tiny, {"w8a8": lambda b: lambda: runtime_embeddings(rt, b)}, batch_size=4, seq_len=16,
+        rounds=1, repeat=1, with_torch=False,
+    )  # fmt: skip
+    rt.close()
+    assert set(r["ms"]) == {"numpy_fp32", "numpy_fp32_training_path", "w8a8"}
+    assert r["cosine_to_fp32"]["numpy_fp32_training_path"] > 1 - 1e-6  # the same model
+    assert 0.9 < r["cosine_to_fp32"]["w8a8"] < 1 - 1e-6  # quantized, and close
+    assert r["batch"] == [4, 16] and all(v > 0 for v in r["ms"].values())

@@ -242,8 +242,9 @@ assert grids["weight, one scale per output channel"] < 0.5 * grids["weight, one 
 # ## 6. The fidelity table
 #
 # `pretrained.compress.compress` prunes and quantizes with the package's own functions
-# (`prune`, `quant.ptq`, `quant.calibrate`) and picks what runs: W8A8 dynamic with
-# symmetric per-channel weights runs on **the int8 kernels** (`quant.runtime`); other
+# (`prune`, `quant.ptq`, `quant.calibrate`) and picks what runs: W8A8 (dynamic per-token
+# ranges, or static ranges calibrated on other corpus sentences) with symmetric
+# per-channel or per-tensor weights runs on **the int8 kernels** (`quant.runtime`); other
 # grids run in the simulation (`quant.linear.FakeQuantLinear`), weight-only models as
 # float with the dequantized weights. `report.bench_pretrained.compress_report` measures
 # each against the fp32 embeddings: mean and minimum cosine, Spearman's rho of the
@@ -307,41 +308,80 @@ if torch_row is not None:
 # the step of every column of its matrix, and the [CLS] token whose channel 99 reaches 30
 # sets the step of every token of the batch. Per-channel weights alone take the weight-only
 # cosine from the per-tensor row to above 0.999; per-token ranges confine the [CLS] outlier
-# to its own row. Static calibration has to fix one range per layer ahead of time, so it
-# pays for the outlier on every token, and a percentile observer that clips it destroys
+# to its own row. Static calibration (on the same int8 kernels, with the range fixed in
+# the kernel call) has to fix one range per layer ahead of time, so it pays for the
+# outlier on every token, and a percentile observer that clips it destroys
 # the [CLS] token instead (try `CompressConfig(activations="static", calibration="percentile")`).
 
 # %% [markdown]
-# ## 8. Speed
+# ## 8. One file: the compressed checkpoint
+#
+# `pretrained.saved.save_compressed_encoder` writes the compressed model in the package's
+# one checkpoint format (`deploy.format`): the int8 codes and scales of every linear layer
+# and of the word-embedding table, the layer norms in float32, the WordPiece vocabulary and
+# the tokenizer's settings, and how the activations are quantized (for static ones, the
+# calibrated ranges) — one file, written atomically under a SHA-256.
+# `load_compressed_encoder` reads it back ready to embed text, on the same kernels.
+# (`python -m minicompress pretrained compress ... --out FILE.mc` does the same.)
+
+# %%
+import tempfile  # noqa: E402
+
+from minicompress.pretrained.saved import (  # noqa: E402
+    load_compressed_encoder,
+    save_compressed_encoder,
+)
+
+w8a8 = compress(model, CompressConfig(activations="dynamic"))
+with tempfile.TemporaryDirectory() as tmp:
+    path = save_compressed_encoder(Path(tmp) / "minilm-w8a8.mc", model, w8a8)
+    file_mb = path.stat().st_size / 1e6
+    model_back, w8a8_back = load_compressed_encoder(path)
+fp32_mb = 4 * count_params(params) / 1e6
+print(f"fp32 weights {fp32_mb:.1f} MB -> W8A8 file {file_mb:.1f} MB ({fp32_mb / file_mb:.1f}x)")
+few_texts = sentences[:8]
+in_memory = embed_texts(model, few_texts, params=w8a8.params, linear=w8a8.linear)
+from_file = embed_texts(model_back, few_texts, params=w8a8_back.params, linear=w8a8_back.linear)
+assert np.array_equal(in_memory, from_file) and file_mb < 0.3 * fp32_mb
+
+# %% [markdown]
+# ## 9. Speed
 #
 # `report.bench_pretrained.run_pretrained_bench` times a batch of 32 x 64 tokens on 2
-# threads, every contender in turn in the same process: our fp32 forward (the training
-# path's `nn.model.forward`), the W8A8 model on the int8 kernels, PyTorch eager fp32 and
+# threads, every contender in turn in the same process: our fp32 model on the inference
+# runtime of `deploy/` (`pretrained.compress.encoder_runtime`: the same `nn.model.forward`
+# with inference ops, the batch split between the two threads), the same on the training
+# path, the W8A8 model on the int8 kernels inside the runtime, PyTorch eager fp32 and
 # PyTorch's dynamic int8 of the same weights. On a shared machine the figures move by tens
 # of percent from run to run; they are reported, not asserted (`python -m minicompress
 # pretrained compress ... --json` writes them).
 
 # %%
+from minicompress.pretrained.compress import encoder_runtime  # noqa: E402
+from minicompress.pretrained.embed import runtime_embeddings  # noqa: E402
 from minicompress.report.bench_pretrained import run_pretrained_bench  # noqa: E402
 
-w8a8 = compress(model, CompressConfig(activations="dynamic"))
+rt8 = encoder_runtime(w8a8)
 bench = run_pretrained_bench(
     model,
-    {"ours_w8a8_int8": lambda b: lambda: sentence_embeddings(w8a8.params, cfg, b, w8a8.linear)},
+    {"ours_w8a8_int8": lambda b: lambda: runtime_embeddings(rt8, b)},
     batch_size=8 if FAST else 32,  # fast mode: a smaller batch, timed once
     seq_len=32 if FAST else 64,
     rounds=1 if FAST else 3,
     repeat=1 if FAST else 5,
+    with_torch=not FAST,  # fast mode: our contenders only (PyTorch's first call is slow)
 )
+rt8.close()
 speed = [
     {"contender": k, "ms / batch": v, "cosine to our fp32": bench["cosine_to_fp32"][k]}
     for k, v in bench["ms"].items()
 ]
 print(format_table(speed, floatfmt=".4f"))
 print(f"batch {bench['batch']}, {bench['threads']} threads, {bench['blas']}")
+assert bench["cosine_to_fp32"]["numpy_fp32_training_path"] > 0.99999  # the same model
 
 # %% [markdown]
-# ## 9. A 3-layer student, distilled on the teacher's embeddings
+# ## 10. A 3-layer student, distilled on the teacher's embeddings
 #
 # Removing layers is the coarsest structured pruning. `pretrained.student.distill_student`
 # starts a 3-layer student from blocks 0, 2 and 4 of the teacher

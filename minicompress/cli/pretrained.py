@@ -2,6 +2,11 @@
 model (all-MiniLM-L6-v2 from its installed package, or ``--model-dir DIR``), and a
 compressed copy of it measured against the fp32 model.
 
+``compress --out PATH`` writes the compressed checkpoint (``pretrained.saved``: one file,
+atomically) and then measures *the file it wrote*, loaded back, so that the figures of
+``--json`` are those of the checkpoint. Both outputs are checked before any work: an
+existing file is never overwritten.
+
 The work is done by ``pretrained.commands`` (texts, ``.npy``), ``pretrained.compress``
 and ``report.bench_pretrained.compress_report``; this module parses flags and prints.
 """
@@ -19,7 +24,9 @@ def register(sub) -> None:
     cmds = p.add_subparsers(dest="pretrained_command", required=True, metavar="embed|compress")
 
     e = cmds.add_parser("embed", help="sentence embeddings, in input order")
-    e.add_argument("--model-dir", help=_MODEL_DIR_HELP)
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--model-dir", help=_MODEL_DIR_HELP)
+    src.add_argument("--checkpoint", help="a compressed encoder (.mc) from `compress --out`")
     e.add_argument("--text", action="append", type=flag_text, help="a sentence (repeatable)")
     e.add_argument("--text-file", help="a UTF-8 file, one sentence per line")
     e.add_argument("--out", help="write the embeddings [N, C] to this .npy file")
@@ -46,6 +53,7 @@ def register(sub) -> None:
     c.add_argument("--sentences", type=flag_int(minimum=6), default=256,
                    help="sentences in the fixed fidelity set (default 256)")  # fmt: skip
     c.add_argument("--no-bench", action="store_true", help="fidelity only, no timing")
+    c.add_argument("--out", help="write the compressed checkpoint here (a .mc file or a folder)")
     c.add_argument("--json", help="write the metrics to this JSON file")
     c.set_defaults(func=run_compress)
 
@@ -60,19 +68,25 @@ def _load(model_dir):
 
 
 def run_embed(args) -> int:
-    from minicompress.pretrained.commands import embed_command, save_npy
+    from minicompress.pretrained.commands import load_encoder, read_texts, save_npy
+    from minicompress.pretrained.embed import embed_texts
 
     if args.out is not None:
         if not args.out.endswith(".npy"):
             raise UserError(f"--out {args.out!r}: the embeddings file must end in .npy")
-        check_output_file("--out", args.out, inputs=[args.text_file])
+        check_output_file("--out", args.out, inputs=[args.text_file, args.checkpoint])
     if not args.text and args.text_file is None:
         raise UserError("no text to embed: give --text TEXT (repeatable) or --text-file FILE")
-    _load(args.model_dir)  # a clear error before reading the texts
     try:
-        emb = embed_command(args.model_dir, args.text, args.text_file, args.batch_size)
+        texts = read_texts(args.text, args.text_file)
     except ValueError as e:
         raise UserError(f"--text-file: {e}") from None
+    try:
+        model, params, cfg, linear = load_encoder(args.model_dir, args.checkpoint)
+    except (FileNotFoundError, ModuleNotFoundError) as e:
+        flag = "--model-dir" if args.checkpoint is None else "--checkpoint"
+        raise UserError(f"{flag}: {e}") from None
+    emb = embed_texts(model, texts, args.batch_size, linear, params, cfg)
     if args.out is not None:
         save_npy(args.out, emb)
         print(f"{emb.shape[0]} embeddings of width {emb.shape[1]} -> {args.out}")
@@ -82,13 +96,43 @@ def run_embed(args) -> int:
     return 0
 
 
+def _check_outputs(args):
+    """--out and --json: new files (never overwritten), writable, not the same file; checked
+    before the model is loaded."""
+    from pathlib import Path
+
+    from minicompress.deploy.pipeline import check_new_output
+    from minicompress.nn.checkpoint import SUFFIX, checkpoint_file
+
+    out_file = None
+    try:
+        if args.out is not None:
+            out = Path(args.out)
+            out_file = check_new_output(
+                "--out", out if out.suffix == SUFFIX else checkpoint_file(out)
+            )
+        if args.json is not None:
+            check_output_file("--json", args.json)
+            check_new_output("--json", args.json)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if (
+        out_file is not None
+        and args.json is not None
+        and Path(args.json).resolve() == out_file.resolve()
+    ):
+        raise UserError(f"--json {args.json!r} is the --out checkpoint file; give another name")
+    return out_file
+
+
 def run_compress(args) -> int:
     from minicompress.fileio import save_json
-    from minicompress.pretrained.compress import CompressConfig
+    from minicompress.pretrained.compress import CompressConfig, compress_beside
+    from minicompress.pretrained.saved import load_compressed_encoder, save_compressed_encoder
+    from minicompress.pretrained.sentences import corpus_sentences
     from minicompress.report.bench_pretrained import compress_report
 
-    if args.json is not None:
-        check_output_file("--json", args.json)
+    out_file = _check_outputs(args)
     try:
         cc = CompressConfig(
             bits=args.bits, granularity=args.granularity, group_size=args.group_size,
@@ -98,13 +142,23 @@ def run_compress(args) -> int:
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
     model = _load(args.model_dir)
-    r = compress_report(model, cc, args.sentences, time_it=not args.no_bench)
+    cm = compress_beside(model, cc, corpus_sentences(args.sentences))
+    extra = {}
+    if out_file is not None:
+        written = save_compressed_encoder(out_file, model, cm)
+        _, cm = load_compressed_encoder(written)  # measure the file as written
+        extra = {"checkpoint": str(written), "file_bytes": written.stat().st_size}
+    r = compress_report(model, cc, args.sentences, time_it=not args.no_bench, compressed=cm)
+    r.update(extra)
     keys = ["mean_cosine", "min_cosine", "spearman", "top5_overlap", "ms_per_batch"]
-    keys += ["fp32_ms_per_batch", "torch_int8_mean_cosine", "torch_int8_ms_per_batch"]
+    keys += ["fp32_ms_per_batch", "fp32_training_path_ms_per_batch", "torch_fp32_ms_per_batch"]
+    keys += ["torch_int8_mean_cosine", "torch_int8_ms_per_batch"]
     print(f"{r['method']} ({r['runtime']}) on {r['sentences']} corpus sentences:")
     for k in keys:
         if k in r:
-            print(f"  {k:24s} {r[k]:.4f}")
+            print(f"  {k:32s} {r[k]:.4f}")
+    if out_file is not None:
+        print(f"wrote {r['checkpoint']} ({r['file_bytes']:,} bytes)")
     if args.json is not None:
         save_json(args.json, r)
         print(f"wrote {args.json}")

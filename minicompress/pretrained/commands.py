@@ -1,10 +1,12 @@
 """What the ``pretrained`` commands do, as functions (the CLI module only parses flags and
 prints): read the texts to embed, embed them, write the ``.npy``.
 
-``pretrained embed [--model-dir DIR] [--text T ...] [--text-file FILE] [--out FILE.npy]``:
-one sentence per ``--text`` and one per line of ``--text-file`` (every line, blank ones
-included, so that row i of the output is line i + 1 of the file), ``--text`` values first;
-embeddings in input order.
+``pretrained embed [--model-dir DIR | --checkpoint FILE.mc] [--text T ...] [--text-file
+FILE] [--out FILE.npy]``: one sentence per ``--text`` and one per line of ``--text-file``
+(every line, blank ones included, so that row i of the output is line i + 1 of the file),
+``--text`` values first; embeddings in input order. ``--checkpoint`` embeds with a
+compressed encoder written by ``pretrained compress --out`` (its own tokenizer, its int8
+kernels).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import numpy as np
 
 from minicompress.data import load_text
 from minicompress.fileio import atomic_write_bytes
+from minicompress.nn.linear import DENSE
 from minicompress.pretrained.embed import DEFAULT_BATCH_SIZE, embed_texts
 from minicompress.pretrained.loader import load_pretrained
+from minicompress.pretrained.saved import load_compressed_encoder
 
 
 def read_texts(texts: list[str] | None = None, text_file: str | Path | None = None) -> list[str]:
@@ -48,14 +52,27 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
     return path
 
 
+def load_encoder(model_dir: str | Path | None = None, checkpoint: str | Path | None = None):
+    """(model, params, cfg, linear) that embed text: the fp32 checkpoint directory
+    (``load_pretrained``), or a compressed encoder file (``load_compressed_encoder``)."""
+    if checkpoint is None:
+        model = load_pretrained(model_dir)
+        return model, model.params, model.cfg, DENSE
+    if model_dir is not None:
+        raise ValueError("give a model directory or a compressed checkpoint, not both")
+    model, cm = load_compressed_encoder(checkpoint)
+    return model, cm.params, cm.cfg, cm.linear
+
+
 def embed_command(
     model_dir: str | Path | None,
     texts: list[str] | None,
     text_file: str | Path | None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
+    checkpoint: str | Path | None = None,
 ) -> np.ndarray:
     """Sentence embeddings float32 [N, C] of the texts, in input order (see the module)."""
     all_texts = read_texts(texts, text_file)
-    model = load_pretrained(model_dir)
-    return embed_texts(model, all_texts, batch_size=batch_size, progress=progress)
+    model, params, cfg, linear = load_encoder(model_dir, checkpoint)
+    return embed_texts(model, all_texts, batch_size, linear, params, cfg, progress=progress)

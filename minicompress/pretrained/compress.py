@@ -7,12 +7,17 @@ quantization is ``quant`` (``ptq.quantize_weights``, ``calibrate``,
 
 - weights only (``activations="none"``): the dequantized weights in the dense model (the
   exact simulation of weight-only quantization; its speed is the float model's);
-- W8A8 dynamic (``"dynamic"``) with symmetric per-channel or per-tensor weights of <= 8
-  bits: **the real int8 kernels** (``quant.runtime.Int8Linear``): each token's
-  activations quantized to uint8 with its own range at run time, int32 accumulation; other
-  weight grids run in the simulation (``FakeQuantLinear(activations="dynamic")``);
-- W8A8 static (``"static"``): activation ranges calibrated ahead of time on corpus
-  sentences outside the fidelity set, run in the simulation.
+- W8A8 (``"dynamic"`` or ``"static"``) with symmetric per-channel or per-tensor weights of
+  <= 8 bits: **the real int8 kernels** (``quant.runtime.Int8Linear``), int32 accumulation;
+  dynamic: each token's activations quantized to uint8 with its own range at run time;
+  static: one range per layer, calibrated ahead of time on corpus sentences outside the
+  fidelity set. Other weight grids (asymmetric, group-wise) run in the simulation
+  (``FakeQuantLinear``), which computes the same numbers without the speed.
+
+``CompressedModel.stored`` is the model as the checkpoint keeps it (``deploy.format``):
+quantized tensors as ``QuantizedTensor`` (their codes), weights pruned to at least
+``prune.sparse.BREAK_EVEN`` as CSR (``SparseWeight``) when nothing quantizes them, the rest
+float32 arrays; ``meta`` is what the runtime needs to run it again (``pretrained.saved``).
 
 Only the linear layers are quantized (and the embedding tables, 8-bit per row, as
 ``quant.ptq`` does by default); LayerNorm, softmax, GELU and the attention products stay in
@@ -21,19 +26,23 @@ float (DESIGN.md: quantizing an encoder's norms wrecks it).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from minicompress.data import Batch
+from minicompress.deploy.runtime import Runtime, RuntimeConfig, RuntimeLinear, default_handlers
+from minicompress.kernels import PackedInt8Linear
 from minicompress.nn.linear import DENSE
 from minicompress.nn.model import TransformerConfig, linear_names
 from minicompress.prune.masks import apply_masks, check_sparsity, local_masks
 from minicompress.prune.scores import magnitude_scores
+from minicompress.prune.sparse import BREAK_EVEN, pack_sparse
 from minicompress.prune.structured import prune_structures
 from minicompress.quant.calibrate import calibrate, static_qparams
 from minicompress.quant.linear import FakeQuantLinear
 from minicompress.quant.ptq import dequantized_params, quantize_weights
-from minicompress.quant.runtime import INT8, pack_int8_params
+from minicompress.quant.runtime import INT8, Int8Linear, pack_int8_params
 from minicompress.quant.tensor import QuantSpec
 
 GRANULARITIES = ("tensor", "channel", "group")
@@ -111,20 +120,48 @@ class CompressConfig:
 class CompressedModel(NamedTuple):
     params: dict  # what the model runs on (dequantized, masked, or packed int8 weights)
     cfg: TransformerConfig  # the (possibly shrunk) encoder's config
-    linear: object  # DENSE, FakeQuantLinear (simulation) or quant.runtime.INT8 (kernels)
+    linear: object  # DENSE, FakeQuantLinear (simulation) or quant.runtime.Int8Linear (kernels)
     runtime: str  # "float", "simulation" or "int8 kernels"
     qtensors: dict  # {parameter name: QuantizedTensor} (empty without quantization)
     info: dict  # what was done: sparsity, heads kept, calibrated layers
+    stored: dict  # name -> what the checkpoint stores (QuantizedTensor, SparseWeight, array)
+    meta: dict  # what the checkpoint records of the compression (see ``compression_meta``)
 
 
 def kernel_runs(cc: CompressConfig) -> bool:
-    """Whether the int8 kernels can run these weights with dynamic activations: symmetric
+    """Whether the int8 kernels can run these weights with quantized activations: symmetric
     codes of <= 8 bits with one scale per output channel or per tensor."""
     return (
-        cc.activations == "dynamic"
+        cc.activations in ("dynamic", "static")
         and cc.scheme == "symmetric"
         and cc.granularity in ("tensor", "channel")
     )
+
+
+def compression_meta(cc: CompressConfig, info: dict, act_qparams: dict | None) -> dict:
+    """What a checkpoint records so that it runs as it was measured: ``quantization``, the
+    package's one quantization record (as ``quant.pipeline`` makes it: the weight grid, the
+    activation mode, the calibrated static ranges; read by
+    ``quant.pipeline.simulation_linear`` and the runtimes), and ``compress`` (the whole
+    ``CompressConfig`` and ``info``)."""
+    meta: dict = {"compress": {"config": dataclasses.asdict(cc), **info}}
+    spec = cc.weight_spec()
+    if spec is not None:
+        record = {"weights": spec.to_dict(), "activations": cc.activations}
+        if act_qparams is not None:
+            record["act_qparams"] = {n: [float(s), int(z)] for n, (s, z) in act_qparams.items()}
+        meta["quantization"] = record
+    return meta
+
+
+def stored_tensors(params: dict, cfg: TransformerConfig, qtensors: dict) -> dict:
+    """The model as a checkpoint stores it: each quantized tensor its ``QuantizedTensor``;
+    without quantization, each linear weight pruned to at least ``BREAK_EVEN`` as CSR
+    (``prune.sparse.pack_sparse``: smaller on disk, and the CSR kernels run it); the rest
+    float32 arrays. ``params``: the float (pruned) parameters that were quantized."""
+    if qtensors:
+        return {**params, **qtensors}
+    return pack_sparse(params, cfg, BREAK_EVEN)
 
 
 def prune_linear_weights(params: dict, cfg: TransformerConfig, sparsity: float) -> dict:
@@ -153,6 +190,7 @@ def compress(model, cc: CompressConfig, calibration_texts: list[str] | None = No
     if not isinstance(cc, CompressConfig):
         raise TypeError(f"cc must be a CompressConfig; got {type(cc).__name__}")
     params, cfg, info = model.params, model.cfg, {}
+    act_qparams = None
     if cc.head_sparsity:
         params, cfg, keep = prune_structures(params, cfg, "heads", cc.head_sparsity)
         info["heads_kept"] = [int(k.sum()) for k in keep]
@@ -161,23 +199,50 @@ def compress(model, cc: CompressConfig, calibration_texts: list[str] | None = No
         info["sparsity"] = cc.sparsity
     spec = cc.weight_spec()
     if spec is None:
-        return CompressedModel(params, cfg, DENSE, "float", {}, info)
+        stored = stored_tensors(params, cfg, {})
+        meta = compression_meta(cc, info, None)
+        return CompressedModel(params, cfg, DENSE, "float", {}, info, stored, meta)
     qtensors = quantize_weights(params, cfg, spec)
+    stored = stored_tensors(params, cfg, qtensors)
+    simulated = dequantized_params(params, qtensors)
+    if cc.activations == "static":
+        if not calibration_texts:
+            raise ValueError("static activations need calibration sentences (calibration_texts)")
+        batches = calibration_batches(model, calibration_texts)
+        ranges = calibrate(simulated, cfg, batches, observer=cc.calibration, progress=False)
+        info["calibrated_layers"] = len(ranges)
+        act_qparams = static_qparams(ranges)
+    meta = compression_meta(cc, info, act_qparams)
     if cc.activations == "none":
-        return CompressedModel(
-            dequantized_params(params, qtensors), cfg, DENSE, "float", qtensors, info
-        )
+        return CompressedModel(simulated, cfg, DENSE, "float", qtensors, info, stored, meta)
     if kernel_runs(cc):
         packed = pack_int8_params(params, cfg, qtensors)
-        return CompressedModel(packed, cfg, INT8, "int8 kernels", qtensors, info)
-    simulated = dequantized_params(params, qtensors)
-    if cc.activations == "dynamic":
-        fq = FakeQuantLinear(activations="dynamic")
-        return CompressedModel(simulated, cfg, fq, "simulation", qtensors, info)
-    if not calibration_texts:
-        raise ValueError("static activations need calibration sentences (calibration_texts)")
-    batches = calibration_batches(model, calibration_texts)
-    ranges = calibrate(simulated, cfg, batches, observer=cc.calibration, progress=False)
-    info["calibrated_layers"] = len(ranges)
-    fq = FakeQuantLinear(activations="static", act_qparams=static_qparams(ranges))
-    return CompressedModel(simulated, cfg, fq, "simulation", qtensors, info)
+        linear = INT8 if act_qparams is None else Int8Linear(act_qparams)
+        return CompressedModel(packed, cfg, linear, "int8 kernels", qtensors, info, stored, meta)
+    fq = FakeQuantLinear(activations=cc.activations, act_qparams=act_qparams)
+    return CompressedModel(simulated, cfg, fq, "simulation", qtensors, info, stored, meta)
+
+
+def compress_beside(model, cc: CompressConfig, held_out: list[str]) -> CompressedModel:
+    """``compress`` with the static ranges (if any) calibrated on the first
+    ``cc.calibration_sentences`` corpus prose sentences that are not in ``held_out`` (the
+    sentences the model will be evaluated on)."""
+    from minicompress.pretrained.sentences import sentences_outside
+
+    calibration = None
+    if cc.activations == "static":
+        calibration = sentences_outside(held_out)[: cc.calibration_sentences]
+    return compress(model, cc, calibration)
+
+
+def encoder_runtime(cm: CompressedModel, threads: int = 2) -> Runtime | None:
+    """The inference runtime (``deploy.runtime.Runtime``: inference ops, the batch split
+    between ``threads`` threads) of a model that runs in float or on the int8 kernels, with
+    its own ``Int8Linear`` for the packed layers (static ranges included); None for a
+    simulation, which has no faster form."""
+    if cm.runtime == "simulation":
+        return None
+    handlers = default_handlers()
+    if isinstance(cm.linear, Int8Linear):
+        handlers[PackedInt8Linear] = cm.linear
+    return Runtime(cm.params, cm.cfg, RuntimeConfig(threads=threads), RuntimeLinear(handlers))

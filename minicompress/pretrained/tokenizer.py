@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minicompress.pretrained.loader import TOKENIZER_FILE, VOCAB_FILE, require
+from minicompress.pretrained.files import TOKENIZER_FILE, VOCAB_FILE, require
 
 
 class TruncationWarning(UserWarning):
@@ -128,6 +128,42 @@ class WordPieceTokenizer:
                 f"{str(path)!r} is not a readable WordPiece vocabulary ({e})"
             ) from None
         return cls(tok, max_length, str(path))
+
+    @classmethod
+    def from_vocab(
+        cls, vocab: list[str], settings: dict, max_length: int, source: str
+    ) -> WordPieceTokenizer:
+        """The tokenizer of a compressed checkpoint: BERT's WordPiece over ``vocab`` (token
+        i is ``vocab[i]``) with the normalizer ``settings`` that ``settings()`` recorded.
+        It gives the ids of the checkpoint's own tokenizer for the BERT family, whose
+        ``tokenizer.json`` is exactly this pipeline."""
+        tk = require("tokenizers")
+        keys = ("lowercase", "strip_accents", "clean_text", "handle_chinese_chars")
+        if not isinstance(settings, dict) or any(k not in settings for k in keys):
+            raise ValueError(f"{source}: the tokenizer settings must hold {list(keys)}")
+        tok = tk.BertWordPieceTokenizer(
+            vocab={t: i for i, t in enumerate(vocab)}, **{k: settings[k] for k in keys}
+        )
+        return cls(tok, max_length, source)
+
+    def vocab(self) -> list[str]:
+        """The word pieces in id order (token i is ``vocab()[i]``)."""
+        by_id = sorted((i, t) for t, i in self._tok.get_vocab().items())
+        if [i for i, _ in by_id] != list(range(len(by_id))):
+            raise ValueError(f"{self.source}: the token ids are not 0 .. {len(by_id) - 1}")
+        return [t for _, t in by_id]
+
+    def settings(self) -> dict:
+        """What ``from_vocab`` needs besides the vocabulary: the BERT normalizer's options
+        (lower-casing, accents, control characters, CJK characters)."""
+        n = self._tok.normalizer
+        keys = ("lowercase", "strip_accents", "clean_text", "handle_chinese_chars")
+        if n is None or not all(hasattr(n, k) for k in keys):
+            raise ValueError(
+                f"{self.source}: the normalizer is {type(n).__name__}, not BERT's; a "
+                f"compressed checkpoint cannot record it"
+            )
+        return {k: getattr(n, k) for k in keys}
 
     @property
     def vocab_size(self) -> int:

@@ -9,8 +9,10 @@
   text, no padding.
 - ``time_contenders``: each contender's milliseconds per batch, in rounds in the same
   process, with the thread count fixed for NumPy's BLAS, Numba and PyTorch alike.
-- ``run_pretrained_bench``: our fp32 forward against PyTorch fp32 and PyTorch's dynamic
-  int8 (when torch is installed), plus any contenders the caller adds (a compressed model).
+- ``run_pretrained_bench``: our fp32 model on the inference runtime (``deploy.runtime``)
+  and on the training path (``nn.model.forward`` with its default ops) against PyTorch
+  fp32 and PyTorch's dynamic int8 (when torch is installed), plus any contenders the
+  caller adds (a compressed model on the same runtime).
 
 PyTorch is optional: without it only our own contenders are timed. Speed is never
 asserted in a test; the figures are reported by the CLI and the tutorial.
@@ -24,7 +26,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from minicompress.pretrained.embed import sentence_embeddings
+from minicompress.pretrained.compress import encoder_runtime
+from minicompress.pretrained.embed import runtime_embeddings, sentence_embeddings
 from minicompress.pretrained.fidelity import fidelity_report, row_cosines
 from minicompress.pretrained.sentences import corpus_sentences
 from minicompress.pretrained.tokenizer import TokenBatch, TruncationWarning
@@ -249,11 +252,20 @@ def run_pretrained_bench(
     model). Each contender's output on the batch is compared with our fp32 output (the
     cosine, to show that what was timed computes the same thing).
     ->  {"ms": {name: ms}, "cosine_to_fp32": {name: mean cosine}, "batch": [B, T],
-         "threads", "blas", "torch": version or None}
+         "threads", "blas", "torch": version or None}. Contenders: "numpy_fp32" (our fp32
+         model on the inference runtime), "numpy_fp32_training_path" (``nn.model.forward``
+         with the default ops, on ``threads`` BLAS/Numba threads), "torch_fp32",
+         "torch_int8_dynamic", and ``extra``'s.
     """
+    from minicompress.nn.linear import DENSE
+    from minicompress.pretrained.compress import CompressedModel
+
     batch = bench_batch(model, batch_size, seq_len)
+    fp32 = CompressedModel(model.params, model.cfg, DENSE, "float", {}, {}, {}, {})
+    rt = encoder_runtime(fp32, threads)
     runners: dict[str, Callable[[], np.ndarray]] = {
-        "numpy_fp32": lambda: sentence_embeddings(model.params, model.cfg, batch)
+        "numpy_fp32": lambda: runtime_embeddings(rt, batch),
+        "numpy_fp32_training_path": lambda: sentence_embeddings(model.params, model.cfg, batch),
     }
     torch_version = None
     if with_torch and have_torch():
@@ -268,6 +280,7 @@ def run_pretrained_bench(
     ref = runners["numpy_fp32"]()
     cosines = {name: float(row_cosines(ref, run()).mean()) for name, run in runners.items()}
     ms = time_contenders(runners, threads, rounds, repeat)
+    rt.close()
     return {
         "ms": ms,
         "cosine_to_fp32": cosines,
@@ -300,21 +313,19 @@ def compress_report(
     (static activations) come from outside that set.
 
     ->  {"method", "runtime", "mean_cosine", "min_cosine", "spearman", "top5_overlap",
-         "sentences", and with ``time_it`` "ms_per_batch" (the compressed model),
-         "fp32_ms_per_batch" (our fp32 forward), "batch", "threads"; with torch also
+         "sentences", and with ``time_it`` "ms_per_batch" (the compressed model on the
+         inference runtime; a simulation on the training path, "timed" says which),
+         "fp32_ms_per_batch" (our fp32 model on the runtime),
+         "fp32_training_path_ms_per_batch", "batch", "threads"; with torch also
          "torch_fp32_ms_per_batch", "torch_int8_ms_per_batch", "torch_int8_mean_cosine",
          "torch_int8_min_cosine", "torch_int8_spearman", "torch_int8_top5_overlap"}.
     ``compressed``: an already compressed model (``CompressedModel``) to measure instead.
     """
-    from minicompress.pretrained.compress import compress
+    from minicompress.pretrained.compress import compress_beside
     from minicompress.pretrained.embed import embed_texts
-    from minicompress.pretrained.sentences import sentences_outside
 
     texts = corpus_sentences(n_sentences)
-    if compressed is None:
-        calibration = sentences_outside(texts)[: cc.calibration_sentences]
-        compressed = compress(model, cc, calibration)
-    cm = compressed
+    cm = compress_beside(model, cc, texts) if compressed is None else compressed
     ref = embed_texts(model, texts)
     emb = embed_texts(model, texts, params=cm.params, cfg=cm.cfg, linear=cm.linear)
     out = {"method": cc.label(), "runtime": cm.runtime, **fidelity_report(ref, emb)}
@@ -325,16 +336,24 @@ def compress_report(
         theirs = torch_int8_fidelity(model, ref, texts)
         out.update({f"torch_int8_{k}": v for k, v in theirs.items()})
     if time_it:
+        rt = encoder_runtime(cm)
 
         def make(batch):
-            return lambda: sentence_embeddings(cm.params, cm.cfg, batch, cm.linear)
+            if rt is None:  # a simulation: no faster form than the training path
+                return lambda: sentence_embeddings(cm.params, cm.cfg, batch, cm.linear)
+            return lambda: runtime_embeddings(rt, batch)
 
         bench = run_pretrained_bench(
-            model, {"compressed": make}, rounds=rounds, repeat=repeat, with_torch=torch_ok
-        )
+            model, {"compressed": make}, rounds=rounds, repeat=repeat, with_torch=torch_ok,
+            seq_len=min(BENCH_TOKENS, model.tokenizer.max_length),  # a smaller position table
+        )  # fmt: skip
+        if rt is not None:
+            rt.close()
         ms = bench["ms"]
+        out["timed"] = "training path (simulation)" if rt is None else "inference runtime"
         out["ms_per_batch"] = ms["compressed"]
         out["fp32_ms_per_batch"] = ms["numpy_fp32"]
+        out["fp32_training_path_ms_per_batch"] = ms["numpy_fp32_training_path"]
         if torch_ok:
             out["torch_fp32_ms_per_batch"] = ms["torch_fp32"]
             out["torch_int8_ms_per_batch"] = ms["torch_int8_dynamic"]
