@@ -29,7 +29,6 @@ def register(sub) -> None:
 def run(args) -> int:
     from minicompress.deploy.pipeline import compress
     from minicompress.deploy.recipe import load_recipe
-
     from minicompress.nn.checkpoint import checkpoint_file
 
     recipe = load_recipe(args.recipe)

@@ -138,26 +138,30 @@ def study_config(quick: bool) -> StudyConfig:
             sweep_sparsities=(0.0, 0.5, 0.8, 0.95),
             sample_tokens=40,
         )
+    # Budget: the default teacher trains in ~5 minutes on 2 idle cores (1400 steps); the
+    # study must fit in the other ~5 (issue #14: <= 10 minutes in all), i.e. about 700
+    # training steps of the teacher's size, counting a distillation step (the teacher's
+    # forward and a smaller student) as a fraction of one.
     student = {
         "setting": "3 layers, width 64",
-        "distill": {"n_layer": 3, "n_embd": 64, "init": "scratch", "steps": 400},
+        "distill": {"n_layer": 3, "n_embd": 64, "init": "scratch", "steps": 250},
     }
     combined = {
         "setting": "2 layers + 50% MLP + 8 bit",
         "recipe": {
-            "distill": {"n_layer": 2, "steps": 300, "lr": 2e-3, "warmup": 20},
-            "prune": {"method": "neurons", "sparsity": 0.5, "finetune_steps": 100},
+            "distill": {"n_layer": 2, "steps": 250, "lr": 2e-3, "warmup": 20},
+            "prune": {"method": "neurons", "sparsity": 0.5, "finetune_steps": 60},
             "quantize": {"bits": 8},
-            "finetune": {"steps": 100},
+            "finetune": {"steps": 60},
         },
     }
     return StudyConfig(
-        methods=_methods(100, 150, 200, student, combined),
+        methods=_methods(60, 80, 120, student, combined),
         eval_windows=None,
         speed_batch=32,
         speed_rounds=3,
         speed_repeat=5,
-        sensitivity_windows=32,
+        sensitivity_windows=16,
         sweep_sparsities=(0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
         sample_tokens=200,
     )
