@@ -144,7 +144,7 @@ def test_w8a8_dynamic_runtime_equals_its_simulation(rng, tmp_path, bits):
     params, cfg = _model(rng)
     q = quantize_weights(params, cfg, QuantSpec(bits, "symmetric", "channel"), embedding_spec=None)
     save_compressed(
-        tmp_path / "m", {**params, **q}, cfg, VOCAB, {"quant": {"activations": "dynamic"}}
+        tmp_path / "m", {**params, **q}, cfg, VOCAB, {"quantization": {"activations": "dynamic"}}
     )
     rt, _, _ = load_runtime(tmp_path / "m")
     assert all(isinstance(rt.params[k], PackedInt8Linear) for k in q)

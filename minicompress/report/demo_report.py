@@ -258,7 +258,7 @@ def run_study(
         )  # fmt: skip
         path = save_compressed(
             out / "models" / f"{slug(method.name)}.mc", result.stored, result.cfg, vocab,
-            {"recipe": result.metrics["recipe"], "quant": quant_meta(result.model)},
+            {"recipe": result.metrics["recipe"], **quant_meta(result.model)},
         )  # fmt: skip
         figures[method.name], runtimes[method.name] = measure(path, data, sc)
         rows.append(
