@@ -134,18 +134,21 @@ def _logits(params, cfg, idx, linear=None):
     return forward(params, idx, cfg, op_impl=NUMPY_OPS, **kwargs)[0]
 
 
-def test_w8a8_dynamic_runtime_equals_its_simulation(rng, tmp_path):
+@pytest.mark.parametrize("bits", [8, 4])
+def test_w8a8_dynamic_runtime_equals_its_simulation(rng, tmp_path, bits):
     """int8 kernels (per-token uint8 activations, int32 sums) against FakeQuantLinear's
-    dynamic activations on the dequantized weights. Tolerance 2e-4 of the logits' scale: a
-    rare activation within an ulp of a rounding boundary rounds the other way (see
-    quant/runtime.py)."""
+    dynamic activations on the dequantized weights; 4-bit symmetric per-channel codes (the
+    demo's combined model: stored two per byte) run on the same kernels. Tolerance 2e-4 of
+    the logits' scale: a rare activation within an ulp of a rounding boundary rounds the
+    other way (see quant/runtime.py)."""
     params, cfg = _model(rng)
-    q = quantize_weights(params, cfg, W8, embedding_spec=None)
+    q = quantize_weights(params, cfg, QuantSpec(bits, "symmetric", "channel"), embedding_spec=None)
     save_compressed(
-        tmp_path / "m", {**params, **q}, cfg, VOCAB, {"quant": {"activations": "dynamic"}}
+        tmp_path / "m", {**params, **q}, cfg, VOCAB, {"quantization": {"activations": "dynamic"}}
     )
     rt, _, _ = load_runtime(tmp_path / "m")
     assert all(isinstance(rt.params[k], PackedInt8Linear) for k in q)
+    assert set(read_compressed(tmp_path / "m").encodings[k] for k in q) == {f"int{bits}"}
     idx = rng.integers(0, cfg.vocab_size, (3, 16))
     ours = rt.forward(idx)
     sim = _logits(dequantized_params(params, q), cfg, idx, FakeQuantLinear(None, "dynamic"))

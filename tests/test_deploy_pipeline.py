@@ -71,7 +71,7 @@ def test_saved_model_on_the_runtime_equals_the_simulation_of_what_was_stored(tin
     layer (FakeQuantLinear's dynamic activations on the int8-coded layers only)."""
     res = _run(tiny, ALL)
     _, _, data = tiny
-    meta = {"quant": pipeline.quant_meta(res.model)}
+    meta = pipeline.quant_meta(res.model)
     save_compressed(tmp_path / "m", res.stored, res.cfg, data.tokenizer.chars, meta)
     rt, _, _ = load_runtime(tmp_path / "m")
     int8_layers = [
@@ -96,7 +96,9 @@ def test_structured_pruning_then_weight_only_quantization(tiny):
     assert [s.n_head for s in pipeline._shapes(res.model)] == [1, 1]
     assert res.stored["blocks.0.attn.qkv.w"].q.shape == (32, 3 * 16)  # one head of 16 left
     assert res.stored["blocks.0.attn.qkv.w"].spec.bits == 4
-    assert pipeline.quant_meta(res.model) == {"activations": "none", "bits": 4}
+    record = pipeline.quant_meta(res.model)["quantization"]
+    assert record["activations"] == "none" and record["weights"]["bits"] == 4
+    assert record["weights"]["granularity"] == "group" and record["weights"]["group_size"] == 8
 
 
 def test_fine_tune_alone_trains_the_float_model(tiny):

@@ -63,7 +63,9 @@ def test_demo_quick_writes_table_json_report_plots_and_models(quick_demo, capsys
     # the weight-only 8-bit model is the teacher to within 1% perplexity
     assert abs(by["W8 weight-only"]["delta_ppl_pct"]) < 1.0
     params, cfg, _, meta = load_compressed(out / "models" / "combined.mc")
-    assert cfg.n_layer == 1 and meta["quant"] == {"activations": "dynamic", "bits": 8}
+    record = meta["quantization"]
+    assert cfg.n_layer == 1 and record["activations"] == "dynamic"
+    assert record["weights"]["bits"] == 4 and record["weights"]["scheme"] == "symmetric"
     for name in ("pareto.png", "sensitivity.png", "sparsity_sweep.png"):
         assert (out / name).stat().st_size > 5000, name
     report = (out / "report.md").read_text()

@@ -166,7 +166,7 @@ for name, tables in recipes.items():
         params, cfg, vocab, data, recipe, progress=False, log=None, eval_windows=windows
     )
     path = save_compressed(WORK / f"{len(models)}.mc", res.stored, res.cfg, vocab,
-                           {"quant": quant_meta(res.model)})  # fmt: skip
+                           quant_meta(res.model))  # fmt: skip
     models[name], results[name] = path, res
     print(f"{name}: stored as {res.metrics['storage']}")
 

@@ -8,6 +8,8 @@ written only when every stage has run, and an existing file is never replaced.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from minicompress.cli.common import check_output_file, read_text
 
 
@@ -27,8 +29,13 @@ def register(sub) -> None:
 def run(args) -> int:
     from minicompress.deploy.pipeline import compress
     from minicompress.deploy.recipe import load_recipe
+    from minicompress.nn.checkpoint import checkpoint_file
 
     recipe = load_recipe(args.recipe)
+    # the files are written at the very end: probe their folders now (a folder that only
+    # root's permissions seem to allow, /proc say, is refused here, not after the work)
+    out_file = args.out if Path(args.out).suffix == ".mc" else checkpoint_file(args.out)
+    check_output_file("--out", out_file, inputs=[args.model, args.recipe])
     if args.json is not None:
         check_output_file("--json", args.json, inputs=[args.model, args.recipe])
     text = read_text(args.text)

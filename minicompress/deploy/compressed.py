@@ -2,7 +2,8 @@
 
 A quantized linear weight that the int8 kernels take (symmetric, one scale per output
 channel or per tensor) becomes a ``kernels.PackedInt8Linear`` when the model was quantized
-with dynamic activations (``meta["quant"]["activations"] == "dynamic"``) — the runtime then
+with dynamic activations (``meta["quantization"]["activations"] == "dynamic"``, the record
+``quant.pipeline`` and ``deploy.pipeline`` write) — the runtime then
 computes what the simulation ``FakeQuantLinear(activations="dynamic")`` computes; otherwise
 (weight-only, or a grid the kernels do not take) its dequantized float32 values, exactly
 what the weight-only simulation runs. A CSR weight runs on the CSR kernels when its
@@ -72,6 +73,6 @@ def runtime_params(params: dict, cfg: TransformerConfig, activations: str = "non
 def load_runtime(path: str | Path, rc: RuntimeConfig | None = None) -> tuple[Runtime, list, dict]:
     """A ``Runtime`` for a checkpoint file of any encoding -> (runtime, vocab, meta)."""
     m = read_compressed(path)
-    quant = m.meta.get("quant") if isinstance(m.meta.get("quant"), dict) else {}
-    activations = quant.get("activations", "none")
+    record = m.meta.get("quantization")
+    activations = record.get("activations", "none") if isinstance(record, dict) else "none"
     return Runtime(runtime_params(m.tensors, m.cfg, activations), m.cfg, rc), m.vocab, m.meta

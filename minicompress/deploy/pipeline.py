@@ -283,10 +283,15 @@ def _shapes(model: Stage):
 
 
 def quant_meta(model: Stage) -> dict:
-    """What the runtime needs to know of the grid (``compressed.load_runtime``)."""
+    """The checkpoint's one quantization record, in the form ``quant.pipeline`` writes:
+    ``{"quantization": {"weights": spec.to_dict(), "activations": "none" | "dynamic",
+    "embeddings": bool}}`` ({} when the model is not quantized). ``compressed.load_runtime``
+    and ``quant.pipeline.simulation_linear`` read it."""
     if model.quant is None:
         return {}
-    return {"activations": model.quant.activations, "bits": model.quant.spec.bits}
+    q = model.quant
+    record = {"weights": q.spec.to_dict(), "activations": q.activations, "embeddings": q.embeddings}
+    return {"quantization": record}
 
 
 # ----------------------------------------------------------------------------------------
@@ -333,7 +338,7 @@ def compress(
     data = make_dataset(text or builtin_text(), cfg.block_size, tokenizer=CharTokenizer(vocab))
     result = run_recipe(params, cfg, vocab, data, recipe, progress=progress, log=log)
     m = result.metrics
-    meta_out = {"recipe": m["recipe"], "quant": quant_meta(result.model), "source": str(model_path)}
+    meta_out = {"recipe": m["recipe"], **quant_meta(result.model), "source": str(model_path)}
     written = save_compressed(out_file, result.stored, result.cfg, vocab, meta_out)
     m["file_bytes"] = file_bytes(written)
     m["baseline_file_bytes"] = file_bytes(model_path)

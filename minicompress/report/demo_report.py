@@ -115,18 +115,11 @@ def study_config(quick: bool) -> StudyConfig:
     """The demo's fixed study: the default (budgeted for ~5 minutes on 2 cores after the
     teacher) or ``quick`` (seconds, for CI, on the quick teacher)."""
     if quick:
-        student = {
-            "setting": "1 layer, width 32",
-            "distill": {"n_layer": 1, "n_embd": 32, "init": "scratch", "steps": 10},
-        }
+        distill = {"n_layer": 1, "steps": 8, "lr": 3e-3}
+        student = {"setting": "1 of 2 layers", "distill": distill}
         combined = {
-            "setting": "1 layer + 50% MLP + 8 bit",
-            "recipe": {
-                "distill": {"n_layer": 1, "steps": 8, "lr": 3e-3},
-                "prune": {"method": "neurons", "sparsity": 0.5, "finetune_steps": 4},
-                "quantize": {"bits": 8},
-                "finetune": {"steps": 4},
-            },
+            "setting": "1 layer + 4 bit",
+            "recipe": {"distill": distill, "quantize": {"bits": 4}, "finetune": {"steps": 6}},
         }
         return StudyConfig(
             methods=_methods(4, 6, 6, student, combined),
@@ -138,26 +131,29 @@ def study_config(quick: bool) -> StudyConfig:
             sweep_sparsities=(0.0, 0.5, 0.8, 0.95),
             sample_tokens=40,
         )
-    student = {
-        "setting": "3 layers, width 64",
-        "distill": {"n_layer": 3, "n_embd": 64, "init": "scratch", "steps": 400},
-    }
+    # Budget: the default teacher trains in ~5 minutes on 2 idle cores (1400 steps); the
+    # study must fit in the other ~5 (issue #14: <= 10 minutes in all), i.e. about 700
+    # training steps of the teacher's size, counting a distillation step (the teacher's
+    # forward and a smaller student) as a fraction of one.
+    # The student keeps every other block of the teacher (init "teacher") and learns from
+    # its soft labels; the combined recipe quantizes that student to 4 bits with QAT.
+    # Measured (results in the README): a student from scratch (3 blocks of width 64, 250
+    # steps) stayed at 2.5x the teacher's perplexity; removing half of the student's MLP
+    # neurons before 8-bit quantization cost +15% before and +9.8% after its fine-tune,
+    # for a file 9.99x smaller — 4-bit codes of the whole student are smaller and better.
+    distill = {"n_layer": 2, "steps": 250, "lr": 2e-3, "warmup": 20}
+    student = {"setting": "2 of 4 layers", "distill": distill}
     combined = {
-        "setting": "2 layers + 50% MLP + 8 bit",
-        "recipe": {
-            "distill": {"n_layer": 2, "steps": 300, "lr": 2e-3, "warmup": 20},
-            "prune": {"method": "neurons", "sparsity": 0.5, "finetune_steps": 100},
-            "quantize": {"bits": 8},
-            "finetune": {"steps": 100},
-        },
+        "setting": "2 layers + 4 bit",
+        "recipe": {"distill": distill, "quantize": {"bits": 4}, "finetune": {"steps": 80}},
     }
     return StudyConfig(
-        methods=_methods(100, 150, 200, student, combined),
+        methods=_methods(60, 80, 120, student, combined),
         eval_windows=None,
         speed_batch=32,
         speed_rounds=3,
         speed_repeat=5,
-        sensitivity_windows=32,
+        sensitivity_windows=16,
         sweep_sparsities=(0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
         sample_tokens=200,
     )
@@ -262,7 +258,7 @@ def run_study(
         )  # fmt: skip
         path = save_compressed(
             out / "models" / f"{slug(method.name)}.mc", result.stored, result.cfg, vocab,
-            {"recipe": result.metrics["recipe"], "quant": quant_meta(result.model)},
+            {"recipe": result.metrics["recipe"], **quant_meta(result.model)},
         )  # fmt: skip
         figures[method.name], runtimes[method.name] = measure(path, data, sc)
         rows.append(

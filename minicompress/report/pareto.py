@@ -45,9 +45,15 @@ def plot_size_vs_perplexity(rows: list[dict], path: str | Path, title: str = "")
     ax.scatter(size[~on_front] / 1e3, ppl[~on_front], color="0.55", zorder=3, label="dominated")
     ax.scatter(size[on_front] / 1e3, ppl[on_front], color="C3", zorder=4, label="Pareto front")
     ax.step(size[front] / 1e3, ppl[front], where="post", color="C3", lw=1.2, alpha=0.7)
+    placed: dict[tuple, int] = {}  # labels already near a point: the next goes below them
+    y_span = float(np.ptp(ppl)) or 1.0
     for r, x, y in zip(rows, size / 1e3, ppl, strict=True):
         label = r["method"] + (f" ({r['speedup']:.1f}x)" if r.get("speedup") else "")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        # points closer than a line of text (1/40 of the height, 1/20 of a decade) share a spot
+        key = (round(20 * float(np.log10(x))), round(40 * float(y - ppl.min()) / y_span))
+        n = placed[key] = placed.get(key, -1) + 1
+        offset = (5, 4 - 9 * n)  # points: one line of 7-pt text below the previous label
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("file size on disk (kB, log scale)")
     ax.set_ylabel("validation perplexity")
