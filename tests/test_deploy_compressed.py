@@ -208,11 +208,39 @@ def test_csr_below_break_even_runs_dense(rng):
     np.testing.assert_array_equal(rp["blocks.0.mlp.fc.w"], params["blocks.0.mlp.fc.w"])
 
 
-def test_runtime_params_refuses_static_activations(rng):
+def test_runtime_params_refuses_unknown_activations_and_dequantizes_weight_only(rng):
     params, cfg = _model(rng)
-    with pytest.raises(ValueError, match="static"):
-        runtime_params(params, cfg, "static")
+    with pytest.raises(ValueError, match="none, dynamic, static; got 'per-token'"):
+        runtime_params(params, cfg, "per-token")
     rp = runtime_params({**params, **quantize_weights(params, cfg, W8, None, None)}, cfg)
     assert all(isinstance(v, np.ndarray) for v in rp.values())  # weight-only: dequantized
     assert isinstance(Runtime(rp, cfg).forward(np.zeros((1, 3), int)), np.ndarray)
     assert isinstance(quantize_weights(params, cfg, W8, None, None)["head.w"], QuantizedTensor)
+
+
+def test_w8a8_static_checkpoint_runs_on_the_kernels_with_its_recorded_ranges(tmp_path):
+    """A ``quantize --activations static`` checkpoint on the runtime: packed int8 layers with
+    the calibrated ranges the file records, against the simulation ``load_quantized`` runs
+    (the same tolerance as the dynamic model); without the ranges (dynamic) it differs."""
+    from quant_models import tiny_trained
+
+    from minicompress.deploy.format import load_quantized
+    from minicompress.quant.pipeline import QuantizeConfig, quantize_model
+
+    params, cfg, data = tiny_trained()
+    q = quantize_model(
+        params, cfg, data, QuantizeConfig(8, activations="static", calib_batches=1), False
+    )
+    vocab = data.tokenizer.chars
+    save_compressed(tmp_path / "s", {**q.params, **q.qtensors}, cfg, vocab, q.meta)
+    rt, _, meta = load_runtime(tmp_path / "s")
+    assert meta["quantization"]["activations"] == "static"
+    assert any(isinstance(v, PackedInt8Linear) for v in rt.params.values())
+    sim_params, _, _, _, sim_linear = load_quantized(tmp_path / "s")
+    idx = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, cfg.block_size))
+    sim = _logits(sim_params, cfg, idx, sim_linear)
+    ours, scale = rt.forward(idx), np.abs(sim).max()
+    diff = np.abs(ours - sim)
+    assert diff.mean() <= 1e-3 * scale and diff.max() <= 2e-2 * scale, (diff.mean(), diff.max())
+    dynamic = Runtime(runtime_params(rt.params, cfg), cfg).forward(idx)  # per-token ranges
+    assert np.abs(dynamic - ours).max() > 10 * diff.mean()

@@ -2,9 +2,10 @@
 
 A quantized linear weight that the int8 kernels take (symmetric, one scale per output
 channel or per tensor) becomes a ``kernels.PackedInt8Linear`` when the model was quantized
-with dynamic activations (``meta["quantization"]["activations"] == "dynamic"``, the record
-``quant.pipeline`` and ``deploy.pipeline`` write) — the runtime then
-computes what the simulation ``FakeQuantLinear(activations="dynamic")`` computes; otherwise
+with dynamic or static activations (``meta["quantization"]["activations"]``, the record
+``quant.pipeline`` and ``deploy.pipeline`` write) — the runtime then computes what the
+simulation ``FakeQuantLinear(activations=...)`` computes, per token or with the recorded
+calibrated ranges; otherwise
 (weight-only, or a grid the kernels do not take) its dequantized float32 values, exactly
 what the weight-only simulation runs. A CSR weight runs on the CSR kernels when its
 sparsity reaches their measured break-even (``prune.sparse.BREAK_EVEN``), else as its dense
@@ -16,13 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from minicompress.deploy.format import read_compressed
-from minicompress.deploy.runtime import Runtime, RuntimeConfig
+from minicompress.deploy.runtime import Runtime, RuntimeConfig, RuntimeLinear, default_handlers
+from minicompress.kernels import PackedInt8Linear
 from minicompress.nn.model import TransformerConfig, linear_names
 from minicompress.prune.sparse import BREAK_EVEN, SparseWeight, to_dense_weight
-from minicompress.quant.runtime import int8_weights, pack_int8_params
+from minicompress.quant.runtime import int8_weights, pack_int8_params, runtime_linear
 from minicompress.quant.tensor import QuantizedTensor, dequantize_tensor
 
-RUNTIME_ACTIVATIONS = ("none", "dynamic")  # what the runtime reproduces of the simulation
+RUNTIME_ACTIVATIONS = ("none", "dynamic", "static")  # the simulations the runtime reproduces
 
 
 def sparse_fraction(w: SparseWeight) -> float:
@@ -42,13 +44,13 @@ def _int8_kernel_takes(name: str, qt: QuantizedTensor) -> bool:
 def runtime_params(params: dict, cfg: TransformerConfig, activations: str = "none") -> dict:
     """The weights the runtime runs for a compressed model (see the module docstring).
 
-    activations: "dynamic" (W8A8 dynamic: quantized linear weights on the int8 kernels) or
-    "none" (weight-only: every quantized tensor dequantized to float32).
+    activations: "dynamic" or "static" (W8A8: quantized linear weights on the int8 kernels,
+    whose activations the runtime's linear quantizes per token or with the calibrated
+    ranges) or "none" (weight-only: every quantized tensor dequantized to float32).
     """
     if activations not in RUNTIME_ACTIVATIONS:
         raise ValueError(
-            f"the runtime runs activations {' or '.join(RUNTIME_ACTIVATIONS)}; got "
-            f"{activations!r} (a static-activation model runs in the simulation only)"
+            f"the runtime runs activations {', '.join(RUNTIME_ACTIVATIONS)}; got {activations!r}"
         )
     layers = {n + ".w": n for n in linear_names(cfg)}
     packable = {
@@ -56,7 +58,7 @@ def runtime_params(params: dict, cfg: TransformerConfig, activations: str = "non
         for key, obj in params.items()
         if isinstance(obj, QuantizedTensor)
         and key in layers
-        and activations == "dynamic"
+        and activations != "none"
         and _int8_kernel_takes(layers[key], obj)
     }
     out = {}
@@ -71,8 +73,14 @@ def runtime_params(params: dict, cfg: TransformerConfig, activations: str = "non
 
 
 def load_runtime(path: str | Path, rc: RuntimeConfig | None = None) -> tuple[Runtime, list, dict]:
-    """A ``Runtime`` for a checkpoint file of any encoding -> (runtime, vocab, meta)."""
+    """A ``Runtime`` for a checkpoint file of any encoding -> (runtime, vocab, meta). A W8A8
+    static checkpoint runs its packed layers on ``quant.runtime.runtime_linear(meta)``: the
+    int8 kernels with the activation ranges calibrated and recorded in the file."""
     m = read_compressed(path)
     record = m.meta.get("quantization")
     activations = record.get("activations", "none") if isinstance(record, dict) else "none"
-    return Runtime(runtime_params(m.tensors, m.cfg, activations), m.cfg, rc), m.vocab, m.meta
+    linear = None
+    if activations == "static":
+        linear = RuntimeLinear({**default_handlers(), PackedInt8Linear: runtime_linear(m.meta)})
+    params = runtime_params(m.tensors, m.cfg, activations)
+    return Runtime(params, m.cfg, rc, linear), m.vocab, m.meta
