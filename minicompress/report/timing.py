@@ -56,6 +56,36 @@ def best_of_rounds(
     return best
 
 
+def interleaved_times(
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    repeat: int = 5,
+    pause_s: float = 0.2,
+) -> dict[str, list[float]]:
+    """Every call's wall time in milliseconds, ``rounds * repeat`` per function, timed in
+    rounds: round r starts with function r (mod n) and goes on in turn (a rotating start, so
+    that no function always follows the same one); before a function's ``repeat`` timed
+    calls come a pause of ``pause_s`` seconds and one untimed call.
+
+    The pause lets the worker threads of the previous library (BLAS, OpenMP, a runtime's
+    pool) stop spinning; the untimed call wakes this one's threads and caches. ->
+    {name: [ms, ...]} in the order of ``fns``; summarize with min and median.
+    """
+    if rounds < 1 or repeat < 1:
+        raise ValueError(f"rounds and repeat must be >= 1; got {rounds} and {repeat}")
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            time.sleep(pause_s)
+            fns[name]()
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                fns[name]()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 def blas_info() -> list[dict]:
     """The BLAS libraries loaded: library, version, kernel (architecture), threads."""
     from threadpoolctl import threadpool_info
