@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import io
 import logging
 import math
 import os
@@ -67,11 +68,12 @@ class Contender(NamedTuple):
     needs: tuple[str, ...]  # modules that must be importable
 
 
+_ORT = ("torch", "onnx", "onnxruntime")  # the twin is exported by torch, read by onnxruntime
 CONTENDERS = (
     Contender("torch-fp32", "torch", "torch eager fp32", ("torch",)),
     Contender("torch-int8", "torch", "torch quantize_dynamic int8", ("torch",)),
-    Contender("ort-fp32", "onnxruntime", "onnxruntime fp32", ("torch", "onnx", "onnxruntime")),
-    Contender("ort-int8", "onnxruntime", "onnxruntime int8 dynamic", ("torch", "onnx", "onnxruntime")),  # fmt: skip
+    Contender("ort-fp32", "onnxruntime", "onnxruntime fp32", _ORT),
+    Contender("ort-int8", "onnxruntime", "onnxruntime int8 dynamic", _ORT),
     Contender("ov-fp32", "openvino", "openvino fp32", ("torch", "onnx", "openvino")),
     Contender("ov-int8", "nncf", "openvino + nncf int8", ("torch", "onnx", "openvino", "nncf")),
     Contender("ours-fp32", "minicompress", "minicompress fp32", ()),
@@ -90,9 +92,8 @@ def check_contenders(keys: list[str] | None) -> list[str]:
         return [c.key for c in CONTENDERS]
     unknown = [k for k in keys if k not in BY_KEY]
     if unknown or not keys:
-        raise ValueError(
-            f"contenders {unknown or keys!r} unknown; choose among {', '.join(BY_KEY)}"
-        )
+        what = f"unknown contender(s) {', '.join(unknown)}" if unknown else "no contender given"
+        raise ValueError(f"{what}; choose among {', '.join(BY_KEY)}")
     wanted = set(keys) | {REFERENCE}
     return [c.key for c in CONTENDERS if c.key in wanted]
 
@@ -123,7 +124,9 @@ def logit_fidelity(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
     """
     ref, out = np.asarray(ref), np.asarray(out)
     if ref.shape != out.shape or ref.ndim < 1 or ref.size == 0:
-        raise ValueError(f"ref and out must be non-empty and of one shape; got {ref.shape}, {out.shape}")  # fmt: skip
+        raise ValueError(
+            f"ref and out must be non-empty and of one shape; got {ref.shape}, {out.shape}"
+        )
     diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
     agree = np.argmax(out, axis=-1) == np.argmax(ref, axis=-1)
     return {"max_abs_diff": float(diff.max()), "argmax_agreement": float(agree.mean())}
@@ -361,12 +364,14 @@ def build_ov_int8(ctx: _Context) -> Callable:
     calib = ctx.m.calib_x
     n = max(1, len(calib) // b) * b
     items = [np.resize(calib, (n, calib.shape[1]))[i : i + b] for i in range(0, n, b)]
-    q = nncf.quantize(
-        _ov_model(ctx),
-        nncf.Dataset(items, lambda x: {0: x.astype(np.int64)}),
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(items),
-    )
+    sink = io.StringIO()  # NNCF draws progress bars whatever its log level
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        q = nncf.quantize(
+            _ov_model(ctx),
+            nncf.Dataset(items, lambda x: {0: x.astype(np.int64)}),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(items),
+        )
     return _ov_runner(ctx, q)
 
 
@@ -477,13 +482,14 @@ def run_peers_bench(
             times = interleaved_times(runs, rounds, repeat, pause_s)
     base = times.get(BASELINE)
     out_rows = []
-    for key in keys:
-        if key not in rows:
-            continue
+    for key in [k for k in keys if k in rows]:
         t = times[key]
         row = {**rows[key], "min_ms": float(np.min(t)), "median_ms": float(np.median(t))}
-        row["ratio_to_torch_fp32"] = None if base is None else row["median_ms"] / float(np.median(base))  # fmt: skip
-        row["min_ratio_to_torch_fp32"] = None if base is None else row["min_ms"] / float(np.min(base))  # fmt: skip
+        row["ratio_to_torch_fp32"] = None
+        row["min_ratio_to_torch_fp32"] = None
+        if base is not None:
+            row["ratio_to_torch_fp32"] = row["median_ms"] / float(np.median(base))
+            row["min_ratio_to_torch_fp32"] = row["min_ms"] / float(np.min(base))
         out_rows.append(row)
     b, t = m.bench_x.shape
     return {
