@@ -20,7 +20,7 @@ from minicompress.report import bench_peers as bp
 JSON_FIELDS = {"contender", "library", "version", "threads", "min_ms", "median_ms",
                "ratio_to_torch_fp32"}  # fmt: skip
 FP32_PEERS = ("torch-fp32", "ort-fp32", "ov-fp32")  # the same float model, another runtime
-FAST = {"rounds": 1, "repeat": 1, "pause_s": 0.0}
+FAST = {"rounds": 1, "repeat": 1, "pause_s": 0.0, "min_seconds": 0.0}
 
 
 # ----------------------------------------------------------------------------------------
@@ -79,6 +79,14 @@ def test_in_batches_pads_the_last_batch_and_drops_its_copies():
 # ----------------------------------------------------------------------------------------
 # contender names
 # ----------------------------------------------------------------------------------------
+
+
+def test_speed_ratio_of_two_rows():
+    r = {"rows": [{"key": "a", "median_ms": 3.0, "min_ms": 2.0},
+                  {"key": "b", "median_ms": 4.0, "min_ms": 1.0}]}  # fmt: skip
+    assert bp.speed_ratio(r, "a", "b") == 0.75
+    assert bp.speed_ratio(r, "a", "b", "min_ms") == 2.0
+    assert bp.speed_ratio(r, "a", "missing") is None
 
 
 def test_check_contenders_keeps_table_order_and_adds_the_reference():

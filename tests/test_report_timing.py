@@ -58,3 +58,15 @@ def test_interleaved_times_rotates_the_start_and_warms_each_contender(monkeypatc
 def test_interleaved_times_refuses_no_call(rounds, repeat):
     with pytest.raises(ValueError, match="must be >= 1"):
         timing.interleaved_times({"a": lambda: None}, rounds=rounds, repeat=repeat)
+
+
+def test_interleaved_times_calls_short_functions_until_min_seconds(monkeypatch):
+    now = [0.0]
+
+    def fn():  # each call takes 0.1 s of a fake clock
+        now[0] += 0.1
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(timing.time, "sleep", lambda s: None)
+    times = timing.interleaved_times({"f": fn}, rounds=2, repeat=1, min_seconds=0.35)
+    assert times["f"] == pytest.approx([100.0] * 8)  # 4 calls reach 0.35 s, in each round

@@ -159,7 +159,7 @@ def _bench_peers(args) -> list | None:
         run_peers_bench,
     )
 
-    quick = {"rounds": 2, "repeat": 2} if args.quick else {}
+    quick = {"rounds": 2, "repeat": 2, "min_seconds": 0.0} if args.quick else {}
     r = run_peers_bench(m, args.threads, keys, **quick)
     print(format_peers_bench(r))
     if args.plot is not None:

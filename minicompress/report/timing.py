@@ -61,11 +61,14 @@ def interleaved_times(
     rounds: int,
     repeat: int = 5,
     pause_s: float = 0.2,
+    min_seconds: float = 0.0,
 ) -> dict[str, list[float]]:
-    """Every call's wall time in milliseconds, ``rounds * repeat`` per function, timed in
-    rounds: round r starts with function r (mod n) and goes on in turn (a rotating start, so
-    that no function always follows the same one); before a function's ``repeat`` timed
-    calls come a pause of ``pause_s`` seconds and one untimed call.
+    """Every call's wall time in milliseconds, at least ``rounds * repeat`` per function,
+    timed in rounds: round r starts with function r (mod n) and goes on in turn (a rotating
+    start, so that no function always follows the same one); before a function's timed
+    calls come a pause of ``pause_s`` seconds and one untimed call. Within a round a
+    function is called ``repeat`` times, and more until ``min_seconds`` have passed (short
+    calls get many samples).
 
     The pause lets the worker threads of the previous library (BLAS, OpenMP, a runtime's
     pool) stop spinning; the untimed call wakes this one's threads and caches. ->
@@ -79,10 +82,12 @@ def interleaved_times(
         for name in names[r % len(names) :] + names[: r % len(names)]:
             time.sleep(pause_s)
             fns[name]()
-            for _ in range(repeat):
+            start, n = time.perf_counter(), 0
+            while n < repeat or time.perf_counter() - start < min_seconds:
                 t0 = time.perf_counter()
                 fns[name]()
                 times[name].append((time.perf_counter() - t0) * 1e3)
+                n += 1
     return times
 
 
