@@ -3,27 +3,28 @@ threads, timed in one process.
 
 The contenders, each built from our own parameters:
 
-==============  ===========  ===========================================================
-key             library      what runs
-==============  ===========  ===========================================================
-torch-fp32      torch        the PyTorch twin (``report.torch_twin``), eager, no_grad
-torch-int8      torch        ``quantize_dynamic`` of its ``nn.Linear`` layers, per channel
-ort-fp32        onnxruntime  the twin exported to ONNX (static shape [B, T])
-ort-int8        onnxruntime  ``quantization.quantize_dynamic`` of that file, per channel
-ov-fp32         openvino     the ONNX file compiled for the CPU, f32 precision forced
-ov-int8         nncf         ``nncf.quantize(model_type=TRANSFORMER)`` of it, calibrated
-ours-fp32       minicompress ``deploy.Runtime`` on the float32 weights
-ours-int8       minicompress W8A8 dynamic: symmetric per-channel int8 weights
-                             (``quant.ptq``), per-token uint8 activations, the int8 kernels
-                             (``deploy.compressed.runtime_params``, as ``load_runtime``)
-ours-csr50      minicompress 50% global magnitude pruning (no fine-tune) on the CSR
-                             kernels (``prune.sparse``; decoders with a head only)
-==============  ===========  ===========================================================
+==============  ============  ==========================================================
+key             library       what runs
+==============  ============  ==========================================================
+torch-fp32      torch         the PyTorch twin (``report.torch_twin``), eager, no_grad
+torch-int8      torch         ``quantize_dynamic`` of its ``nn.Linear`` layers, per channel
+ort-fp32        onnxruntime   the twin exported to ONNX (static shape [B, T])
+ort-int8        onnxruntime   ``quantization.quantize_dynamic`` of that file, per channel
+ov-fp32         openvino      the ONNX file compiled for the CPU, f32 precision forced
+ov-int8         nncf          ``nncf.quantize(model_type=TRANSFORMER)`` of it, calibrated
+ours-fp32       minicompress  ``deploy.Runtime`` on the float32 weights
+ours-int8       minicompress  W8A8 dynamic: symmetric per-channel int8 weights
+                              (``quant.ptq``), per-token uint8 activations, the int8 kernels
+                              (``deploy.compressed.runtime_params``, as ``load_runtime``)
+ours-csr50      minicompress  50% global magnitude pruning (no fine-tune) on the CSR
+                              kernels (``prune.sparse``; decoders with a head only)
+==============  ============  ==========================================================
 
 A peer whose package is not installed is skipped with one line (``pip install -e
 ".[peers]"``). Timing: ``report.timing.interleaved_times`` (rounds with a rotating start, a
 pause and one untimed call before each contender's timed calls), every library on the same
-number of threads; min and median milliseconds, and the ratio of medians to torch fp32.
+number of threads (short calls repeated for at least ``MIN_SECONDS`` per round); min and
+median milliseconds, and their ratios to torch fp32's.
 
 Fidelity against our fp32 output: on a decoder, over all the validation windows, the largest
 absolute logit difference, the fraction of positions whose argmax agrees, and the validation
