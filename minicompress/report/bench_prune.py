@@ -26,7 +26,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from minicompress.fileio import save_json
-from minicompress.kernels.bench_csr import pruned_weight
 from minicompress.nn.checkpoint import load_checkpoint, save_checkpoint
 from minicompress.nn.linear import DENSE
 from minicompress.nn.model import count_params, forward
@@ -44,6 +43,7 @@ from minicompress.prune.sparse import (
     unpack_sparse,
 )
 from minicompress.prune.structured import prune_structures
+from minicompress.report.bench_csr import pruned_weight
 from minicompress.report.table import format_table
 from minicompress.report.timing import best_of_rounds, blas_summary
 

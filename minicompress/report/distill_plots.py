@@ -9,17 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from minicompress.report.plots import _plt
+from minicompress.report.plots import _plt, save_figure
 from minicompress.report.table import format_table
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_soft_labels(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minicompress.report.plots import _plt, save_figure
+
 
 def pareto_front(size: np.ndarray, loss: np.ndarray) -> np.ndarray:
     """Indices of the points no other point dominates, sorted by size.
@@ -27,15 +29,6 @@ def pareto_front(size: np.ndarray, loss: np.ndarray) -> np.ndarray:
         if not (no_worse & better).any():
             keep.append(i)
     return np.array(sorted(keep, key=lambda i: (size[i], loss[i])), dtype=np.int64)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_size_vs_perplexity(rows: list[dict], path: str | Path, title: str = "") -> Path:
@@ -61,9 +54,4 @@ def plot_size_vs_perplexity(rows: list[dict], path: str | Path, title: str = "")
     ax.set_title(title or "size against quality (label: tokens/s speed-up over fp32)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minicompress.fileio import atomic_writer
+
 
 def _plt():
     import matplotlib
@@ -14,6 +16,17 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as a PNG atomically (``fileio.atomic_writer``: an interrupted run leaves
+    the old file or the new one, never half a picture) and close it. ->  the path."""
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_writer(path) as f:
+        fig.savefig(f, dpi=dpi, format="png")
+    _plt().close(fig)
+    return path
 
 
 def plot_loss_curve(history, path: str | Path, title: str = "training") -> Path:
@@ -33,9 +46,4 @@ def plot_loss_curve(history, path: str | Path, title: str = "training") -> Path:
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -7,18 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from minicompress.report.plots import _plt
+from minicompress.report.plots import _plt, save_figure
 
 
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
+def _save(fig, path) -> Path:
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_sweep(rows: list[dict], path: str | Path, title: str = "") -> Path:

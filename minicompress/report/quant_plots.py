@@ -9,16 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from minicompress.quant.tensor import QuantSpec, error_split
-from minicompress.report.plots import _plt
+from minicompress.report.plots import _plt, save_figure
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_weight_grid(values: np.ndarray, grids: dict, path, title: str = "") -> Path:
