@@ -554,7 +554,7 @@ def format_peers_bench(r: dict) -> str:
 
 def plot_peers_bench(r: dict, path: str | Path) -> Path:
     """Horizontal bars: each contender's median milliseconds, its minimum as a tick."""
-    from minicompress.report.plots import _plt
+    from minicompress.report.plots import _plt, save_figure
 
     plt = _plt()
     rows = r["rows"]
@@ -569,9 +569,4 @@ def plot_peers_bench(r: dict, path: str | Path) -> Path:
     ax.set_title(f"{r['model']} {r['batch_size']}x{r['seq_len']}, {r['threads']} thread(s)")
     ax.legend(loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
