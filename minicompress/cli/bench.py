@@ -1,46 +1,76 @@
-"""``minicompress bench train | kernels | runtime``: a training step against PyTorch, the int8
-and CSR kernels against NumPy, SciPy and PyTorch, or the inference runtime against PyTorch
-eager and ``quantize_dynamic`` (forward and generation), timed in the same process."""
+"""``minicompress bench train | kernels | runtime | peers``: a training step against PyTorch,
+the int8 and CSR kernels against NumPy, SciPy and PyTorch, the inference runtime against
+PyTorch eager and ``quantize_dynamic`` (forward and generation), or the whole model against
+the industry runtimes (PyTorch, onnxruntime, OpenVINO + NNCF), timed in the same process."""
 
 from __future__ import annotations
 
 import time
 
-from minicompress.cli.common import check_output_file, flag_int
+from minicompress.cli.common import UserError, check_output_file, flag_int
 from minicompress.fileio import save_json
 from minicompress.report.table import format_table
+
+PEERS_MODELS = ("teacher", "minilm")
+PEERS_TEACHER = "runs/teacher"  # where ``minicompress train`` writes the teacher by default
 
 
 def register(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: a training step, or the kernels")
-    b.add_argument("what", choices=["train", "kernels", "runtime"])
+    b.add_argument("what", choices=["train", "kernels", "runtime", "peers"])
     b.add_argument("--json", help="write the results to this JSON file")
     b.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     b.add_argument(
         "--batch-size",
         type=flag_int(minimum=1),
         default=None,
-        help="(bench train: default 16; bench runtime: default 32)",
+        help="(bench train: default 16; bench runtime, peers: default 32)",
     )
     b.add_argument(
-        "--model", help="(bench runtime) a checkpoint; default the teacher's shape, random"
+        "--model",
+        help="(bench runtime) a checkpoint; default the teacher's shape, random. "
+        "(bench peers) teacher or minilm; default teacher",
     )
     b.add_argument(
-        "--threads", type=flag_int(minimum=1), default=2, help="(bench runtime; default 2)"
+        "--threads", type=flag_int(minimum=1), default=2, help="(bench runtime, peers; default 2)"
     )
+    b.add_argument(
+        "--checkpoint",
+        help=f"(bench peers) the teacher's checkpoint; default {PEERS_TEACHER}",
+    )
+    b.add_argument(
+        "--contenders",
+        help="(bench peers) comma-separated, default all: torch-fp32, torch-int8, ort-fp32, "
+        "ort-int8, ov-fp32, ov-int8, ours-fp32, ours-int8, ours-csr50",
+    )
+    b.add_argument("--plot", help="(bench peers) write a bar chart of the times to this file")
     b.set_defaults(func=run)
 
 
 def run(args) -> int:
     from minicompress.report.timing import blas_summary
 
+    if args.what != "peers":
+        for flag in ("checkpoint", "contenders", "plot"):
+            if getattr(args, flag) is not None:
+                raise UserError(f"--{flag} is a flag of bench peers only")
     if args.json is not None:
         check_output_file("--json", args.json)
     t0 = time.perf_counter()
-    runs = {"train": _bench_train, "kernels": _bench_kernels, "runtime": _bench_runtime}
+    runs = {
+        "train": _bench_train,
+        "kernels": _bench_kernels,
+        "runtime": _bench_runtime,
+        "peers": _bench_peers,
+    }
     result = runs[args.what](args)
+    if result is None:  # nothing was measured (bench peers: the model is not installed)
+        return 0
     if args.json is not None:
-        payload = {**result, "blas": blas_summary(), "seconds": time.perf_counter() - t0}
+        if isinstance(result, list):  # bench peers: a list of rows
+            payload = result
+        else:
+            payload = {**result, "blas": blas_summary(), "seconds": time.perf_counter() - t0}
         save_json(args.json, payload)
         print(f"wrote {args.json}")
     return 0
@@ -100,3 +130,68 @@ def _bench_runtime(args) -> dict:
     )
     print(format_runtime_bench(r))
     return r
+
+
+def _bench_peers(args) -> list | None:
+    """``bench peers``: checks every flag before anything is loaded or built."""
+    from minicompress.report.bench_peers import check_contenders
+
+    model = args.model or "teacher"
+    if model not in PEERS_MODELS:
+        raise UserError(f"--model {model!r}: bench peers runs {' or '.join(PEERS_MODELS)}")
+    keys = None
+    if args.contenders is not None:
+        keys = [k.strip() for k in args.contenders.split(",") if k.strip()]
+        try:
+            keys = check_contenders(keys)
+        except ValueError as e:
+            raise UserError(f"--contenders {args.contenders!r}: {e}") from None
+    if args.plot is not None:
+        check_output_file("--plot", args.plot)
+    batch = args.batch_size or 32
+    m = _peers_teacher(args, batch) if model == "teacher" else _peers_minilm(batch)
+    if m is None:
+        return None
+    from minicompress.report.bench_peers import (
+        format_peers_bench,
+        json_rows,
+        plot_peers_bench,
+        run_peers_bench,
+    )
+
+    quick = {"rounds": 2, "repeat": 2, "min_seconds": 0.0} if args.quick else {}
+    r = run_peers_bench(m, args.threads, keys, **quick)
+    print(format_peers_bench(r))
+    if args.plot is not None:
+        print(f"wrote {plot_peers_bench(r, args.plot)}")
+    return json_rows(r)
+
+
+def _peers_teacher(args, batch: int):
+    from minicompress.data.corpus import CharTokenizer, builtin_text, make_dataset
+    from minicompress.nn.checkpoint import checkpoint_file, load_checkpoint
+    from minicompress.report.bench_peers import decoder_model
+
+    path = args.checkpoint or PEERS_TEACHER
+    if not checkpoint_file(path).is_file():
+        raise UserError(
+            f"--checkpoint {path!r}: no checkpoint there; train the teacher "
+            f"(python -m minicompress train --out {path}) or give its path"
+        )
+    params, cfg, vocab, _ = load_checkpoint(path)
+    if not cfg.head or not cfg.causal:
+        raise UserError(f"--checkpoint {path!r}: bench peers --model teacher takes a decoder")
+    data = make_dataset(builtin_text(), cfg.block_size, tokenizer=CharTokenizer(vocab))
+    return decoder_model("teacher", params, cfg, data.train, data.val, batch)
+
+
+def _peers_minilm(batch: int):
+    from minicompress.pretrained.loader import INSTALL_HINT, model_package_version
+    from minicompress.report.bench_peers import minilm_model
+    from minicompress.report.bench_pretrained import BENCH_TOKENS
+
+    if model_package_version() is None:
+        print(f"bench peers --model minilm: skipped, the model package is not installed "
+              f"({INSTALL_HINT})")  # fmt: skip
+        return None
+    return minilm_model(batch, BENCH_TOKENS)

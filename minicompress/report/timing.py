@@ -56,6 +56,41 @@ def best_of_rounds(
     return best
 
 
+def interleaved_times(
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    repeat: int = 5,
+    pause_s: float = 0.2,
+    min_seconds: float = 0.0,
+) -> dict[str, list[float]]:
+    """Every call's wall time in milliseconds, at least ``rounds * repeat`` per function,
+    timed in rounds: round r starts with function r (mod n) and goes on in turn (a rotating
+    start, so that no function always follows the same one); before a function's timed
+    calls come a pause of ``pause_s`` seconds and one untimed call. Within a round a
+    function is called ``repeat`` times, and more until ``min_seconds`` have passed (short
+    calls get many samples).
+
+    The pause lets the worker threads of the previous library (BLAS, OpenMP, a runtime's
+    pool) stop spinning; the untimed call wakes this one's threads and caches. ->
+    {name: [ms, ...]} in the order of ``fns``; summarize with min and median.
+    """
+    if rounds < 1 or repeat < 1:
+        raise ValueError(f"rounds and repeat must be >= 1; got {rounds} and {repeat}")
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            time.sleep(pause_s)
+            fns[name]()
+            start, n = time.perf_counter(), 0
+            while n < repeat or time.perf_counter() - start < min_seconds:
+                t0 = time.perf_counter()
+                fns[name]()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+                n += 1
+    return times
+
+
 def blas_info() -> list[dict]:
     """The BLAS libraries loaded: library, version, kernel (architecture), threads."""
     from threadpoolctl import threadpool_info
