@@ -76,75 +76,16 @@ def torch_encoder(params: dict, cfg):
     """A PyTorch ``nn.Module`` computing the sentence embeddings of our BERT parameters:
     ``forward(ids [B, T], pad_mask [B, T] or None, token_types [B, T]) -> [B, C]``.
 
-    Idiomatic eager PyTorch, as the HF model runs it: one ``nn.Linear`` per layer (q, k and
-    v as one [3C, C] layer, our ``attn.qkv``), SDPA attention, ``nn.LayerNorm``. In eval
-    mode; call it under ``torch.inference_mode()``.
+    The package's one PyTorch twin (``report.torch_twin.torch_twin`` with pooling):
+    idiomatic eager PyTorch, one ``nn.Linear`` per layer (q, k and v as one [3C, C] layer,
+    our ``attn.qkv``), SDPA attention, ``F.layer_norm``. In eval mode; call it under
+    ``torch.inference_mode()``.
     """
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
+    from minicompress.report.torch_twin import torch_twin
 
     if cfg.norm != "post" or cfg.causal or not cfg.emb_norm or cfg.head:
         raise ValueError("torch_encoder takes a BERT encoder config (post-LN, no head)")
-    c, d, eps = cfg.n_embd, cfg.head_dim, cfg.ln_eps
-    gelu = "tanh" if cfg.gelu == "tanh" else "none"
-
-    def linear(name: str) -> nn.Linear:
-        w, b = params[name + ".w"], params[name + ".b"]  # ours [K, N]
-        layer = nn.Linear(w.shape[0], w.shape[1])
-        with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))  # [N, K]
-            layer.bias.copy_(torch.from_numpy(b))
-        return layer
-
-    def norm(name: str) -> nn.LayerNorm:
-        ln = nn.LayerNorm(c, eps=eps)
-        with torch.no_grad():
-            ln.weight.copy_(torch.from_numpy(params[name + ".g"]))
-            ln.bias.copy_(torch.from_numpy(params[name + ".b"]))
-        return ln
-
-    class Block(nn.Module):
-        def __init__(self, i: int):
-            super().__init__()
-            p = f"blocks.{i}."
-            self.qkv, self.proj = linear(p + "attn.qkv"), linear(p + "attn.proj")
-            self.fc, self.mlp_proj = linear(p + "mlp.fc"), linear(p + "mlp.proj")
-            self.ln1, self.ln2 = norm(p + "ln1"), norm(p + "ln2")
-            self.h = params[p + "attn.qkv.w"].shape[1] // (3 * d)
-
-        def forward(self, x, keep):
-            b, t, _ = x.shape
-            q, k, v = self.qkv(x).view(b, t, 3, self.h, d).permute(2, 0, 3, 1, 4)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # [B, H, T, D]
-            x = self.ln1(x + self.proj(y.transpose(1, 2).reshape(b, t, self.h * d)))
-            return self.ln2(x + self.mlp_proj(F.gelu(self.fc(x), approximate=gelu)))
-
-    class Encoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte = nn.Parameter(torch.from_numpy(params["wte"].copy()))
-            self.wpe = nn.Parameter(torch.from_numpy(params["wpe"].copy()))
-            self.wtt = nn.Parameter(torch.from_numpy(params["wtt"].copy()))
-            self.ln_emb = norm("ln_emb")
-            self.blocks = nn.ModuleList(Block(i) for i in range(cfg.n_layer))
-
-        def forward(self, ids, pad_mask=None, token_types=None):
-            t = ids.shape[1]
-            types = torch.zeros_like(ids) if token_types is None else token_types
-            x = self.ln_emb(self.wte[ids] + self.wpe[:t] + self.wtt[types])
-            keep = None if pad_mask is None else ~pad_mask[:, None, None, :]  # True = attend
-            for block in self.blocks:
-                x = block(x, keep)
-            w = (
-                torch.ones(ids.shape, dtype=x.dtype)
-                if pad_mask is None
-                else (~pad_mask).to(x.dtype)
-            )
-            mean = (x * w[:, :, None]).sum(1) / w.sum(1, keepdim=True)  # [B, C]
-            return F.normalize(mean, p=2, dim=1)
-
-    return Encoder().eval()
+    return torch_twin(params, cfg, pool=True)
 
 
 def torch_int8_dynamic(module):

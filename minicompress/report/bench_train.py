@@ -17,47 +17,7 @@ from minicompress.nn.model import TransformerConfig, init_params, loss_and_grads
 from minicompress.nn.optim import AdamW, clip_grad_norm
 from minicompress.platform import tune_allocator
 from minicompress.report.timing import blas_summary
-
-
-def torch_twin(params: dict, cfg: TransformerConfig):
-    """The model of ``nn.model`` written as idiomatic PyTorch eager, with a copy of ``params``.
-
-    Linear weights are transposed to torch's ``[out, in]`` and applied with ``F.linear``
-    (one fused addmm); attention is ``F.scaled_dot_product_attention``. Returns the torch
-    parameters (same names) and ``forward(idx) -> logits``.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    if cfg.norm != "pre":
-        raise ValueError(f"torch_twin supports norm='pre' only; got {cfg.norm!r}")
-
-    def to_torch(name, a):
-        if name.endswith(".w"):  # linear weights: [in, out] -> [out, in]
-            a = a.T
-        return torch.nn.Parameter(torch.tensor(np.ascontiguousarray(a)))
-
-    tp = {k: to_torch(k, v) for k, v in params.items()}
-    h, c = cfg.n_head, cfg.n_embd
-
-    def forward(idx):  # idx: long [B, T] -> logits [B, T, V]
-        b, t = idx.shape
-        x = F.embedding(idx, tp["wte"]) + tp["wpe"][:t]
-        for i in range(cfg.n_layer):
-            p = f"blocks.{i}."
-            a = F.layer_norm(x, (c,), tp[p + "ln1.g"], tp[p + "ln1.b"])
-            qkv = F.linear(a, tp[p + "attn.qkv.w"], tp[p + "attn.qkv.b"])
-            q, k, v = (z.view(b, t, h, c // h).transpose(1, 2) for z in qkv.split(c, dim=2))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=cfg.causal)
-            y = y.transpose(1, 2).reshape(b, t, c)
-            x = x + F.linear(y, tp[p + "attn.proj.w"], tp[p + "attn.proj.b"])
-            m = F.layer_norm(x, (c,), tp[p + "ln2.g"], tp[p + "ln2.b"])
-            m = F.gelu(F.linear(m, tp[p + "mlp.fc.w"], tp[p + "mlp.fc.b"]), approximate=cfg.gelu)
-            x = x + F.linear(m, tp[p + "mlp.proj.w"], tp[p + "mlp.proj.b"])
-        x = F.layer_norm(x, (c,), tp["ln_f.g"], tp["ln_f.b"])
-        return F.linear(x, tp["head.w"])
-
-    return tp, forward
+from minicompress.report.torch_twin import torch_forward, torch_params
 
 
 def run_train_bench(
@@ -92,7 +52,11 @@ def run_train_bench(
         if torch is not None:
             torch.set_num_threads(2)
             torch_threads = torch.get_num_threads()
-            tp, tforward = torch_twin(params, cfg)
+            tp = torch_params(torch, params)  # the package's one PyTorch twin
+
+            def tforward(idx):
+                return torch_forward(torch, tp, cfg, idx)
+
             decay = [p for p in tp.values() if p.ndim >= 2]
             no_decay = [p for p in tp.values() if p.ndim < 2]
             topt = torch.optim.AdamW(
