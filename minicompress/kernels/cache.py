@@ -1,6 +1,6 @@
 """No stale machine code: Numba's disk cache of a kernel is keyed on every source it depends on.
 
-Numba saves each ``@njit(cache=True)`` function's machine code beside its source file and
+Numba saves each ``@njit(cache=True, nogil=True)`` function's machine code beside its source file and
 reuses it while *that file* is unchanged. A kernel's machine code also holds every function
 it calls from other modules, inlined or linked in: after an edit of ``int8_quant.py`` or
 ``x86/simd.py`` (as in an exercise), the kernels that call them would keep running the old

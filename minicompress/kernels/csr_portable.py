@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def spmm_rows(indptr, indices, data, b, scale, bias, c):
     """c[r, :] = scale[r] * sum_{j in row r} data[j] * b[indices[j], :] + bias[r].
 
@@ -39,7 +39,7 @@ def spmm_rows(indptr, indices, data, b, scale, bias, c):
             c_row[t] = scale[r] * c_row[t] + bias[r]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def count_nonzeros(a, counts):
     """counts[r] = number of non-zeros of row r of a [R, C] (NaN counts, -0.0 does not)."""
     for r in prange(a.shape[0]):
@@ -50,7 +50,7 @@ def count_nonzeros(a, counts):
         counts[r + 1] = c
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def fill_csr(a, indptr, indices, data):
     """indices/data of row r = the columns/values of the non-zeros of a[r], in order."""
     for r in prange(a.shape[0]):
@@ -62,7 +62,7 @@ def fill_csr(a, indptr, indices, data):
                 p += 1
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def scatter_csr(indptr, indices, data, out):
     """out[r, indices[j]] = data[j] for the entries j of row r (out zeroed by the caller)."""
     for r in prange(out.shape[0]):

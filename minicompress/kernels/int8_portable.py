@@ -32,7 +32,7 @@ N_TILE = 256  # int32 accumulators per row: 1 KB, stays in L1
 _NO_SCALE, _NO_ZP = parallel.NO_SCALE, parallel.NO_ZERO_POINT  # per-row activation ranges
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def gemm_kernel(a, w, c):
     """c = a @ w: a uint8 or int8 [M, K], w int8 [K, N], c int32 [M, N] (written in full).
 
@@ -59,7 +59,7 @@ def gemm_kernel(a, w, c):
 # ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_rows(q, work, m0, m1, w_q, u0, u1, n, s_x, z_x, col_sum, w_scale, bias, has_bias, y):
     """y[m0:m1, 256 u0 : min(n, 256 u1)] from the quantized rows q (uint8 [M, K]), a tile
     of 256 columns at a time; ``work`` is unused."""
@@ -78,25 +78,25 @@ def linear_rows(q, work, m0, m1, w_q, u0, u1, n, s_x, z_x, col_sum, w_scale, bia
             dequantize_tile(acc, m, 1, n0, n1, s_x, z_x, col_sum, w_scale, bias, has_bias, y)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def weight_status(w_q, k, n):
     """OK if the weight is the layer's [K, N], else BAD_SHAPES."""
     return OK if w_q.shape == (k, n) else BAD_SHAPES
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def column_units(w_q, n):
     """The units of N the threads share: tiles of N_TILE columns."""
     return -(-n // N_TILE)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def q_width(w_q, k):
     """The quantized rows are as wide as x (no padding of K)."""
     return k
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``quantized_linear_reference`` on the portable path: ``parallel.run_layer`` (its
     status) with the steps above; ``weight`` is ``w_q``, int8 [K, N]."""
@@ -105,7 +105,7 @@ def linear_kernel(x, weight, col_sum, w_scale, bias, has_bias, y):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``linear_kernel`` on the calling thread (``parallel.run_layer_serial``)."""
     return parallel.run_layer_serial(
@@ -113,7 +113,7 @@ def linear_kernel_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel_static(x, weight, col_sum, w_scale, bias, has_bias, y, serial, scale, zp):
     """``linear_kernel`` with a static activation scale (float32 > 0) and zero point (int32),
     on the calling thread if ``serial``."""

@@ -45,7 +45,7 @@ BAD_SHAPES = 2  # the layer's arrays do not have the shapes of its path's layout
 BAD_VALUES = 3  # non-finite scale or bias, or non-zero weights in the layout's padding
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def round_half_even(v):
     """``np.rint(v)`` for a float32 with |v| <= 2**22, as two additions that vectorize.
 
@@ -57,7 +57,7 @@ def round_half_even(v):
     return (v + _ROUND_MAGIC) - _ROUND_MAGIC
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_range(bits):
     """lo = min(min_k x_k, 0), hi = max(max_k x_k, 0) and whether x is finite, in one pass
     over the int32 bit patterns of a float32 row x.
@@ -80,7 +80,7 @@ def row_range(bits):
     return -as_float[1], as_float[0], abs_b < _EXP_ALL_ONES
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _write_codes(row, q_row, scale, z_f):
     """q_row[:K] = clip(rint(row / scale) + z, 0, 255), q_row[K:] = 0 (``quantize_uint8``).
 
@@ -96,7 +96,7 @@ def _write_codes(row, q_row, scale, z_f):
         q_row[i] = 0  # padding of K: the packed weights there are 0 too
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _quantize_row(x, q, s_x, z_x, m, act_scale, act_zp):
     """Quantize row m of x into q[m, :K] and zero q[m, K:]; False if x[m] is not finite or
     (dynamic ranges) its range overflows float32. act_scale > 0: static scale and zero
@@ -120,7 +120,7 @@ def _quantize_row(x, q, s_x, z_x, m, act_scale, act_zp):
     return finite
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def quantize_rows(x, q, s_x, z_x, m0, m1, act_scale, act_zp):
     """``quantize_rows_uint8`` of rows m0:m1 into preallocated outputs, on one thread; with
     act_scale > 0, ``quantize_uint8(x, act_scale, act_zp)`` instead (s_x and z_x then hold
@@ -136,7 +136,7 @@ def quantize_rows(x, q, s_x, z_x, m0, m1, act_scale, act_zp):
     return finite
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def all_finite(v):
     """Whether a float32 vector holds no NaN or inf: the largest |bits| below inf's (the
     third result of ``row_range``, alone; an integer maximum, which vectorizes)."""
@@ -147,7 +147,7 @@ def all_finite(v):
     return abs_b < _EXP_ALL_ONES
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def layer_status(x, col_sum, w_scale, bias, y):
     """OK if the arrays of a layer other than its weight fit together, else BAD_SHAPES;
     BAD_VALUES if w_scale or bias is not finite.
@@ -168,7 +168,7 @@ def layer_status(x, col_sum, w_scale, bias, y):
     return OK
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_tile(acc, m0, rows, n0, n1, s_x, z_x, col_sum, w_scale, bias, has_bias, y):
     """y[m0 + r, n0:n1] from acc[r, :n1 - n0] for r < rows (formula in the module docstring).
 

@@ -74,37 +74,37 @@ def register(path: str, steps: object) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _q_width(weight, k):
     return 4 * weight.shape[1]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _q_rows(m):
     return m
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _split_columns(m, weight, threads):
     return m < MIN_ROWS_SPLIT_M
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _panel(m, units, threads):
     return 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _row_multiple():
     return 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _workspace(q, m):
     return q  # no buffer of its own: the quantized rows are what the path reads
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _prepare(q, work, m0, m1):
     return None
 
@@ -258,10 +258,10 @@ def _run_layer(path, x, weight, col_sum, w_scale, bias, has_bias, y, serial, act
     return OK if finite else NOT_FINITE
 
 
-run_layer = njit(parallel=True)(_run_layer)
+run_layer = njit(parallel=True, nogil=True)(_run_layer)
 # The same steps compiled without the parallel machinery, for the products too small to
 # share (``serial`` True): calling a parallel function costs 0.2-0.3 us more, measured on
 # the 4-6 us layer at M = 1.
-run_layer_serial = njit(_run_layer)
+run_layer_serial = njit(nogil=True)(_run_layer)
 
 NO_SCALE, NO_ZERO_POINT = np.float32(0.0), np.int32(0)  # act_scale = 0: dynamic ranges

@@ -24,7 +24,7 @@ PARTS_PER_THREAD = 4  # work items per thread: evens out rows of unequal length
 ROW_COST = 8  # cost of one output row in "stored weights": its zeroing and its stores
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def csr_ends_fit(indptr, indices, data, n_rows):
     """The O(1) checks of a CSR with n_rows rows, before any row is read: indptr has
     n_rows + 1 entries from 0 to nnz, data as many entries as indices."""
@@ -37,7 +37,7 @@ def csr_ends_fit(indptr, indices, data, n_rows):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def n_parts(n_rows, work, min_work):
     """Parts to cut n_rows rows into: 1 (run serially) if work < min_work or one thread is
     allowed (``numba.set_num_threads``), else PARTS_PER_THREAD per thread, at most n_rows."""
@@ -47,7 +47,7 @@ def n_parts(n_rows, work, min_work):
     return 1 if threads == 1 else max(1, min(n_rows, PARTS_PER_THREAD * threads))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def balanced_parts(indptr, n_parts):
     """Row boundaries [n_parts + 1] splitting the rows into parts of about equal work.
 

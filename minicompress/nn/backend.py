@@ -26,6 +26,9 @@ class OpImpl(NamedTuple):
     gelu_backward: object
     attention_forward: object
     attention_backward: object
+    # [B, T, 3 H D] -> q, k, v [B, H, T, D]: contiguous copies for the batched matmuls of
+    # training; the inference attention reads strided views of the projection instead
+    split_qkv: object = attention.split_qkv
 
 
 NUMPY_OPS = OpImpl(

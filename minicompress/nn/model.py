@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minicompress.nn.attention import check_pad_mask, merge_heads, split_heads, split_qkv
+from minicompress.nn.attention import check_pad_mask, merge_heads, split_heads
 from minicompress.nn.backend import OpImpl, check_op_impl
 from minicompress.nn.linear import DENSE, check_linear
 from minicompress.nn.ops import (
@@ -397,7 +397,7 @@ def _block_forward(p, pre, x, cfg, linear, ops, pad_mask, kv=None, layer=0):
         pre + "attn.qkv", a_in, p[pre + "attn.qkv.w"], p.get(pre + "attn.qkv.b")
     )  # [B, T, C] -> [B, T, 3 H D]
     h = qkv.shape[-1] // (3 * cfg.head_dim)
-    q, k, v = split_qkv(qkv, h)  # [B, T, 3 H D] -> 3 x [B, H, T, D]
+    q, k, v = ops.split_qkv(qkv, h)  # [B, T, 3 H D] -> 3 x [B, H, T, D]
     if kv is not None:
         k, v = kv.extend(layer, k, v)  # [B, H, T_past + T, D]
     y, att_c = ops.attention_forward(q, k, v, cfg.causal, pad_mask)  # [B, H, T, D]

@@ -25,7 +25,7 @@ from numba import njit
 ALIGNMENT = 64  # bytes: a cache line, and the width of an AVX-512 register
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def aligned_bytes(nbytes):
     """uint8 [nbytes] whose data start on an ALIGNMENT-byte boundary.
 

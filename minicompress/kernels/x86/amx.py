@@ -77,7 +77,7 @@ def pack_weight(w_q: np.ndarray) -> np.ndarray:
     return pack_k4(w_q, vnni.LANES, K_BLOCK)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def weight_shape(k, n):
     """The shape ``pack_weight`` gives a [K, N] weight: (ceil(N/16), 16 ceil(K/64), 16, 4)."""
     return k4_shape(k, n, vnni.LANES, K_BLOCK)
@@ -236,7 +236,7 @@ def _dequantize_row32(
     return sig, codegen
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def tile_config():
     """The ``ldtilecfg`` operand: palette 1, eight tiles of 16 rows x 64 bytes. Made on each
     call (64 bytes): a global array would be frozen into the machine code."""
@@ -253,7 +253,7 @@ def tile_config():
 # ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _to_tiles(q, a_t, m0, m1):
     """a_t[r // 16, kk, r % 16, :] = q[r, 64 kk : 64 kk + 64] for rows m0 <= r < m1.
 
@@ -272,7 +272,7 @@ def _to_tiles(q, a_t, m0, m1):
                 dst[d + w] = src[s + w]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _linear_blocks(
     a_t, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bias, has_bias, y, config
 ):
@@ -313,7 +313,7 @@ def _linear_blocks(
     _amx_release()
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def weight_status(w_packed, k, n):
     """OK if w_packed has the layout ``pack_weight`` gives a [K, N] layer, with zeros in
     the padding, else BAD_SHAPES or BAD_VALUES."""
@@ -322,38 +322,38 @@ def weight_status(w_packed, k, n):
     return OK if padding_is_zero(w_packed, k, n) else BAD_VALUES
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def column_units(w_packed, n):
     """The units of N the threads share: blocks of 16 columns (taken in pairs)."""
     return w_packed.shape[0]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def q_rows(m):
     """The quantized rows are padded to a multiple of M_BLOCK (the padded ones stay 0)."""
     return -(-m // M_BLOCK) * M_BLOCK
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def split_columns(m, w_packed, threads):
     """Up to 64 rows, or fewer pairs of 16-column blocks than threads, the threads share N
     (each keeps its part of the weights in its own cache); else each takes rows."""
     return m <= 2 * M_BLOCK or (w_packed.shape[0] + 1) // 2 < threads
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def panel(m, units, threads):
     """16-column blocks per thread when the threads share N: an even number (pairs)."""
     pairs = (units + 1) // 2
     return 2 * -(-pairs // threads)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_multiple():
     return M_BLOCK
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def workspace(q, m):
     """(the activation tiles [Mp/16, Kp/64, 16, 64], the tile configuration); zeroes the
     rows of q past m, which the tiles read (and which are never stored)."""
@@ -364,13 +364,13 @@ def workspace(q, m):
     return a_t, tile_config()
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def prepare(q, work, m0, m1):
     """Copy the quantized rows m0:m1 into the tiles (``_to_tiles``)."""
     _to_tiles(q, work[0], m0, m1)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_rows(
     q, work, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bias, has_bias, y
 ):
@@ -381,7 +381,7 @@ def linear_rows(
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel(x, weight, col_sum, w_scale, bias, has_bias, y):
     """The quantized linear layer of ``quantized_linear_reference`` on the AMX path:
     ``parallel.run_layer`` (its status) with the steps above.
@@ -395,7 +395,7 @@ def linear_kernel(x, weight, col_sum, w_scale, bias, has_bias, y):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``linear_kernel`` on the calling thread (``parallel.run_layer_serial``)."""
     return parallel.run_layer_serial(
@@ -403,7 +403,7 @@ def linear_kernel_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel_static(x, weight, col_sum, w_scale, bias, has_bias, y, serial, scale, zp):
     """``linear_kernel`` with a static activation scale (float32 > 0) and zero point (int32),
     on the calling thread if ``serial``."""

@@ -91,7 +91,7 @@ def pack_weight(w_q: np.ndarray) -> np.ndarray:
     return pack_k4(w_q, LANES)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def weight_shape(k, n):
     """The shape ``pack_weight`` gives a [K, N] weight: (ceil(N/8), ceil(K/4), 8, 4)."""
     return k4_shape(k, n, LANES, 4)
@@ -284,7 +284,7 @@ def _ir_tile_dequantize(
     return types.void(form, mr, nv, *([types.intp] * 14)), codegen
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _tile(form, rows, vecs, a, m, w_packed, j0, col_sum, c, c_row, c_col):
     """c[c_row + r, c_col + 8 v + i] = (a[m + r] @ w)[8 (j0 + v) + i] for r < rows (1..MR),
     v < vecs (1..NV, or ROW_NV when rows < MR), in int32: one MR x NV micro-kernel, or
@@ -323,7 +323,7 @@ def _tile(form, rows, vecs, a, m, w_packed, j0, col_sum, c, c_row, c_col):
                 _ir_tile(form, 1, 1, a_r, lda, b_v, b_stride, kq, cs_v, c_v, ldc)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _tile_dequantize(form, rows, vecs, q, m, w_packed, j0, s_x, z_x, col_sum, w_scale, bias,
                      has_bias, y):  # fmt: skip
     """y[m + r, 8 j0 + c] for r < rows, c < 8 vecs (the shapes of ``_tile``), all inside y:
@@ -374,7 +374,7 @@ def _tile_dequantize(form, rows, vecs, q, m, w_packed, j0, s_x, z_x, col_sum, w_
 # ----------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _gemm(form, a, w_packed, col_sum, c):
     """c = q @ w for the activations a as ``_tile`` reads them (the codes q, or x8 and |x8|),
     w_packed: int8 [Np/8, Kp/4, 8, 4], col_sum: int32 [Np] (its column sums), c: int32
@@ -408,7 +408,7 @@ def gemm_kernel(a: np.ndarray, w_packed: np.ndarray, c: np.ndarray) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def weight_status(w_packed, k, n):
     """OK if w_packed has the layout ``pack_weight`` gives a [K, N] layer, with zeros in
     the padding, else BAD_SHAPES or BAD_VALUES."""
@@ -417,13 +417,13 @@ def weight_status(w_packed, k, n):
     return OK if padding_is_zero(w_packed, k, n) else BAD_VALUES
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def column_units(w_packed, n):
     """The units of N the threads share: blocks of 8 columns."""
     return w_packed.shape[0]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def split_columns(m, w_packed, threads):
     """As on the VNNI path: few rows, or up to SPLIT_N_MAX_ROWS on large weights, share N."""
     return m < MIN_ROWS_SPLIT_M or (
@@ -431,25 +431,25 @@ def split_columns(m, w_packed, threads):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def panel(m, units, threads):
     """8-column blocks per tile of an m-row product: NV, or ROW_NV for one row."""
     return ROW_NV if m == 1 else NV
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_multiple():
     return MR
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def workspace(q, m):
     """(vpmaddubsw form) the centred activations: per row, x8 = q - 128 (as int8 bytes) in
     its first Kp bytes and |x8| in the next Kp: uint8 [Mq, 2 Kp]."""
     return np.empty((q.shape[0], 2 * q.shape[1]), dtype=np.uint8)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def prepare(q, work, m0, m1):
     """(vpmaddubsw form) work[r] = (q[r] ^ 0x80, |q[r] - 128|) for rows m0:m1: the two
     operands the micro-kernel broadcasts, made once per row instead of once per tile."""
@@ -461,7 +461,7 @@ def prepare(q, work, m0, m1):
             u_r[i] = np.uint8(abs(np.int32(q_r[i]) - 128))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _linear_rows(form, q, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bias,
                  has_bias, y):  # fmt: skip
     """y[m0:m1, 8 j0 : min(n, 8 j1)] from the quantized rows, tile by tile: full tiles
@@ -485,7 +485,7 @@ def _linear_rows(form, q, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scal
                 dequantize_tile(acc, m, rows, n0, n1, s_x, z_x, col_sum, w_scale, bias, has_bias, y)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_rows_madd(q, work, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bias,
                      has_bias, y):  # fmt: skip
     """``_linear_rows`` on the centred activations of ``prepare``."""
@@ -493,14 +493,14 @@ def linear_rows_madd(q, work, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_
                  has_bias, y)  # fmt: skip
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_rows_vnni(q, work, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale,
                          bias, has_bias, y):  # fmt: skip
     _linear_rows(AVX_VNNI, q, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bias,
                  has_bias, y)  # fmt: skip
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel_madd(x, weight, col_sum, w_scale, bias, has_bias, y):
     """The quantized linear layer of ``quantized_linear_reference`` on the AVX2 path with
     vpmaddubsw + vpmaddwd: ``parallel.run_layer`` (its status) with the steps above.
@@ -514,7 +514,7 @@ def linear_kernel_madd(x, weight, col_sum, w_scale, bias, has_bias, y):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel_madd_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``linear_kernel_madd`` on the calling thread (``parallel.run_layer_serial``)."""
     return parallel.run_layer_serial(
@@ -522,7 +522,7 @@ def linear_kernel_madd_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel_madd_static(x, weight, col_sum, w_scale, bias, has_bias, y, serial, scale, zp):
     """``linear_kernel_madd`` with a static activation scale and zero point."""
     return parallel.run_layer(
@@ -530,7 +530,7 @@ def linear_kernel_madd_static(x, weight, col_sum, w_scale, bias, has_bias, y, se
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel_vnni(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``linear_kernel_madd`` with AVX-VNNI's vpdpbusd on ymm registers (any int8 weight)."""
     return parallel.run_layer(
@@ -538,7 +538,7 @@ def linear_kernel_vnni(x, weight, col_sum, w_scale, bias, has_bias, y):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel_vnni_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``linear_kernel_vnni`` on the calling thread (``parallel.run_layer_serial``)."""
     return parallel.run_layer_serial(
@@ -546,7 +546,7 @@ def linear_kernel_vnni_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel_vnni_static(x, weight, col_sum, w_scale, bias, has_bias, y, serial, scale, zp):
     """``linear_kernel_vnni`` with a static activation scale and zero point."""
     return parallel.run_layer(

@@ -75,7 +75,7 @@ def run(indptr, indices, data, dense, transposed, scale, bias, out):
     return _spmm(indptr, indices, data, xp, scale, bias, out, transposed, m_total, min_work)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pack_item(src, transposed, xp, item, k_chunk):
     """Item ``item`` (a block b and a chunk of K) of ``_pack_blocks``.
 
@@ -104,7 +104,7 @@ def _pack_item(src, transposed, xp, item, k_chunk):
                 xp[b, k, t] = 0.0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _pack_blocks(src, transposed, xp, parallel):
     """xp[b, k, t] = x[b*W + t, k] (``transposed``: src is x [M, K]) or b[k, b*W + t] (src is
     b [K, M]); zero where b*W + t >= M.  xp: float32 [n_blocks, K, W]."""
@@ -117,7 +117,7 @@ def _pack_blocks(src, transposed, xp, parallel):
             _pack_item(src, transposed, xp, item, PACK_K_CHUNK)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _rows_are_valid(indptr, indices, k_total, r0, r1):
     """The O(nnz) checks of ``check_csr`` for rows r0:r1, before any entry is read:
     indptr never decreasing and inside [0, nnz]; indices in [0, K), increasing in a row.
@@ -155,7 +155,7 @@ def _rows_are_valid(indptr, indices, k_total, r0, r1):
     return steps_down == 0
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def _store_tile(tile, out, scale, bias, transpose_out, m0, m_len, n0, n1):
     """out[m0 + t, n0 + i] (``transpose_out``) or out[n0 + i, m0 + t] =
     scale[n0 + i] * tile[i, t] + bias[n0 + i], for t < m_len, i < n1 - n0.
@@ -178,7 +178,7 @@ def _store_tile(tile, out, scale, bias, transpose_out, m0, m_len, n0, n1):
                 row[t] = s[i] * tile[i, t] + b[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, r0, r1, width):
     """Rows r0:r1 of the product for every block of xp; returns r0 if those rows are not a
     valid CSR (nothing is computed then), else -1.
@@ -234,7 +234,7 @@ def _spmm_part(indptr, indices, data, xp, scale, bias, out, transpose_out, m_tot
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _spmm_rows(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, r0, r1):
     """``_spmm_part`` for rows r0:r1 with the block width of xp as a literal; 1 if invalid."""
     if xp.shape[2] == 16:
@@ -248,7 +248,7 @@ def _spmm_rows(indptr, indices, data, xp, scale, bias, out, transpose_out, m_tot
     return np.int64(r >= 0)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _spmm(indptr, indices, data, xp, scale, bias, out, transpose_out, m_total, min_work):
     """``_spmm_part`` over all rows: on the calling thread below ``min_work``, else in
     parallel over ``row_parts.balanced_parts``. Returns how many parts found an invalid CSR.

@@ -204,7 +204,7 @@ def _ol_gather_fma(acc, data, indices, j, count, x, m, first):
 # ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def spmv_part(indptr, indices, data, x, scale, bias, out, r0, r1):
     """Rows r0:r1 of out[m, n] = scale[n] * sum_j data[j] * x[m, indices[j]] + bias[n];
     returns the first row found not to be a valid CSR, else -1.
@@ -226,7 +226,7 @@ def spmv_part(indptr, indices, data, x, scale, bias, out, r0, r1):
     return -1
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def spmv(indptr, indices, data, x, scale, bias, out, min_work):
     """``spmv_part`` over all rows: on the calling thread below ``min_work`` stored weights x
     rows of x, else in parallel over ``row_parts.balanced_parts``. Returns how many parts found

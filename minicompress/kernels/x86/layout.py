@@ -38,7 +38,7 @@ def pack_k4(w_q: np.ndarray, lanes: int, k_multiple: int = 4) -> np.ndarray:
     return packed
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def k4_shape(k, n, lanes, k_multiple):
     """The shape ``pack_k4`` gives a [K, N] weight."""
     return (-(-n // lanes), -(-k // k_multiple) * (k_multiple // 4), lanes, 4)
@@ -51,7 +51,7 @@ def unpack_k4(packed: np.ndarray, k: int, n: int) -> np.ndarray:
     return np.ascontiguousarray(w[:k, :n])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def padding_is_zero(w, k, n):
     """Whether every weight of a packed [nb, kq, L, 4] array at k >= K or column >= N is 0.
 

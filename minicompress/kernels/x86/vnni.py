@@ -89,13 +89,13 @@ def pack_weight(w_q: np.ndarray) -> np.ndarray:
     return pack_k4(w_q, LANES)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def weight_shape(k, n):
     """The shape ``pack_weight`` gives a [K, N] weight: (ceil(N/16), ceil(K/4), 16, 4)."""
     return k4_shape(k, n, LANES, 4)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def readable_weight_shape(w_packed, k, n):
     """The packed shape the VNNI kernels read for a [K, N] layer: ``weight_shape``,
     except that K may be padded further (``amx.pack_weight`` pads it to a multiple of
@@ -311,7 +311,7 @@ def _dpbusd_tile_dequantize(
     return types.void(mr, nv, *([types.intp] * 13)), codegen
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _tile(rows, vecs, a, m, w_packed, j0, c, c_row, c_col):
     """c[c_row + r, c_col + 16 v + i] = (a[m + r] @ w)[16 (j0 + v) + i] for r < rows (1..MR),
     v < vecs (1..NV, or ROW_NV when rows < MR).
@@ -346,7 +346,7 @@ def _tile(rows, vecs, a, m, w_packed, j0, c, c_row, c_col):
                 _dpbusd_tile(1, 1, a_r, lda, b_addr + v * b_stride, b_stride, kq, c_r + v * 64, ldc)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _tile_dequantize(rows, vecs, q, m, w_packed, j0, s_x, z_x, col_sum, w_scale, bias, has_bias, y):
     """y[m + r, 16 j0 + c] for r < rows (1..MR), c < 16 vecs (1..NV, or ROW_NV when
     rows < MR), all inside y: the
@@ -468,7 +468,7 @@ def _tile_dequantize(rows, vecs, q, m, w_packed, j0, s_x, z_x, col_sum, w_scale,
 # ----------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def gemm_kernel(a, w_packed, c):
     """c = a @ w for a: uint8 [M, Kp] (Kp = 4 * w_packed.shape[1]), w_packed: int8
     [Np/16, Kp/4, 16, 4], c: int32 [M, Np] (written in full). Same result as
@@ -490,7 +490,7 @@ def gemm_kernel(a, w_packed, c):
 # ----------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def weight_status(w_packed, k, n):
     """OK if w_packed has the layout of a [K, N] layer (K padded to 4, or further for the
     AMX layout) with zeros in the padding, else BAD_SHAPES or BAD_VALUES."""
@@ -499,13 +499,13 @@ def weight_status(w_packed, k, n):
     return OK if padding_is_zero(w_packed, k, n) else BAD_VALUES
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def column_units(w_packed, n):
     """The units of N the threads share: blocks of 16 columns."""
     return w_packed.shape[0]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def split_columns(m, w_packed, threads):
     """Share the columns for fewer than MIN_ROWS_SPLIT_M rows, and up to SPLIT_N_MAX_ROWS
     rows when the weights are too large for one core's L2 (each thread then reads only
@@ -515,18 +515,18 @@ def split_columns(m, w_packed, threads):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def panel(m, units, threads):
     """16-column blocks per tile of an m-row product: NV, or ROW_NV for one row."""
     return ROW_NV if m == 1 else NV
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_multiple():
     return MR
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_rows(
     q, work, m0, m1, w_packed, j0, j1, n, s_x, z_x, col_sum, w_scale, bias, has_bias, y
 ):
@@ -550,7 +550,7 @@ def linear_rows(
                 dequantize_tile(acc, m, rows, n0, n1, s_x, z_x, col_sum, w_scale, bias, has_bias, y)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel(x, weight, col_sum, w_scale, bias, has_bias, y):
     """The quantized linear layer of ``quantized_linear_reference`` on the VNNI path:
     ``parallel.run_layer`` (its status) with the steps above.
@@ -566,7 +566,7 @@ def linear_kernel(x, weight, col_sum, w_scale, bias, has_bias, y):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``linear_kernel`` on the calling thread (``parallel.run_layer_serial``)."""
     return parallel.run_layer_serial(
@@ -574,7 +574,7 @@ def linear_kernel_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def linear_kernel_static(x, weight, col_sum, w_scale, bias, has_bias, y, serial, scale, zp):
     """``linear_kernel`` with a static activation scale (float32 > 0) and zero point (int32),
     on the calling thread if ``serial``."""
