@@ -251,7 +251,11 @@ def test_codes_on_grid_error_bounded_and_idempotent(x, bits, scheme):
     bound = s / 2 + 4 * np.finfo(np.float32).eps * (np.abs(x) + s)
     assert np.all(np.abs(x - x_hat) <= bound), np.max(np.abs(x - x_hat) - bound)
     assert np.array_equal(F.fake_quantize(x_hat, s, z, q_min, q_max), x_hat)  # idempotent
-    assert F.ste_mask(x, s, z, q_min, q_max).all()  # nothing is clipped in its own range
+    # nothing inside the range is clipped; an end may be, by under half a step (checked by
+    # the bound above): the zero point is rounded, which shifts the grid by up to half a
+    # step (x = [-1, 1] at 2 bits: z = round(1.5) = 2 puts 1 at code 3.5 of 0..3)
+    kept = F.ste_mask(x, s, z, q_min, q_max)
+    assert np.all(kept | (x == x.max()) | (x == x.min()))
 
 
 @settings(max_examples=100, deadline=None)

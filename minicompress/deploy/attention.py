@@ -32,9 +32,10 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from minicompress.deploy.fastmath import FAST, NO_REASSOC, exp_nonpositive, exp_nonpositive_f32
+from minicompress.kernels.threads import threads_here
 from minicompress.kernels.x86 import simd
 from minicompress.nn.attention import check_attention_shapes, check_pad_mask
 
@@ -209,58 +210,71 @@ def _scaled_row(c, src, dst, d, acc):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+def _attention_head(q, k, v, b, h, causal, pad, y, kt, s4, q4, out4):
+    """y[b, :, h] = softmax(q[b, h] k[b, h]^T / sqrt(D) + mask) v[b, h] for one head, four
+    query rows at a time (the shapes of ``_attention_heads_simd``). Scratch: kt [D, Tk16]
+    (columns past Tk: 0), s4 [4, Tk16], q4 [4, D] (rows past the last query: 0),
+    out4 [4, D]."""
+    _, _, tq, d = q.shape
+    tk = k.shape[2]
+    scale = np.float32(1.0 / math.sqrt(d))
+    has_pad = pad.shape[0] > 0
+    total, ends = np.empty(4, np.float32), np.empty(4, np.int64)
+    kt3 = kt.reshape((1, d, kt.shape[1]))  # the [blocks, K, W] view transpose_tile writes
+    acc = simd.vec_alloc(_W)
+    ldq, ldv, ldy = q.strides[2], v.strides[2], y.strides[1]
+    ldq4, ldo4 = q4.strides[0], out4.strides[0]
+    kh = k[b, h]  # [Tk, D]
+    full = tk // _W * _W
+    for j0 in range(0, full, _W):  # 16 x 16 blocks transposed in registers
+        for d0 in range(0, d, _W):
+            simd.transpose_tile(kh, j0, d0, kt3, 0, j0)
+    for j in range(full, tk):
+        for dd in range(d):
+            kt[dd, j] = kh[j, dd]
+    v_row0 = v.ctypes.data + b * v.strides[0] + h * v.strides[1]
+    q_row0 = q.ctypes.data + b * q.strides[0] + h * q.strides[1]
+    for i0 in range(0, tq, 4):
+        g = min(4, tq - i0)  # rows in this group
+        for r in range(g):
+            _scaled_row(scale, q_row0 + (i0 + r) * ldq, q4.ctypes.data + r * ldq4, d, acc)
+        last = tk - tq + i0 + g if causal else tk  # keys any row of the group sees
+        _tile_scores(q4, kt, s4, (last + _W - 1) // _W)
+        seen = last
+        for r in range(g):
+            end = tk - tq + i0 + r + 1 if causal else tk
+            total[r], ends[r] = _softmax_numerators(s4[r], end, b, pad, has_pad)
+            if ends[r] == 0:  # no visible key: the mean of all Tk values
+                s4[r, :tk] = 1.0
+                total[r], ends[r], seen = tk, tk, tk
+        for r in range(4):
+            s4[r, ends[r] if r < g else 0 : seen] = 0.0
+        _tile_output(s4, seen, v_row0, ldv, out4)
+        for r in range(g):
+            inv = np.float32(1.0) / total[r]
+            y_row = y.ctypes.data + b * y.strides[0] + (i0 + r) * ldy + h * d * 4
+            _scaled_row(inv, out4.ctypes.data + r * ldo4, y_row, d, acc)
+
+
+@njit(cache=True, nogil=True, parallel=True)
 def _attention_heads_simd(q, k, v, causal, pad, y):
-    """y[b, :, h] = softmax(q[b, h] k[b, h]^T / sqrt(D) + mask) v[b, h] for every head,
-    four query rows at a time.
+    """``_attention_head`` for every head, the heads shared among Numba's threads (one, in
+    the runtime's batch-split workers; all of them when one sequence runs alone).
     q: [B, H, Tq, D]; k, v: [B, H, Tk, D], float32, any strides with each row of D floats
     contiguous (views of the qkv projection); pad: bool [B, Tk] or [0, 0];
     y: float32 [B, Tq, H, D] C-contiguous. D % 16 == 0."""
     b_, h_, tq, d = q.shape
-    tk = k.shape[2]
-    tk16 = (tk + _W - 1) // _W * _W
-    scale = np.float32(1.0 / math.sqrt(d))
-    has_pad = pad.shape[0] > 0
-    kt = np.zeros((d, tk16), np.float32)  # k of one head, transposed (keys past Tk: 0)
-    s4 = np.zeros((4, tk16), np.float32)  # scores of four rows, then their numerators
-    q4 = np.zeros((4, d), np.float32)  # four query rows times the scale (missing rows: 0)
-    out4 = np.empty((4, d), np.float32)  # four output rows before the division by the sum
-    total, ends = np.empty(4, np.float32), np.empty(4, np.int64)
-    kt3 = kt.reshape((1, d, tk16))  # the [blocks, K, W] view transpose_tile writes
-    acc = simd.vec_alloc(_W)
-    ldq, ldv, ldy = q.strides[2], v.strides[2], y.strides[1]
-    ldq4, ldo4 = q4.strides[0], out4.strides[0]
-    for b in range(b_):
-        for h in range(h_):
-            kh = k[b, h]  # [Tk, D]
-            full = tk // _W * _W
-            for j0 in range(0, full, _W):  # 16 x 16 blocks transposed in registers
-                for d0 in range(0, d, _W):
-                    simd.transpose_tile(kh, j0, d0, kt3, 0, j0)
-            for j in range(full, tk):
-                for dd in range(d):
-                    kt[dd, j] = kh[j, dd]
-            v_row0 = v.ctypes.data + b * v.strides[0] + h * v.strides[1]
-            q_row0 = q.ctypes.data + b * q.strides[0] + h * q.strides[1]
-            for i0 in range(0, tq, 4):
-                g = min(4, tq - i0)  # rows in this group
-                for r in range(g):
-                    _scaled_row(scale, q_row0 + (i0 + r) * ldq, q4.ctypes.data + r * ldq4, d, acc)
-                last = tk - tq + i0 + g if causal else tk  # keys any row of the group sees
-                _tile_scores(q4, kt, s4, (last + _W - 1) // _W)
-                seen = last
-                for r in range(g):
-                    end = tk - tq + i0 + r + 1 if causal else tk
-                    total[r], ends[r] = _softmax_numerators(s4[r], end, b, pad, has_pad)
-                    if ends[r] == 0:  # no visible key: the mean of all Tk values
-                        s4[r, :tk] = 1.0
-                        total[r], ends[r], seen = tk, tk, tk
-                for r in range(4):
-                    s4[r, ends[r] if r < g else 0 : seen] = 0.0
-                _tile_output(s4, seen, v_row0, ldv, out4)
-                for r in range(g):
-                    inv = np.float32(1.0) / total[r]
-                    y_row = y.ctypes.data + b * y.strides[0] + (i0 + r) * ldy + h * d * 4
-                    _scaled_row(inv, out4.ctypes.data + r * ldo4, y_row, d, acc)
+    tk16 = (k.shape[2] + _W - 1) // _W * _W
+    parts = min(threads_here(), b_ * h_)  # heads p, p + parts, p + 2 parts, ...
+    kt = np.zeros((parts, d, tk16), np.float32)  # the scratch of each part
+    s4 = np.zeros((parts, 4, tk16), np.float32)
+    q4 = np.zeros((parts, 4, d), np.float32)
+    out4 = np.empty((parts, 4, d), np.float32)
+    for p in prange(parts):
+        for bh in range(p, b_ * h_, parts):
+            _attention_head(
+                q, k, v, bh // h_, bh % h_, causal, pad, y, kt[p], s4[p], q4[p], out4[p]
+            )
 
 
 # ----------------------------------------------------------------------------------------

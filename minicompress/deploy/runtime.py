@@ -19,8 +19,12 @@ training forward 2.7 s against 0.4 s when each thread ran half the batch alone, 
 load of 11 on 2 cores). So the runtime splits the *batch*: each of ``threads`` worker
 threads runs ``forward`` on its share of the sequences with BLAS and Numba on one thread,
 and the threads meet once, at the end. NumPy's BLAS calls and the Numba kernels release
-the GIL, so the workers really run at the same time. The BLAS thread count is lowered for
-the duration of a call (``threadpoolctl``) and restored afterwards.
+the GIL (every kernel of ``kernels/`` and ``deploy/`` is compiled ``nogil``: without it the
+workers took turns, and two threads ran all-MiniLM-L6-v2 no faster than one), so the
+workers really run at the same time. A batch too small to split (one sequence) runs on the
+calling thread with the kernels' own threads instead: the int8 layers share their columns
+or rows, the attention its heads. The BLAS and Numba thread counts are set for the
+duration of a call (``threadpoolctl``) and restored afterwards.
 """
 
 from __future__ import annotations
@@ -120,22 +124,34 @@ def _blas_controller():
         return _controller
 
 
+def blas_threads(n: int = 1):
+    """A context in which every loaded BLAS runs on at most ``n`` threads."""
+    return _blas_controller().limit(limits=n, user_api="blas")
+
+
 def one_blas_thread():
     """A context in which every loaded BLAS runs on the calling thread only."""
-    return _blas_controller().limit(limits=1, user_api="blas")
+    return blas_threads(1)
 
 
 @contextlib.contextmanager
-def single_threaded():
-    """A context in which BLAS and this thread's Numba kernels run on the calling thread
-    only (Numba's thread count is per thread: the old one is restored on exit)."""
+def kernel_threads(n: int = 1):
+    """A context in which BLAS and this thread's Numba kernels use ``n`` threads (capped at
+    Numba's pool size; Numba's thread count is per thread: the old one is restored on
+    exit)."""
     old = numba.get_num_threads()
-    numba.set_num_threads(1)
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
     try:
-        with one_blas_thread():
+        with blas_threads(n):
             yield
     finally:
         numba.set_num_threads(old)
+
+
+def single_threaded():
+    """A context in which BLAS and this thread's Numba kernels run on the calling thread
+    only."""
+    return kernel_threads(1)
 
 
 def _single_threaded_worker() -> None:
@@ -233,8 +249,8 @@ class Runtime:
         def cut(a, s):
             return None if a is None else np.asarray(a)[s]
 
-        if len(parts) == 1:
-            with single_threaded():
+        if len(parts) == 1:  # one share (a batch of one): the threads share each kernel
+            with kernel_threads(self.rc.threads):
                 return self._forward_part(idx, pad_mask, token_types)
         with one_blas_thread():
             pool = self._workers()
