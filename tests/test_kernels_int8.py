@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -963,3 +964,25 @@ def test_generic_numba_target_falls_back_to_portable():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "portable"
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_arrays_with_an_equal_but_distinct_dtype_take_the_fast_path(path, rng, monkeypatch):
+    """A bias and scales whose float32 dtype is equal to NumPy's but not the same object (as
+    arrays read from a file may be) are packed with NumPy's own: ``int8_linear`` then runs
+    the kernel without its slow re-check, and gives the same answer."""
+    other = copy.deepcopy(np.dtype(np.float32))
+    assert other == np.float32 and other is not np.dtype(np.float32)
+    w_q = rng.integers(-127, 128, (24, 20)).astype(np.int8)
+    w_scale = rng.uniform(0.01, 0.1, 20).astype(other)
+    bias = rng.standard_normal(20).astype(other)
+    packed = pack_quantized_int8_linear(w_q, w_scale, bias, path)
+    assert int8._arrays_are_plain(packed)
+    x = rng.standard_normal((5, 24)).astype(np.float32)
+    int8_linear(x, packed)  # the first call of a path loads its kernels (the slow path)
+    checks = []
+    monkeypatch.setattr(int8, "_check_packed", lambda p: checks.append(p))
+    y = int8_linear(x, packed)
+    assert checks == []  # the slow path did not run
+    ref = quantized_linear_reference(x, w_q, w_scale.astype(np.float32), bias.astype(np.float32))
+    np.testing.assert_array_equal(y, ref)

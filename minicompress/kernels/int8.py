@@ -226,8 +226,10 @@ def pack_quantized_int8_linear(
     else:
         copy = np.array  # a C-ordered copy
         weight = np.array(w_q, order="C")
-    bias = None if bias is None else copy(bias)
-    return PackedInt8Linear(path, weight, copy(col_sum), copy(w_scale), bias, k, n)
+    # NumPy's own float32 dtype object (arrays read from a file may carry an equal but
+    # distinct one, which int8_linear's identity check would send down its slow path)
+    bias = None if bias is None else copy(bias.view(_FLOAT32))
+    return PackedInt8Linear(path, weight, copy(col_sum), copy(w_scale.view(_FLOAT32)), bias, k, n)
 
 
 def pack_int8_linear(
