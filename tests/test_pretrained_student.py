@@ -89,7 +89,6 @@ def test_sampler_gives_unlabelled_padded_batches(tmp_path, rng):
 def test_a_few_steps_lower_the_loss(tmp_path):
     need_extra()
     from minicompress.distill.student import student_from_teacher
-
     from minicompress.nn.train import train
 
     model = load_pretrained(write_tiny_checkpoint(tmp_path / "tiny"))

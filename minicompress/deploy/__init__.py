@@ -6,6 +6,7 @@ combined pipeline (``recipe.py``, ``pipeline.py``).
 (the signature of ``nn.checkpoint.load_checkpoint``); ``load_runtime(path)`` runs it.
 """
 
+import minicompress.kernels  # noqa: F401  first: its cache locator covers deploy's kernels
 from minicompress.deploy.compressed import load_runtime
 from minicompress.deploy.format import (
     dense_params,

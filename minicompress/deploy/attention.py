@@ -39,6 +39,7 @@ from minicompress.kernels.threads import threads_here
 from minicompress.kernels.x86 import simd
 from minicompress.nn.attention import check_attention_shapes, check_pad_mask
 
+
 class NoAttentionCache(NamedTuple):
     """What the inference attention keeps: nothing. ``p`` is None because the model's forward
     lists every block's ``cache.p`` (the probabilities a distiller reads); inference never
@@ -106,8 +107,6 @@ def _attention_heads_blas(q, k, v, causal, pad, y):
                     end = tk - tq + i + 1 if causal else tk
                     _softmax_row(s[i - i0], end, scale, tk)
                 np.dot(s, v[b, h, :kend], y[b, h, i0:i1])  # [R, Tk'] @ [Tk', D] -> [R, D]
-
-
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
 """No stale machine code: Numba's disk cache of a kernel is keyed on every source it depends on.
 
-Numba saves each ``@njit(cache=True, nogil=True)`` function's machine code beside its source file and
+Numba saves each ``@njit(cache=True)`` function's machine code beside its source file and
 reuses it while *that file* is unchanged. A kernel's machine code also holds every function
 it calls from other modules, inlined or linked in: after an edit of ``int8_quant.py`` or
 ``x86/simd.py`` (as in an exercise), the kernels that call them would keep running the old
 code, because their own files did not change.
 
 ``install()`` (called by ``minicompress/kernels/__init__.py`` before any kernel is defined)
-puts a cache locator in front of Numba's own for the files of ``minicompress.kernels``. It
+puts a cache locator in front of Numba's own for the files of ``minicompress.kernels``
+and ``minicompress.deploy`` (its inference ops call the kernels' SIMD helpers). It
 finds the cache directory exactly as Numba would (``NUMBA_CACHE_DIR``, ``__pycache__`` beside
 the source, or the user-wide one), and stamps the index with the SHA-256 of the module's
 source *and of every package module it imports, directly or not* (``dependencies``). Any
@@ -33,6 +34,8 @@ from numba.core import caching
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../minicompress
 KERNELS_DIR = PACKAGE_DIR / "kernels"
+# the inference ops of deploy/ call the kernels' SIMD helpers (``x86/simd.py``)
+DEPLOY_DIR = PACKAGE_DIR / "deploy"
 PACKAGE = PACKAGE_DIR.name  # "minicompress"
 
 
@@ -135,7 +138,8 @@ class DependencyStampLocator(caching._CacheLocator):
     @classmethod
     def from_function(cls, py_func, py_file):
         try:
-            inside = Path(py_file).resolve().is_relative_to(KERNELS_DIR)
+            source = Path(py_file).resolve()
+            inside = source.is_relative_to(KERNELS_DIR) or source.is_relative_to(DEPLOY_DIR)
         except (OSError, ValueError):
             inside = False
         if not inside:
