@@ -21,7 +21,8 @@ from minicompress.report import bench_quality_peers as bq
 
 JSON_FIELDS = {"row", "key", "contender", "library", "version", "ours", "val_ppl", "reference",
                "reference_ppl", "delta_pct", "model_bytes", "fp32_bytes", "compression_ratio",
-               "fp32_val_ppl", "finetune_steps", "calibration_windows", "eval_windows"}  # fmt: skip
+               "fp32_val_ppl", "finetune_steps", "calibration_windows", "eval_windows",
+               "note"}  # fmt: skip
 WINDOWS = 8  # validation windows measured: enough to tell a broken model from a good one
 
 
@@ -102,6 +103,26 @@ def test_peer_masks_prune_the_same_fraction_as_ours(result):
     ours, torch_row = rows[("prune50", "ours")], rows[("prune50", "torch")]
     assert torch_row["model_bytes"] == pytest.approx(ours["model_bytes"], rel=0.01)
     assert rows[("prune80", "torch")]["model_bytes"] < torch_row["model_bytes"]
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.8])
+def test_torch_global_l1_masks_are_our_global_magnitude_masks(torch, rng, sparsity):
+    """PyTorch's global L1 pruning of the twin, brought back to our [K, N] layout, keeps
+    exactly the weights our global magnitude masks keep (square and oblong weights)."""
+    from minicompress.prune.masks import global_masks
+    from minicompress.prune.pipeline import prunable_names
+    from minicompress.prune.scores import magnitude_scores
+
+    cfg = TransformerConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    params = init_params(cfg, rng)
+    theirs = bq.torch_global_l1_masks(params, cfg, sparsity)
+    ours = global_masks({n: magnitude_scores(params[n]) for n in prunable_names(cfg)}, sparsity)
+    assert list(theirs) == list(ours)
+    for name in ours:
+        assert theirs[name].shape == params[name].shape
+        np.testing.assert_array_equal(theirs[name], ours[name], err_msg=name)
+    total = sum(m.size for m in ours.values())
+    assert sum(int((~m).sum()) for m in theirs.values()) == round(sparsity * total)
 
 
 def test_without_any_peer_only_ours_run(tiny, monkeypatch):

@@ -40,7 +40,9 @@ over it. A peer that is not installed is skipped with one line.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import math
 import tempfile
 import time
@@ -98,6 +100,7 @@ class Measured(NamedTuple):
     val_ppl: float
     model_bytes: int  # the file this library deploys
     fp32_bytes: int  # the same library's fp32 file
+    note: str = ""  # what the library said it did differently (e.g. an algorithm skipped)
 
 
 class Contender(NamedTuple):
@@ -261,14 +264,35 @@ def _nncf_weights(mode: str, **kw) -> Callable:
         import nncf
 
         data = {"dataset": _nncf_dataset(s.ctx)} if kw.get("awq") else {}  # AWQ calibrates
-        with _silenced():
+        with _silenced(), _nncf_messages() as said:
             model = nncf.compress_weights(
                 _ov_model(s.ctx), mode=getattr(nncf.CompressWeightsMode, mode), **kw, **data
             )
         nbytes = _ov_bytes(model, s.folder(f"nncf-{mode}"))
-        return Measured(s.peer_ppl(_ov_runner(s.ctx, model)), nbytes, s.fp32_bytes("openvino"))
+        note = " ".join(m for m in said if "skipped" in m)  # NNCF: "... AWQ ... skipped."
+        return Measured(s.peer_ppl(_ov_runner(s.ctx, model)), nbytes, s.fp32_bytes("openvino"),
+                        note)  # fmt: skip
 
     return measure
+
+
+@contextlib.contextmanager
+def _nncf_messages():
+    """NNCF's INFO and louder messages, collected in a list instead of printed (it says
+    there when it skips an algorithm it was asked for)."""
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            said.append(" ".join(record.getMessage().split()))
+
+    said = []
+    log = logging.getLogger("nncf")
+    handlers, level = log.handlers, log.level
+    log.handlers, log.level = [Collect()], logging.INFO
+    try:
+        yield said
+    finally:
+        log.handlers, log.level = handlers, level
 
 
 def _nncf_static(s: _Setup) -> Measured:
@@ -385,24 +409,31 @@ def _finetune_with_masks(s: _Setup, masks: dict) -> dict:
     return work
 
 
+def torch_global_l1_masks(params: dict, cfg: TransformerConfig, sparsity: float) -> dict:
+    """torch ``prune.global_unstructured(L1Unstructured, amount=sparsity)`` over the twin's
+    linear layers of ``prune.pipeline.prunable_names`` (the weights our pruning acts on).
+    -> {name: bool mask [K, N] in our layout, True = kept}."""
+    from torch.nn.utils import prune
+
+    from minicompress.prune.pipeline import prunable_names
+    from minicompress.report.torch_twin import _module_key, torch_twin
+
+    module = torch_twin(params, cfg)
+    names = prunable_names(cfg)
+    layers = [module.linears[_module_key(n.removesuffix(".w"))] for n in names]
+    prune.global_unstructured([(lin, "weight") for lin in layers],
+                              pruning_method=prune.L1Unstructured, amount=sparsity)  # fmt: skip
+    # torch's masks are [N, K] like its weights
+    return {n: lin.weight_mask.numpy().T > 0 for n, lin in zip(names, layers, strict=True)}
+
+
 def _torch_global_l1(sparsity: float) -> Callable:
-    """torch ``prune.global_unstructured(L1Unstructured)`` over the weights our pruning
-    acts on (``prunable_names``), its masks then fine-tuned by our loop."""
+    """``torch_global_l1_masks``, then our fine-tune with the masks held."""
 
     def measure(s: _Setup) -> Measured:
-        from torch.nn.utils import prune
-
         from minicompress.nn.train import evaluate
-        from minicompress.prune.pipeline import prunable_names
-        from minicompress.report.torch_twin import _module_key
 
-        module = _torch_module(s.ctx)
-        names = prunable_names(s.cfg)
-        layers = [module.linears[_module_key(n.removesuffix(".w"))] for n in names]
-        prune.global_unstructured([(lin, "weight") for lin in layers],
-                                  pruning_method=prune.L1Unstructured, amount=sparsity)  # fmt: skip
-        masks = {n: lin.weight_mask.numpy().T > 0 for n, lin in zip(names, layers, strict=True)}
-        work = _finetune_with_masks(s, masks)  # masks [N, K] -> ours [K, N]
+        work = _finetune_with_masks(s, torch_global_l1_masks(s.params, s.cfg, sparsity))
         ppl = math.exp(evaluate(work, s.cfg, s.data.val, s.eval_windows))
         nbytes = _sparse_bytes(s, work, s.cfg, f"torch_l1_{round(100 * sparsity)}")
         return Measured(ppl, nbytes, s.fp32_bytes("mc"))
@@ -504,7 +535,7 @@ def run_quality_peers(
 
     ->  {"rows": [{"row", "title", "key", "contender", "library", "version", "ours",
          "val_ppl", "reference", "reference_ppl", "delta_pct", "model_bytes", "fp32_bytes",
-         "compression_ratio", "seconds"}], "skipped": [{"row", "key", "reason"}],
+         "compression_ratio", "note", "seconds"}], "skipped": [{"row", "key", "reason"}],
          "fp32_val_ppl", "control_val_ppl" (None without a pruning row), "finetune_steps",
          "calibration_windows", "eval_windows", "threads"}
     """
@@ -572,6 +603,7 @@ def _result(row: Row, c: Contender, got: Measured, ref_ppl: float, seconds: floa
         "model_bytes": int(got.model_bytes),
         "fp32_bytes": int(got.fp32_bytes),
         "compression_ratio": got.fp32_bytes / got.model_bytes,
+        "note": got.note,
         "seconds": seconds,
     }
 
@@ -581,6 +613,7 @@ def _progress_line(r: dict) -> str:
         f"{r['row']:13s} {r['contender']:50s} ppl {r['val_ppl']:.4f} "
         f"{r['delta_pct']:+.3f}% vs {r['reference']}, {r['model_bytes']:,} bytes "
         f"({r['compression_ratio']:.2f}x), {r['seconds']:.0f} s"
+        + (f"; {r['note']}" if r["note"] else "")
     )
 
 
@@ -609,6 +642,7 @@ def format_quality_peers(r: dict) -> str:
             floatfmt=".4g",
         ),
     ]  # fmt: skip
+    lines += [f"note {x['row']} {x['key']}: {x['note']}" for x in r["rows"] if x["note"]]
     lines += [f"skipped {s['row']} {s['key']}: {s['reason']}" for s in r["skipped"]]
     lines.append("(delta_pct: val ppl change in % against the reference: the fp32 model, or "
                  "the unpruned model after the same fine-tune)")  # fmt: skip
