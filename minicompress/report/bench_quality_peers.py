@@ -676,6 +676,7 @@ def plot_quality_peers(r: dict, path: str | Path) -> Path:
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=0.1)
+        ax.margins(0.1, 0.15)  # room for the points' names
         plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(plain)
