@@ -1,7 +1,8 @@
-"""``minicompress bench train | kernels | runtime | peers``: a training step against PyTorch,
-the int8 and CSR kernels against NumPy, SciPy and PyTorch, the inference runtime against
-PyTorch eager and ``quantize_dynamic`` (forward and generation), or the whole model against
-the industry runtimes (PyTorch, onnxruntime, OpenVINO + NNCF), timed in the same process."""
+"""``minicompress bench train | kernels | runtime | peers | quality-peers``: a training step
+against PyTorch, the int8 and CSR kernels against NumPy, SciPy and PyTorch, the inference
+runtime against PyTorch eager and ``quantize_dynamic`` (forward and generation), or the whole
+model against the industry runtimes (PyTorch, onnxruntime, OpenVINO + NNCF), timed in the same
+process; or the quality of their quantization and pruning beside ours on the same teacher."""
 
 from __future__ import annotations
 
@@ -13,11 +14,18 @@ from minicompress.report.table import format_table
 
 PEERS_MODELS = ("teacher", "minilm")
 PEERS_TEACHER = "runs/teacher"  # where ``minicompress train`` writes the teacher by default
+FLAGS_OF = {  # flags that only some benchmarks take
+    "checkpoint": ("quality-peers", "peers"),
+    "contenders": ("peers",),
+    "plot": ("quality-peers", "peers"),
+    "rows": ("quality-peers",),
+    "finetune_steps": ("quality-peers",),
+}
 
 
 def register(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks: a training step, or the kernels")
-    b.add_argument("what", choices=["train", "kernels", "runtime", "peers"])
+    b.add_argument("what", choices=["train", "kernels", "runtime", "peers", "quality-peers"])
     b.add_argument("--json", help="write the results to this JSON file")
     b.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     b.add_argument(
@@ -32,28 +40,45 @@ def register(sub) -> None:
         "(bench peers) teacher or minilm; default teacher",
     )
     b.add_argument(
-        "--threads", type=flag_int(minimum=1), default=2, help="(bench runtime, peers; default 2)"
+        "--threads",
+        type=flag_int(minimum=1),
+        default=2,
+        help="(bench runtime, peers, quality-peers; default 2)",
     )
     b.add_argument(
         "--checkpoint",
-        help=f"(bench peers) the teacher's checkpoint; default {PEERS_TEACHER}",
+        help=f"(bench peers, quality-peers) the teacher's checkpoint; default {PEERS_TEACHER}",
     )
     b.add_argument(
         "--contenders",
         help="(bench peers) comma-separated, default all: torch-fp32, torch-int8, ort-fp32, "
         "ort-int8, ov-fp32, ov-int8, ours-fp32, ours-int8, ours-csr50",
     )
-    b.add_argument("--plot", help="(bench peers) write a bar chart of the times to this file")
+    b.add_argument(
+        "--plot",
+        help="(bench peers) a bar chart of the times; (quality-peers) delta ppl against bytes",
+    )
+    b.add_argument(
+        "--rows",
+        help="(bench quality-peers) comma-separated, default all: w8, w8a8-dynamic, "
+        "w8a8-static, w4, prune50, prune80, heads",
+    )
+    b.add_argument(
+        "--finetune-steps",
+        type=flag_int(minimum=1),
+        default=None,
+        help="(bench quality-peers) fine-tune steps of the pruning rows; default 300",
+    )
     b.set_defaults(func=run)
 
 
 def run(args) -> int:
     from minicompress.report.timing import blas_summary
 
-    if args.what != "peers":
-        for flag in ("checkpoint", "contenders", "plot"):
-            if getattr(args, flag) is not None:
-                raise UserError(f"--{flag} is a flag of bench peers only")
+    for flag, whats in FLAGS_OF.items():
+        if args.what not in whats and getattr(args, flag) is not None:
+            where = " and ".join(f"bench {w}" for w in whats)
+            raise UserError(f"--{flag.replace('_', '-')} is a flag of {where} only")
     if args.json is not None:
         check_output_file("--json", args.json)
     t0 = time.perf_counter()
@@ -62,12 +87,13 @@ def run(args) -> int:
         "kernels": _bench_kernels,
         "runtime": _bench_runtime,
         "peers": _bench_peers,
+        "quality-peers": _bench_quality_peers,
     }
     result = runs[args.what](args)
     if result is None:  # nothing was measured (bench peers: the model is not installed)
         return 0
     if args.json is not None:
-        if isinstance(result, list):  # bench peers: a list of rows
+        if isinstance(result, list):  # bench peers, quality-peers: a list of rows
             payload = result
         else:
             payload = {**result, "blas": blas_summary(), "seconds": time.perf_counter() - t0}
@@ -168,9 +194,16 @@ def _bench_peers(args) -> list | None:
 
 
 def _peers_teacher(args, batch: int):
+    from minicompress.report.bench_peers import decoder_model
+
+    params, cfg, _, data = _load_teacher(args)
+    return decoder_model("teacher", params, cfg, data.train, data.val, batch)
+
+
+def _load_teacher(args):
+    """The decoder of ``--checkpoint`` -> (params, cfg, vocab, its TextDataset)."""
     from minicompress.data.corpus import CharTokenizer, builtin_text, make_dataset
     from minicompress.nn.checkpoint import checkpoint_file, load_checkpoint
-    from minicompress.report.bench_peers import decoder_model
 
     path = args.checkpoint or PEERS_TEACHER
     if not checkpoint_file(path).is_file():
@@ -180,9 +213,31 @@ def _peers_teacher(args, batch: int):
         )
     params, cfg, vocab, _ = load_checkpoint(path)
     if not cfg.head or not cfg.causal:
-        raise UserError(f"--checkpoint {path!r}: bench peers --model teacher takes a decoder")
+        raise UserError(f"--checkpoint {path!r}: bench {args.what} takes a decoder (the teacher)")
     data = make_dataset(builtin_text(), cfg.block_size, tokenizer=CharTokenizer(vocab))
-    return decoder_model("teacher", params, cfg, data.train, data.val, batch)
+    return params, cfg, vocab, data
+
+
+def _bench_quality_peers(args) -> list:
+    """``bench quality-peers``: checks every flag before anything is loaded or trained."""
+    from minicompress.report import bench_quality_peers as bq
+
+    keys = None
+    if args.rows is not None:
+        try:
+            keys = bq.check_rows([k.strip() for k in args.rows.split(",") if k.strip()])
+        except ValueError as e:
+            raise UserError(f"--rows {args.rows!r}: {e}") from None
+    if args.plot is not None:
+        check_output_file("--plot", args.plot)
+    steps = args.finetune_steps or (bq.QUICK_STEPS if args.quick else bq.FINETUNE_STEPS)
+    params, cfg, vocab, data = _load_teacher(args)
+    windows = bq.QUICK_WINDOWS if args.quick else None
+    r = bq.run_quality_peers(params, cfg, vocab, data, keys, steps, windows, args.threads)
+    print(bq.format_quality_peers(r))
+    if args.plot is not None:
+        print(f"wrote {bq.plot_quality_peers(r, args.plot)}")
+    return bq.json_rows(r)
 
 
 def _peers_minilm(batch: int):

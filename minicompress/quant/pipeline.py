@@ -118,6 +118,17 @@ def finetune_config(qc: QuantizeConfig):
     )
 
 
+CALIB_BATCH_SIZE = 16  # training windows per calibration batch
+
+
+def calibration_data(data, cfg: TransformerConfig, qc: QuantizeConfig) -> list:
+    """The calibration windows of ``qc`` (static activations, SmoothQuant, AWQ, GPTQ):
+    ``qc.calib_batches`` batches [16, T] of random training windows of ``data``, drawn from
+    the seed ``[qc.seed, 2]`` — the same windows for the same config, run after run."""
+    rng = np.random.default_rng([qc.seed, 2])
+    return calibration_batches(data.train, qc.calib_batches, CALIB_BATCH_SIZE, cfg.block_size, rng)
+
+
 class Quantized(NamedTuple):
     params: dict  # the float parameters that were quantized (fine-tuned when QAT ran)
     qtensors: dict  # {parameter name: QuantizedTensor}
@@ -139,8 +150,7 @@ def quantize_model(
         qat(params, cfg, data, spec, finetune_config(qc), act_mode, progress=progress)
     batches = None  # training windows, for the activations' statistics
     if qc.smooth or qc.awq or qc.gptq or qc.activations == "static":
-        rng = np.random.default_rng([qc.seed, 2])
-        batches = calibration_batches(data.train, qc.calib_batches, 16, cfg.block_size, rng)
+        batches = calibration_data(data, cfg, qc)
     record = {
         "weights": spec.to_dict(),
         "activations": qc.activations,

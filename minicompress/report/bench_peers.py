@@ -289,14 +289,18 @@ def build_torch_fp32(ctx: _Context) -> Callable:
     return _torch_runner(_torch_module(ctx))
 
 
-def build_torch_int8(ctx: _Context) -> Callable:
+def _torch_int8_module(ctx: _Context):
+    """The twin with its ``nn.Linear`` layers through ``quantize_dynamic``, per channel."""
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
         warnings.simplefilter("ignore")
-        q = quantize_dynamic(_torch_module(ctx), {torch.nn.Linear: per_channel_dynamic_qconfig})
-    return _torch_runner(q)
+        return quantize_dynamic(_torch_module(ctx), {torch.nn.Linear: per_channel_dynamic_qconfig})
+
+
+def build_torch_int8(ctx: _Context) -> Callable:
+    return _torch_runner(_torch_int8_module(ctx))
 
 
 def _onnx_fp32(ctx: _Context) -> Path:
@@ -328,12 +332,18 @@ def build_ort_fp32(ctx: _Context) -> Callable:
     return _ort_runner(ctx, _onnx_fp32(ctx))
 
 
-def build_ort_int8(ctx: _Context) -> Callable:
+def _ort_int8_file(ctx: _Context) -> Path:
+    """``workdir/ort_int8.onnx``: onnxruntime's ``quantize_dynamic`` of the fp32 file, per
+    channel."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = ctx.workdir / "ort_int8.onnx"
     quantize_dynamic(_onnx_fp32(ctx), path, per_channel=True, weight_type=QuantType.QInt8)
-    return _ort_runner(ctx, path)
+    return path
+
+
+def build_ort_int8(ctx: _Context) -> Callable:
+    return _ort_runner(ctx, _ort_int8_file(ctx))
 
 
 def _ov_runner(ctx: _Context, model) -> Callable:
@@ -359,22 +369,48 @@ def build_ov_fp32(ctx: _Context) -> Callable:
     return _ov_runner(ctx, _ov_model(ctx))
 
 
-def build_ov_int8(ctx: _Context) -> Callable:
+def _nncf_dataset(ctx: _Context):
+    """The calibration rows as an ``nncf.Dataset`` of batches of the timed (static) shape."""
     import nncf
 
     b = len(ctx.m.bench_x)
     calib = ctx.m.calib_x
     n = max(1, len(calib) // b) * b
     items = [np.resize(calib, (n, calib.shape[1]))[i : i + b] for i in range(0, n, b)]
-    sink = io.StringIO()  # NNCF draws progress bars whatever its log level
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        q = nncf.quantize(
+    return nncf.Dataset(items, lambda x: {0: x.astype(np.int64)})
+
+
+@contextlib.contextmanager
+def _silenced():
+    """NNCF draws progress bars whatever its log level, and its import sets its logger to
+    INFO (statistics tables): both kept off the terminal while NNCF works."""
+    sink = io.StringIO()
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        nncf_log.setLevel(level)
+
+
+def _nncf_int8_model(ctx: _Context):
+    """The OpenVINO model quantized by ``nncf.quantize(model_type=TRANSFORMER)``."""
+    import nncf
+
+    dataset = _nncf_dataset(ctx)
+    with _silenced():
+        return nncf.quantize(
             _ov_model(ctx),
-            nncf.Dataset(items, lambda x: {0: x.astype(np.int64)}),
+            dataset,
             model_type=nncf.ModelType.TRANSFORMER,
-            subset_size=len(items),
+            subset_size=dataset.get_length(),
         )
-    return _ov_runner(ctx, q)
+
+
+def build_ov_int8(ctx: _Context) -> Callable:
+    return _ov_runner(ctx, _nncf_int8_model(ctx))
 
 
 class _Skip(Exception):

@@ -91,6 +91,18 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
 
 
+def measure_row(
+    params, cfg, vocab, meta, data, qc: QuantizeConfig, out, max_windows: int | None = None
+) -> tuple[float, int]:
+    """One row: the model quantized by ``qc`` (``quantize_model``), its validation perplexity
+    over the first ``max_windows`` validation windows (None: all), and the bytes of the
+    compressed checkpoint it writes to ``out`` (a folder). -> (val_ppl, file_bytes)."""
+    q = quantize_model(params, cfg, data, qc, progress=False)
+    ppl = perplexity(q.sim_params, cfg, data.val, q.linear, max_windows)
+    path = save_compressed(out, {**q.params, **q.qtensors}, cfg, vocab, {**meta, **q.meta})
+    return ppl, file_bytes(path)
+
+
 def run_experiments(
     model,
     out,
@@ -117,21 +129,13 @@ def run_experiments(
         if label in done or (only and not any(o in label for o in only)):
             continue
         t0 = time.perf_counter()
-        q = quantize_model(params, cfg, data, qc, progress=False)
-        ppl = perplexity(q.sim_params, cfg, data.val, q.linear)
-        path = save_compressed(
-            out / "models" / _slug(label),
-            {**q.params, **q.qtensors},
-            cfg,
-            vocab,
-            {**meta, **q.meta},
-        )
+        ppl, nbytes = measure_row(params, cfg, vocab, meta, data, qc, out / "models" / _slug(label))
         row = {
             "method": label,
             "val_ppl": ppl,
             "change_pct": 100 * (ppl / base - 1),
-            "file_bytes": file_bytes(path),
-            "compression_ratio": base_bytes / file_bytes(path),
+            "file_bytes": nbytes,
+            "compression_ratio": base_bytes / nbytes,
             **dataclasses.asdict(qc),
         }
         if qc.qat_steps:
