@@ -5,7 +5,10 @@ rows of 64 tokens. (The timings themselves are never asserted.)"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 from gradcheck import assert_close
 from pretrained_helpers import minilm
 from test_pretrained_embed import golden, golden_batch
@@ -65,3 +68,24 @@ def test_bench_contenders_compute_the_same_embeddings(tmp_path):
     assert r["cosine_to_fp32"]["numpy_fp32_training_path"] > 1 - 1e-6  # the same model
     assert 0.9 < r["cosine_to_fp32"]["w8a8"] < 1 - 1e-6  # quantized, and close
     assert r["batch"] == [4, 16] and all(v > 0 for v in r["ms"].values())
+
+
+def test_torch_is_timed_in_a_child_process(tmp_path, torch):
+    """With torch, its two contenders are timed in a fresh process on the same checkpoint
+    and batch (the child prints {name: ms}); their cosines are computed in this one."""
+    from pretrained_helpers import need_extra, write_tiny_checkpoint
+
+    from minicompress.pretrained import load_pretrained
+    from minicompress.report.bench_pretrained import run_pretrained_bench, torch_times_in_child
+
+    need_extra()
+    tiny = load_pretrained(write_tiny_checkpoint(tmp_path / "tiny"))
+    child = torch_times_in_child(tiny, 4, 16, 1, 1, 1)
+    assert set(child) == {"torch_fp32", "torch_int8_dynamic"}
+    assert all(v > 0 for v in child.values())
+    r = run_pretrained_bench(tiny, batch_size=4, seq_len=16, threads=1, rounds=1, repeat=1)
+    assert {"torch_fp32", "torch_int8_dynamic"} <= set(r["ms"])
+    assert r["cosine_to_fp32"]["torch_fp32"] > 1 - 1e-5  # the twin computes our model
+    gone = dataclasses.replace(tiny, model_dir=tmp_path / "gone")  # the child cannot load it
+    with pytest.raises(RuntimeError, match="child process"):
+        torch_times_in_child(gone, 4, 16, 1, 1, 1)
