@@ -348,13 +348,16 @@ assert np.array_equal(in_memory, from_file) and file_mb < 0.3 * fp32_mb
 # ## 9. Speed
 #
 # `report.bench_pretrained.run_pretrained_bench` times a batch of 32 x 64 tokens on 2
-# threads, every contender in turn in the same process: our fp32 model on the inference
+# threads, our contenders in turn in the same process: our fp32 model on the inference
 # runtime of `deploy/` (`pretrained.compress.encoder_runtime`: the same `nn.model.forward`
 # with inference ops, the batch split between the two threads), the same on the training
-# path, the W8A8 model on the int8 kernels inside the runtime, PyTorch eager fp32 and
-# PyTorch's dynamic int8 of the same weights. On a shared machine the figures move by tens
-# of percent from run to run; they are reported, not asserted (`python -m minicompress
-# pretrained compress ... --json` writes them).
+# path, the W8A8 model on the int8 kernels inside the runtime; and PyTorch eager fp32 and
+# PyTorch's dynamic int8 of the same weights in a child process on the same batch (in one
+# process PyTorch's OpenMP threads and Numba's share the cores, and PyTorch's 2-thread
+# calls became 20x slower). Measured on the 2-core VM (README): our W8A8 51 ms per batch
+# against PyTorch int8's 116 ms, our fp32 222 against PyTorch's 287. On a shared machine
+# the figures move by tens of percent from run to run; they are reported, not asserted
+# (`python -m minicompress pretrained compress ... --json` writes them).
 
 # %%
 from minicompress.pretrained.compress import encoder_runtime  # noqa: E402
