@@ -10,7 +10,8 @@ hand (Numba ``@intrinsic``), which no loop form makes LLVM emit on its own. Read
   or AVX-VNNI ``vpdpbusd`` on ymm registers (int8 GEMM and layer);
 - ``vnni.py``: AVX-512 VNNI ``vpdpbusd`` micro-kernel, register-tiled (int8 GEMM and layer);
 - ``amx.py``: AMX tiles (``tdpbusd``) for the int8 layer;
-- ``simd.py``: W-float accumulators and 16 x 16 register transposes (CSR);
+- ``simd.py``: W-float accumulators and 16 x 16 register transposes (CSR, and the
+  inference attention of ``deploy/attention.py``);
 - ``csr_spmm.py``: the CSR x dense product on activations packed in blocks;
 - ``csr_spmv.py``: the CSR product for a few rows, by 16-lane gathers;
 - ``aligned.py``: 64-byte aligned arrays (one cache line, one zmm register).
