@@ -291,7 +291,7 @@ def _loss_record(loss) -> dict | None:
         return None
     config = getattr(loss, "config", None)
     fields = asdict(config) if is_dataclass(config) and not isinstance(config, type) else {}
-    return {"loss": type(loss).__name__, **fields}
+    return {"hook": type(loss).__name__, **fields}
 
 
 def prune_model(
