@@ -25,7 +25,7 @@ prune50       global magnitude 50% (one shot,      torch ``prune.global_unstruct
               cubic schedule)                      50%, then our fine-tune
 prune80       global magnitude 80%, cubic; the       torch global L1 80% at once, then our
               recipe of issue 18 (ramp 40%, lr     fine-tune (same steps)
-              3e-3, against its own control)
+              3e-3, KD; against its own control)
 heads         1 head of 4 per block (L2 score)     torch-pruning (not run by this harness)
 ============  ===================================  ======================================
 
@@ -94,7 +94,7 @@ OURS_PRUNE = {
     "prune50": {"ours": "magnitude 50% global", "ours-cubic": "magnitude 50% cubic global"},
     "prune80": {
         "ours-cubic": "magnitude 80% cubic global",
-        "ours-recipe": "magnitude 80% cubic global, ramp 40%, lr 3e-3",
+        "ours-recipe": "magnitude 80% cubic global, ramp 40%, lr 3e-3, KD",
     },
     "heads": {"ours": "heads 25% local"},
 }
@@ -265,7 +265,7 @@ def _ours_prune(bar: str) -> Callable:
             return Measured(m["val_ppl"], nbytes, s.fp32_bytes("mc"))
         note = (
             f"against its own control, the same fine-tune (lr {pc.lr:g}"
-            + (f", KD {distill}" if distill else "")
+            + ("".join(f", KD {k} {v:g}" for k, v in (distill or {}).items()))
             + f") of the unpruned model: {m['control_val_ppl']:.4f}"
         )
         return Measured(m["val_ppl"], nbytes, s.fp32_bytes("mc"), note, m["control_val_ppl"])
