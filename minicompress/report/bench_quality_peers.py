@@ -265,7 +265,7 @@ def _ours_prune(bar: str) -> Callable:
             return Measured(m["val_ppl"], nbytes, s.fp32_bytes("mc"))
         note = (
             f"against its own control, the same fine-tune (lr {pc.lr:g}"
-            + ("".join(f", KD {k} {v:g}" for k, v in (distill or {}).items()))
+            + (", KD " + " ".join(f"{k} {v:g}" for k, v in distill.items()) if distill else "")
             + f") of the unpruned model: {m['control_val_ppl']:.4f}"
         )
         return Measured(m["val_ppl"], nbytes, s.fp32_bytes("mc"), note, m["control_val_ppl"])
