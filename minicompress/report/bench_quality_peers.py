@@ -24,7 +24,7 @@ w4            group 64 round-to-nearest; GPTQ      NNCF INT4_ASYM group 64 + AWQ
 prune50       global magnitude 50% (one shot,      torch ``prune.global_unstructured`` L1
               cubic schedule)                      50%, then our fine-tune
 prune80       global magnitude 80%, cubic; the       torch global L1 80% at once, then our
-              recipe of issue 18 (ramp 40%, lr     fine-tune (same steps)
+              recipe of issue 18 (ramp 20%, lr     fine-tune (same steps)
               3e-3, KD; against its own control)
 heads         1 head of 4 per block (L2 score)     torch-pruning (not run by this harness)
 ============  ===================================  ======================================
@@ -94,7 +94,7 @@ OURS_PRUNE = {
     "prune50": {"ours": "magnitude 50% global", "ours-cubic": "magnitude 50% cubic global"},
     "prune80": {
         "ours-cubic": "magnitude 80% cubic global",
-        "ours-recipe": "magnitude 80% cubic global, ramp 40%, lr 3e-3, KD",
+        "ours-recipe": "magnitude 80% cubic global, ramp 20%, lr 3e-3, KD",
     },
     "heads": {"ours": "heads 25% local"},
 }
