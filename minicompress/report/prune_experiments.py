@@ -215,9 +215,16 @@ BARS = {  # name: (PruneConfig keywords [+ "distill": DistillConfig keywords], t
     # unpruned model fine-tuned at lr 3e-3 on the same loss (KD from itself), which ends
     # better than the cross-entropy control.
     "magnitude 80% cubic global, ramp 20%, lr 3e-3, KD": (
-        dict(method="magnitude", sparsity=0.8, scope="global", schedule="cubic",
-             prune_end=0.2, prune_events=60, lr=3e-3,
-             distill=dict(alpha=0.5, temperature=2.0)),
+        dict(
+            method="magnitude",
+            sparsity=0.8,
+            scope="global",
+            schedule="cubic",
+            prune_end=0.2,
+            prune_events=60,
+            lr=3e-3,
+            distill=dict(alpha=0.5, temperature=2.0),
+        ),
         0.05,
     ),  # fmt: skip
     "heads 25% local": (dict(method="heads", sparsity=0.25, criterion="l2"), 0.05),
