@@ -180,6 +180,10 @@ def test_prune_heads_shrinks_the_checkpoint(setup, capsys):
             ],
             "--distill-temperature needs --distill-alpha",
         ),  # fmt: skip
+        (
+            ["--method", "magnitude", "--sparsity", "0.5", "--distill-alpha", "0.5"],
+            "--distill-alpha distils while fine-tuning: give --finetune-steps >= 1",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(setup, capsys, flags, message):

@@ -120,6 +120,8 @@ def _make_loss(args):
         if args.distill_temperature is not None:
             raise UserError("--distill-temperature needs --distill-alpha (KD is off without it)")
         return None
+    if not args.finetune_steps:
+        raise UserError("--distill-alpha distils while fine-tuning: give --finetune-steps >= 1")
     kw = {"alpha": args.distill_alpha}
     if args.distill_temperature is not None:
         kw["temperature"] = args.distill_temperature
