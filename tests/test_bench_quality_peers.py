@@ -64,6 +64,17 @@ def test_every_contender_is_measured_or_skipped_with_one_line(result):
     assert {row.key for row in bq.ROWS} == {row["row"] for row in r["rows"] if row["ours"]}
 
 
+def own_control(tiny, bar: str, steps: int) -> float:
+    """The validation perplexity of the unpruned model after the fine-tune of ``bar``."""
+    from minicompress.distill.trainer import DistillConfig, self_distill_loss
+    from minicompress.report.prune_experiments import bar_config, control_loss
+
+    params, cfg, _, data = tiny
+    pc, distill = bar_config(bar, steps, eval_windows=WINDOWS)
+    loss = None if distill is None else self_distill_loss(params, cfg, DistillConfig(**distill))
+    return math.exp(control_loss(params, cfg, data, pc, loss=loss))
+
+
 def test_rows_hold_their_fields_and_references(result, tiny):
     r, _ = result
     params, cfg, _, data = tiny
@@ -75,6 +86,10 @@ def test_rows_hold_their_fields_and_references(result, tiny):
         assert JSON_FIELDS <= set(row), JSON_FIELDS - set(row)
         assert row["ours"] == (row["library"] == "minicompress")
         ref = fp32 if row["reference"] == "fp32" else r["control_val_ppl"]
+        if (row["row"], row["key"]) == ("prune80", "ours-recipe"):  # lr 3e-3, KD: own control
+            ref = own_control(tiny, bq.OURS_PRUNE["prune80"]["ours-recipe"], steps=2)
+            assert ref != pytest.approx(r["control_val_ppl"], rel=1e-6)
+            assert f"{ref:.4f}" in row["note"] and "own control" in row["note"]
         assert row["reference_ppl"] == pytest.approx(ref, rel=1e-6)
         assert row["delta_pct"] == pytest.approx(100 * (row["val_ppl"] / ref - 1), rel=1e-6)
         assert row["compression_ratio"] == pytest.approx(row["fp32_bytes"] / row["model_bytes"])

@@ -324,3 +324,37 @@ def test_refuses_a_model_of_another_shape_at_call_time(rng):
     batch = Batch(rng.integers(0, V, size=(1, 4)), rng.integers(0, V, size=(1, 4)))
     with pytest.raises(ValueError, match="built for a student of 2 blocks of width 4"):
         loss(init_params(other, rng), batch, other, DENSE)
+
+
+# ----------------------------------------------------------------------------------------
+# self-distillation: the model as the teacher of its own compressed copy
+# ----------------------------------------------------------------------------------------
+
+
+def test_self_distill_loss_of_the_unchanged_model_is_alpha_times_ce(rng):
+    from minicompress.distill.trainer import self_distill_loss
+
+    cfg = dataclasses.replace(TEACHER, n_layer=2)
+    params = init_params(cfg, rng)
+    x = rng.integers(0, V, size=(3, cfg.block_size))
+    y = rng.integers(0, V, size=(3, cfg.block_size))
+    loss = self_distill_loss(params, cfg, DistillConfig(alpha=0.3, temperature=2.0))
+    value, grads = loss(params, Batch(x, y), cfg, DENSE)
+    ce, ce_grads = next_token_loss(params, Batch(x, y), cfg)
+    # student == teacher: KL(p || p) = 0 and its gradient T (p_s - p_t) / B = 0
+    assert value == pytest.approx(0.3 * ce, rel=1e-6)
+    assert loss.terms[-1]["kd"] == pytest.approx(0.0, abs=1e-6)
+    for k in params:
+        np.testing.assert_allclose(grads[k], 0.3 * ce_grads[k], rtol=1e-4, atol=1e-7)
+    # the teacher is a copy: changing the caller's arrays afterwards does not change it
+    params["head.w"] += rng.normal(0, 1, params["head.w"].shape).astype(np.float32)
+    moved, _ = loss(params, Batch(x, y), cfg, DENSE)
+    assert loss.terms[-1]["kd"] > 1e-4 and moved != pytest.approx(value)
+    assert loss.soft_labels is not None and loss.soft_labels.hits == 1  # same batch again
+
+
+def test_self_distill_loss_without_cache(rng):
+    from minicompress.distill.trainer import self_distill_loss
+
+    cfg = dataclasses.replace(TEACHER, n_layer=1)
+    assert self_distill_loss(init_params(cfg, rng), cfg, soft_label_mb=0).soft_labels is None

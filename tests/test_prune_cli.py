@@ -96,6 +96,94 @@ def test_prune_heads_shrinks_the_checkpoint(setup, capsys):
             ["--method", "magnitude", "--sparsity", "0.5", "--schedule", "cubic"],
             "finetune_steps >= 1",
         ),  # fmt: skip
+        (
+            [
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+                "--schedule",
+                "cubic",
+                "--finetune-steps",
+                "4",
+                "--prune-end",
+                "1.5",
+            ],
+            "--prune-end 1.5: prune_end must be a fraction in (0, 1]",
+        ),  # fmt: skip
+        (
+            [
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+                "--schedule",
+                "cubic",
+                "--finetune-steps",
+                "4",
+                "--prune-events",
+                "0",
+            ],
+            "--prune-events",
+        ),  # fmt: skip
+        (
+            [
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+                "--finetune-steps",
+                "4",
+                "--prune-end",
+                "0.5",
+            ],
+            "use schedule 'cubic' or 'iterative'",
+        ),  # fmt: skip
+        (
+            [
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+                "--finetune-steps",
+                "4",
+                "--distill-alpha",
+                "1.5",
+            ],
+            "--distill-alpha 1.5: alpha must lie in [0, 1]",
+        ),  # fmt: skip
+        (
+            [
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+                "--finetune-steps",
+                "4",
+                "--distill-alpha",
+                "0.5",
+                "--distill-temperature",
+                "0",
+            ],
+            "--distill-temperature 0.0: temperature must be a finite number > 0",
+        ),  # fmt: skip
+        (
+            [
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+                "--finetune-steps",
+                "4",
+                "--distill-temperature",
+                "2",
+            ],
+            "--distill-temperature needs --distill-alpha",
+        ),  # fmt: skip
+        (
+            ["--method", "magnitude", "--sparsity", "0.5", "--distill-alpha", "0.5"],
+            "--distill-alpha distils while fine-tuning: give --finetune-steps >= 1",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(setup, capsys, flags, message):
@@ -148,3 +236,19 @@ def test_prune_stores_sparse_weights_as_csr(setup, capsys):
         assert zeros >= sum(round(0.8 * dense[n].size) for n in prunable_names(cfg))
         with pytest.raises(ValueError, match="csr"):  # the dense loader says what it cannot read
             load_checkpoint(model.parent / store)
+
+
+def test_prune_with_schedule_flags_and_self_distillation(setup, capsys):
+    model, text = setup
+    js = model.parent / "kd.json"
+    flags = ["--method", "magnitude", "--sparsity", "0.8", "--scope", "global", "--schedule",
+             "cubic", "--finetune-steps", "8", "--prune-end", "0.5", "--prune-events", "2",
+             "--distill-alpha", "0.25", "--distill-temperature", "3",
+             "--json", str(js)]  # fmt: skip
+    assert _prune(model, text, *flags) == 0
+    m = json.loads(js.read_text())
+    assert [s for s, _ in m["events"]] == [2, 4]  # ramp of 4 steps, 2 mask updates
+    assert m["config"]["prune_end"] == 0.5 and m["config"]["prune_events"] == 2
+    assert m["loss"]["hook"] == "DistillLoss"
+    assert (m["loss"]["alpha"], m["loss"]["temperature"]) == (0.25, 3.0)
+    assert "control_val_ppl" in m and m["sparsity"] == pytest.approx(0.8, abs=1e-3)

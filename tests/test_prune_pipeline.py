@@ -34,11 +34,11 @@ def tiny():
     return params, cfg, data
 
 
-def _run(tiny, **kw):
+def _run(tiny, loss=None, **kw):
     params, cfg, data = tiny
     before = {k: v.copy() for k, v in params.items()}
     kw = {"batch_size": 4, "eval_windows": 8, **kw}
-    result = prune_model(params, cfg, data, PruneConfig(**kw), progress=False)
+    result = prune_model(params, cfg, data, PruneConfig(**kw), progress=False, loss=loss)
     assert all(np.array_equal(before[k], params[k]) for k in params)  # input untouched
     return result
 
@@ -180,11 +180,87 @@ def test_regularized_loss_adds_the_penalty_and_its_gradient(tiny):
         (dict(method="magnitude", sparsity=0.5, schedule="cubic"), "finetune_steps >= 1"),
         (dict(method="heads", sparsity=0.5, criterion="l3"), "criterion must be one of"),
         (dict(method="heads", sparsity=0.5, scope="model"), "scope must be one of"),
+        (
+            dict(method="magnitude", sparsity=0.8, schedule="cubic", finetune_steps=9, prune_end=0),
+            r"prune_end must be a fraction in \(0, 1\]; got 0",
+        ),
+        (
+            dict(
+                method="magnitude", sparsity=0.8, schedule="cubic", finetune_steps=9, prune_end=1.2
+            ),
+            "prune_end must be a fraction",
+        ),  # fmt: skip
+        (
+            dict(
+                method="magnitude", sparsity=0.8, schedule="cubic", finetune_steps=9, prune_events=0
+            ),
+            "prune_events must be an integer >= 1; got 0",
+        ),  # fmt: skip
+        (
+            dict(method="magnitude", sparsity=0.8, finetune_steps=9, prune_end=0.5),
+            "gradual schedule: use schedule 'cubic' or 'iterative', not 'oneshot'",
+        ),
     ],
 )
 def test_bad_configs_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         PruneConfig(**kw)
+
+
+def test_prune_end_and_events_place_the_mask_updates(tiny):
+    r = _run(tiny, method="magnitude", sparsity=0.8, scope="global", schedule="cubic",
+             finetune_steps=12, prune_end=0.5, prune_events=3, control=False)  # fmt: skip
+    # ramp of 6 steps, 3 events dt = 2 apart: s = 0.8 (1 - (1 - k/3)^3) = 0.563, 0.770, 0.8
+    steps = [s for s, _ in r.metrics["events"]]
+    assert steps == [2, 4, 6]
+    want = [0.8 * (1 - (1 - k / 3) ** 3) for k in (1, 2, 3)]
+    assert [v for _, v in r.metrics["events"]] == pytest.approx(want, abs=1e-3)
+
+
+class CountingLoss:
+    """next-token cross-entropy, counting its calls and the first token of each batch."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, params, batch, cfg, linear):
+        self.calls.append(int(batch.x[0, 0]))
+        return next_token_loss(params, batch, cfg, linear)
+
+
+def test_the_loss_hook_trains_the_pruned_model_and_the_control(tiny):
+    plain = _run(tiny, method="magnitude", sparsity=0.5, finetune_steps=5)
+    counting = CountingLoss()
+    hooked = _run(tiny, method="magnitude", sparsity=0.5, finetune_steps=5, loss=counting)
+    assert len(counting.calls) == 10  # 5 steps of the pruned model, then 5 of the control
+    assert counting.calls[:5] == counting.calls[5:]  # the same batches, in the same order
+    for key in ("val_ppl", "control_val_ppl"):  # cross-entropy by hook = the default loss
+        assert hooked.metrics[key] == pytest.approx(plain.metrics[key], rel=1e-6)
+    assert plain.metrics["loss"] is None and hooked.metrics["loss"] == {"hook": "CountingLoss"}
+
+
+def test_a_loss_with_arrays_of_its_own_is_refused(tiny):
+    counting = CountingLoss()
+    counting.params = {"proj.w": np.zeros((2, 2), np.float32)}
+    with pytest.raises(ValueError, match=r"trains arrays of its own \(proj.w\)"):
+        _run(tiny, method="magnitude", sparsity=0.5, finetune_steps=2, loss=counting)
+    assert counting.calls == []  # refused before any work
+
+
+def test_self_distillation_fine_tunes_both_runs_on_the_kd_loss(tiny):
+    from minicompress.distill.trainer import DistillConfig, self_distill_loss
+
+    params, cfg, _ = tiny
+    plain = _run(tiny, method="magnitude", sparsity=0.7, finetune_steps=6)
+    kd = self_distill_loss(params, cfg, DistillConfig(alpha=0.5, temperature=2.0))
+    r = _run(tiny, method="magnitude", sparsity=0.7, finetune_steps=6, loss=kd)
+    assert kd.soft_labels.misses == 6 and kd.soft_labels.hits == 6  # control: cached labels
+    assert r.metrics["loss"]["hook"] == "DistillLoss" and r.metrics["loss"]["alpha"] == 0.5
+    assert r.metrics["val_ppl"] != pytest.approx(plain.metrics["val_ppl"], rel=1e-6)
+    assert r.metrics["control_val_ppl"] != pytest.approx(plain.metrics["control_val_ppl"], rel=1e-6)
+    assert r.metrics["delta_vs_control"] == pytest.approx(
+        r.metrics["val_ppl"] / r.metrics["control_val_ppl"] - 1
+    )
 
 
 def test_pruning_every_head_of_a_block_is_refused_in_a_run(tiny):

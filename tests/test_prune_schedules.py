@@ -76,6 +76,44 @@ def test_make_schedule_reaches_final_and_leaves_recovery(name, steps):
     assert all(a <= b for a, b in zip(values, values[1:], strict=False))  # never decreases
 
 
+@pytest.mark.parametrize("name", ["iterative", "cubic"])
+@pytest.mark.parametrize(("end", "events"), [(0.5, 30), (1 / 3, 10), (1.0, 4), (0.25, 1)])
+def test_make_schedule_end_and_events(name, end, events):
+    steps = 300
+    sched = make_schedule(name, 0.8, steps, end=end, events=events)
+    values = [sched.sparsity_at(t) for t in range(steps + 1)]
+    last = int(end * steps + 0.5)  # 150, 100, 300, 75 steps: the ramp ends there or before
+    assert values[last] == pytest.approx(0.8)
+    assert all(v < 0.8 - 1e-9 for v in values[: sched.end])  # final only at the ramp's end
+    assert sched.end <= last
+    rises = sum(b > a for a, b in zip(values, values[1:], strict=False))
+    assert rises == events - (1 if name == "iterative" else 0)  # iterative's round 1 is at t=0
+    assert values[0] == (pytest.approx(1 - 0.2 ** (1 / events)) if name == "iterative" else 0.0)
+
+
+def test_make_schedule_default_end_is_two_thirds():
+    assert make_schedule("cubic", 0.8, 300).end == 200
+    assert make_schedule("cubic", 0.8, 300, end=2 / 3).end == 200  # not 199 by rounding
+    assert make_schedule("cubic", 0.8, 300, events=20).dt == 10
+
+
+@pytest.mark.parametrize(
+    ("kw", "error", "match"),
+    [
+        (dict(end=0.0), ValueError, "end must be a fraction in \\(0, 1\\]; got 0.0"),
+        (dict(end=1.5), ValueError, "end must be a fraction"),
+        (dict(end=float("nan")), ValueError, "end must be a fraction"),
+        (dict(end="half"), TypeError, "end must be a number"),
+        (dict(end=True), TypeError, "end must be a number"),
+        (dict(events=0), ValueError, "events must be an integer >= 1; got 0"),
+        (dict(events=2.5), ValueError, "events must be an integer"),
+    ],
+)
+def test_make_schedule_bad_end_or_events(kw, error, match):
+    with pytest.raises(error, match=match):
+        make_schedule("cubic", 0.8, 300, **kw)
+
+
 @pytest.mark.parametrize(
     ("build", "match"),
     [

@@ -274,3 +274,27 @@ class DistillLoss:
         terms["total"] = total
         self.terms.append(terms)
         return total, grads
+
+
+def self_distill_loss(
+    params: dict,
+    cfg: TransformerConfig,
+    dc: DistillConfig | None = None,
+    *,
+    soft_label_mb: float = 512.0,
+    op_impl=None,
+) -> DistillLoss:
+    """Distillation from the model itself: ``params`` (copied, then frozen) teach their own
+    compressed copy — a model pruned or quantized while it fine-tunes learns
+
+        L = alpha CE(z_S, y) + (1 - alpha) T^2 KL(softmax(z_T / T) || softmax(z_S / T))
+
+    from the model it was before compression (same shape, so only the logits' term is
+    used unless ``dc`` asks for more). Given as the loss hook of both the compressed run and
+    its control, the teacher labels each batch once: the runs share a seed, so they draw the
+    same batches, and the ``SoftLabelCache`` of ``soft_label_mb`` megabytes (0: no cache)
+    serves the second run. -> DistillLoss.
+    """
+    teacher = {k: np.array(v, dtype=np.float32, copy=True) for k, v in params.items()}
+    cache = SoftLabelCache(soft_label_mb) if soft_label_mb else None
+    return DistillLoss(teacher, cfg, teacher, cfg, dc, soft_labels=cache, op_impl=op_impl)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ from minicompress.prune.regularizers import (
     ProximalStep,
     check_lambda,
 )
-from minicompress.prune.schedules import SCHEDULES, OneShot, make_schedule
+from minicompress.prune.schedules import SCHEDULES, OneShot, check_fraction, make_schedule
 from minicompress.prune.scores import (
     CRITERIA,
     Movement,
@@ -90,6 +90,10 @@ class PruneConfig:
     criterion: str = "l2"  # group score of heads / neurons / layers: l1, l2, mean_abs
     scope: str = "local"  # "local": per tensor / per block; "global": one threshold overall
     schedule: str = "oneshot"  # oneshot, iterative, cubic (interleaved with fine-tuning)
+    prune_end: float | None = None  # fraction of the steps by which a gradual schedule is
+    # at its final sparsity (None: 2/3; the rest recovers)
+    prune_events: int | None = None  # mask updates of a gradual schedule (None: cubic 10,
+    # iterative 5)
     regularizer: str | None = None  # "l1" (unstructured) or "group-lasso" (heads, neurons)
     lam: float = 0.0  # lambda of the regularizer
     finetune_steps: int = 0  # optimizer steps of fine-tuning (0: prune only)
@@ -118,6 +122,12 @@ class PruneConfig:
                 f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}"
             )
         check_lambda(self.lam)
+        if self.prune_end is not None:
+            check_fraction(self.prune_end, "prune_end")
+        if self.prune_events is not None:
+            v = self.prune_events
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"prune_events must be an integer >= 1; got {v!r}")
         for name in ("finetune_steps", "warmup", "calib_batches", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -157,6 +167,11 @@ class PruneConfig:
             raise ValueError("sparsity is required (a fraction in [0, 1])")
         if self.method == "movement" and self.finetune_steps < 2:
             raise ValueError("movement scores accumulate while fine-tuning: finetune_steps >= 2")
+        if not gradual and (self.prune_end is not None or self.prune_events is not None):
+            raise ValueError(
+                "prune_end and prune_events shape a gradual schedule: use schedule 'cubic' or "
+                f"'iterative', not {self.schedule!r}"
+            )
         if gradual and self.finetune_steps < 1:
             raise ValueError(
                 f"schedule {self.schedule!r} prunes while fine-tuning: finetune_steps >= 1"
@@ -243,7 +258,7 @@ def _schedule(pc: PruneConfig, final: float | None):
     start = 0
     if pc.method == "movement":  # scores need some steps to accumulate
         start = max(1, steps // 3) if pc.schedule == "oneshot" else max(1, steps // 10)
-    return make_schedule(pc.schedule, final, steps, start)
+    return make_schedule(pc.schedule, final, steps, start, end=pc.prune_end, events=pc.prune_events)
 
 
 def _scores_and_masks(pc: PruneConfig, cfg, data, work: dict, names: list, movement):
@@ -269,6 +284,16 @@ def _scores_and_masks(pc: PruneConfig, cfg, data, work: dict, names: list, movem
     return scores_fn, nm_fn, 1 - n_keep / m
 
 
+def _loss_record(loss) -> dict | None:
+    """What the fine-tune's loss was, for the metrics: None (cross-entropy), or the loss's
+    class name and its ``config`` dataclass (a ``DistillLoss``'s alpha, temperature, ...)."""
+    if loss is None:
+        return None
+    config = getattr(loss, "config", None)
+    fields = asdict(config) if is_dataclass(config) and not isinstance(config, type) else {}
+    return {"hook": type(loss).__name__, **fields}
+
+
 def prune_model(
     params: dict,
     cfg,
@@ -278,12 +303,16 @@ def prune_model(
     progress: bool = True,
     baseline_loss: float | None = None,
     control_loss: float | None = None,
+    loss=None,
 ) -> PruneResult:
     """Prune a copy of ``params`` as ``pc`` says (the input is not modified).
 
     data: a ``TextDataset`` (fine-tuning batches from ``data.train``, measurements on
     ``data.val``); baseline_loss / control_loss: the validation loss of the unpruned model
-    before / after the same fine-tune, when already known (experiments reuse them).
+    before / after the same fine-tune, when already known (experiments reuse them);
+    loss: the fine-tune's loss hook (``nn.train.LossFn``) for the pruned model and the
+    control alike, e.g. ``distill.trainer.self_distill_loss`` (KD from the unpruned model;
+    None: next-token cross-entropy); refused if it trains arrays of its own.
     -> PruneResult; ``metrics`` holds val_loss, val_ppl, baseline_val_ppl, control_val_ppl
     (when fine-tuned), delta_vs_baseline and delta_vs_control (relative change of val ppl),
     sparsity (measured over the weights the method prunes), nonzero_params, params,
@@ -292,6 +321,12 @@ def prune_model(
     """
     t_start = time.perf_counter()
     layer_shapes(params, cfg)  # refuse a model that is not one of cfg before any work
+    if getattr(loss, "params", None):  # the pruned run would hand them on to the control
+        raise ValueError(
+            f"loss {type(loss).__name__} trains arrays of its own ({', '.join(loss.params)}): "
+            "the pruned model and the control need a loss without them (e.g. distillation of "
+            "the logits only, hidden_weight 0)"
+        )
     work = {k: np.array(v, dtype=np.float32, copy=True) for k, v in params.items()}
     tc = pc.train_config()
     if baseline_loss is None:
@@ -316,7 +351,10 @@ def prune_model(
     pruner.start(work)
     if pc.finetune_steps > 0:  # movement scores first, then the penalty, then the masks
         hooks = chain(movement, prox, pruner)
-        train(work, cfg, data, tc, after_step=hooks, progress=progress, desc=f"prune {pc.method}")
+        train(
+            work, cfg, data, tc, loss=loss, after_step=hooks, progress=progress,
+            desc=f"prune {pc.method}",
+        )  # fmt: skip
     if pruner.masks is None:  # sparsity 0: nothing was pruned
         pruner.masks = {}
 
@@ -337,7 +375,7 @@ def prune_model(
     control_params = None
     if pc.finetune_steps > 0 and pc.control and control_loss is None:
         control_params = {k: np.array(v, dtype=np.float32, copy=True) for k, v in params.items()}
-        train(control_params, cfg, data, tc, progress=progress, desc="control (unpruned)")
+        train(control_params, cfg, data, tc, loss=loss, progress=progress, desc="control")
         control_loss = evaluate(control_params, cfg, data.val, pc.eval_windows)
     metrics = {
         "method": pc.method,
@@ -353,6 +391,7 @@ def prune_model(
         "layer_shapes": [list(s) for s in layer_shapes(work, out_cfg)],
         "events": [[int(s), float(v)] for s, v in pruner.events],
         "kept": kept,
+        "loss": _loss_record(loss),
         "seconds": time.perf_counter() - t_start,
     }
     if pc.finetune_steps > 0 and control_loss is not None:
@@ -371,6 +410,7 @@ def run_prune(
     overwrite: bool = False,
     progress: bool = True,
     store: str = "dense",
+    make_loss=None,
 ) -> dict:
     """The ``prune`` command: load the checkpoint ``model``, prune it (``prune_model``), save
     the pruned model to ``out`` (a folder, or a file name ending in ``.mc``) and the metrics
@@ -379,6 +419,8 @@ def run_prune(
     store: ``"dense"`` (every tensor fp32: ``load_checkpoint``, ``eval`` and ``generate``
     read it), ``"csr"`` or ``"csr-int8"`` (the linear weights at least ``sparse.BREAK_EVEN``
     sparse in the "csr" encoding, float32 or int8 values: ``sparse.load_sparse`` reads it).
+    make_loss: (params, cfg) -> the fine-tune's loss hook, built on the loaded model (e.g.
+    ``distill.trainer.self_distill_loss``: KD from the unpruned model); None: cross-entropy.
 
     The metrics add ``file_bytes`` and ``baseline_file_bytes`` (the two checkpoint files'
     bytes on disk) to ``prune_model``'s. Refused before any work: ``out`` is the input model,
@@ -405,7 +447,8 @@ def run_prune(
     data = make_dataset(
         builtin_text() if text is None else text, cfg.block_size, tokenizer=CharTokenizer(vocab)
     )
-    result = prune_model(params, cfg, data, pc, progress=progress)
+    loss = None if make_loss is None else make_loss(params, cfg)
+    result = prune_model(params, cfg, data, pc, progress=progress, loss=loss)
     metrics = dict(result.metrics)
     meta_out = {"source": meta, "prune": metrics}
     if store == "dense":

@@ -136,22 +136,50 @@ class Cubic:
 SCHEDULES = ("oneshot", "iterative", "cubic")
 
 
-def make_schedule(name: str, final: float, steps: int, start: int = 0):
-    """The schedule ``name`` reaching ``final`` within ``steps`` fine-tuning steps, leaving
-    the last third of them (at least one step) to recover at the final sparsity.
+def check_fraction(value: object, name: str, low_open: bool = True) -> float:
+    """``value`` as a float in (0, 1] (``low_open``) or [0, 1]; a clear error otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in (0, 1]; got {value!r}")
+    ok = (0.0 < value <= 1.0) if low_open else (0.0 <= value <= 1.0)
+    if not (math.isfinite(value) and ok):
+        lo = "(0" if low_open else "[0"
+        raise ValueError(f"{name} must be a fraction in {lo}, 1]; got {value!r}")
+    return float(value)
 
-    oneshot: at ``start``; iterative: 5 rounds; cubic: n = 10 pruning steps (fewer when
-    there are not enough steps), dt = the ramp / n.
+
+def make_schedule(
+    name: str,
+    final: float,
+    steps: int,
+    start: int = 0,
+    *,
+    end: float | None = None,
+    events: int | None = None,
+):
+    """The schedule ``name`` reaching ``final`` within ``steps`` fine-tuning steps, then
+    holding it to the end so that the network recovers at the final sparsity.
+
+    end: the fraction of ``steps`` by which the sparsity is final (None: 2/3, leaving the
+    last third to recover; 1 leaves no recovery); events: how many times the masks rise
+    (None: 10 for cubic — Zhu & Gupta's n — and 5 rounds for iterative; fewer when the ramp
+    has fewer steps). oneshot: everything at ``start``; iterative: equal rounds; cubic:
+    n = events pruning steps, dt = the ramp / n.
     """
     check_sparsity(final, "final")
     _check_step("steps", steps, 0)
+    if end is not None:
+        end = check_fraction(end, "end")
+    if events is not None:
+        _check_step("events", events, 1)
     if name == "oneshot":
         return OneShot(final, start)
     if name not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {name!r}")
-    ramp = max(1, (2 * steps) // 3 - start)  # steps over which the sparsity rises
+    # steps over which the sparsity rises (the 1e-9 keeps end * steps = 200.0 from 199.99..)
+    last = (2 * steps) // 3 if end is None else math.floor(end * steps + 1e-9)
+    ramp = max(1, last - start)
     if name == "iterative":
-        rounds = min(5, ramp)
+        rounds = min(5 if events is None else events, ramp)
         return Iterative(final, rounds, start, max(1, ramp // rounds))
-    n = min(10, ramp)
+    n = min(10 if events is None else events, ramp)
     return Cubic(final, 0.0, start, n, max(1, ramp // n))

@@ -23,8 +23,9 @@ w4            group 64 round-to-nearest; GPTQ      NNCF INT4_ASYM group 64 + AWQ
                                                    onnxruntime 4-bit block 32
 prune50       global magnitude 50% (one shot,      torch ``prune.global_unstructured`` L1
               cubic schedule)                      50%, then our fine-tune
-prune80       global magnitude 80%, cubic          torch global L1 80% at once, then our
-                                                   fine-tune (same steps)
+prune80       global magnitude 80%, cubic; the       torch global L1 80% at once, then our
+              recipe of issue 18 (ramp 20%, lr     fine-tune (same steps)
+              3e-3, KD; against its own control)
 heads         1 head of 4 per block (L2 score)     torch-pruning (not run by this harness)
 ============  ===================================  ======================================
 
@@ -91,7 +92,10 @@ OURS_QUANT = {
 # our pruning contenders, key -> name in ``prune_experiments.BARS`` (its PruneConfig)
 OURS_PRUNE = {
     "prune50": {"ours": "magnitude 50% global", "ours-cubic": "magnitude 50% cubic global"},
-    "prune80": {"ours-cubic": "magnitude 80% cubic global"},
+    "prune80": {
+        "ours-cubic": "magnitude 80% cubic global",
+        "ours-recipe": "magnitude 80% cubic global, ramp 20%, lr 3e-3, KD",
+    },
     "heads": {"ours": "heads 25% local"},
 }
 
@@ -101,6 +105,8 @@ class Measured(NamedTuple):
     model_bytes: int  # the file this library deploys
     fp32_bytes: int  # the same library's fp32 file
     note: str = ""  # what the library said it did differently (e.g. an algorithm skipped)
+    reference_ppl: float | None = None  # its own control (a fine-tune unlike the row's); None:
+    # the row's reference
 
 
 class Contender(NamedTuple):
@@ -239,15 +245,30 @@ def _sparse_bytes(s: _Setup, params: dict, cfg: TransformerConfig, name: str) ->
 
 
 def _ours_prune(bar: str) -> Callable:
+    """Our pruning bar ``bar`` (``prune_experiments.BARS``); when its fine-tune is not the
+    row's (another learning rate, a distillation loss), against its own control: the same
+    fine-tune of the unpruned model."""
+
     def measure(s: _Setup) -> Measured:
         from minicompress.prune.pipeline import prune_model
-        from minicompress.report.prune_experiments import BARS
+        from minicompress.report.prune_experiments import bar_config, bar_loss
 
-        pc = s.prune_config(**BARS[bar][0])
+        pc, distill = bar_config(bar, s.steps, eval_windows=s.eval_windows)
+        default = s.prune_config(method="magnitude", sparsity=0.0).train_config()
+        own = distill is not None or pc.train_config() != default
         r = prune_model(s.params, s.cfg, s.data, pc, progress=False, baseline_loss=s.base_loss,
-                        control_loss=s.control_loss)  # fmt: skip
-        nbytes = _sparse_bytes(s, r.params, r.cfg, bar.replace(" ", "_").replace("%", ""))
-        return Measured(r.metrics["val_ppl"], nbytes, s.fp32_bytes("mc"))
+                        control_loss=None if own else s.control_loss,
+                        loss=bar_loss(s.params, s.cfg, distill))  # fmt: skip
+        nbytes = _sparse_bytes(s, r.params, r.cfg, "".join(c for c in bar if c.isalnum()))
+        m = r.metrics
+        if not own:
+            return Measured(m["val_ppl"], nbytes, s.fp32_bytes("mc"))
+        note = (
+            f"against its own control, the same fine-tune (lr {pc.lr:g}"
+            + (", KD " + " ".join(f"{k} {v:g}" for k, v in distill.items()) if distill else "")
+            + f") of the unpruned model: {m['control_val_ppl']:.4f}"
+        )
+        return Measured(m["val_ppl"], nbytes, s.fp32_bytes("mc"), note, m["control_val_ppl"])
 
     return measure
 
@@ -571,8 +592,10 @@ def run_quality_peers(
                         skipped.append({"row": row.key, "key": c.key, "reason": reason})
                         log(f"skipped {row.key} {c.key}: {reason}")
                         continue
-                    ref = s.base_loss if row.reference == "fp32" else s.control_loss
-                    out_rows.append(_result(row, c, got, math.exp(ref), time.perf_counter() - t0))
+                    ref = got.reference_ppl
+                    if ref is None:
+                        ref = math.exp(s.base_loss if row.reference == "fp32" else s.control_loss)
+                    out_rows.append(_result(row, c, got, ref, time.perf_counter() - t0))
                     log(_progress_line(out_rows[-1]))
         control = s._control_loss
     return {
