@@ -5,14 +5,15 @@ Two kernels with the same contract (``tests/test_deploy_attention.py`` checks bo
 ``nn.attention.attention_forward``):
 
 - ``_attention_heads_simd`` (float32, D a multiple of 16; every head of BERT-base,
-  MiniLM and the default teacher): one query row at a time, the scores of the row and its
-  output in 16-float accumulators that LLVM keeps in registers (``kernels/x86/simd.py``'s
-  ``vec_*``, plain LLVM vectors: AVX-512 runs one instruction per 16 lanes, AVX2 two).
-  Scores: k of the head is first copied transposed (``kt`` [D, Tk], 8 KB at Tk = 64), then
-  16 keys at a time, four independent chains of FMAs over d; the softmax's exp is
-  ``fastmath.exp_nonpositive_f32``; the output, D/16 accumulators per chain, four chains
-  over the keys, is divided by the softmax's sum at the end (one pass less). A causal row
-  stops at its last visible key.
+  MiniLM and the default teacher): four query rows at a time, their scores and outputs in
+  16-float accumulators that LLVM keeps in registers (``kernels/x86/simd.py``'s ``vec_*``,
+  plain LLVM vectors: AVX-512 runs one instruction per 16 lanes, AVX2 two). The k of a head
+  is first transposed (``kt`` [D, Tk], 8 KB at Tk = 64, in 16 x 16 register blocks); then
+  each 16-key load of ``kt`` feeds the four rows' FMAs (``_tile_scores``); the softmax
+  numerators use ``fastmath.exp_nonpositive_f32``; each 16-float load of v feeds the four
+  rows' output FMAs (``_tile_output``), divided by the softmax's sum at the end (one pass
+  less). A causal group stops at the last key its last row sees. The heads are shared among
+  Numba's threads.
 - ``_attention_heads_blas`` (everything else: float64 model checks, odd head widths): two
   BLAS products per block of rows (``np.dot`` inside Numba) and the softmax between them.
 
