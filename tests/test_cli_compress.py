@@ -6,11 +6,11 @@ project each give one line and exit status 2, and nothing on disk is written or 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import refused
 
 from minicompress.cli import main
 from minicompress.data.corpus import CharTokenizer
@@ -37,20 +37,6 @@ def recipe(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "recipe.toml"
     path.write_text(body, encoding="utf-8")
     return path
-
-
-def refused(capsys, argv: list[str]) -> str:
-    """``main(argv)`` exits 2 with one line on stderr, no traceback, no warning."""
-    capsys.readouterr()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        status = main(argv)
-    err = capsys.readouterr().err
-    assert status == 2, err
-    assert not caught, [str(w.message) for w in caught]
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_compress_writes_checkpoint_and_json(model, tmp_path):

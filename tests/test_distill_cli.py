@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import refused
 
 from minicompress.cli import main
 from minicompress.data import make_dataset
@@ -45,20 +45,6 @@ def teacher(tmp_path_factory) -> Path:
 def distill(teacher, corpus, *extra) -> list[str]:
     base = ["distill", str(teacher), "--student-layers", "1", "--student-width", "8"]
     return [*base, "--text", str(corpus), *FAST, "--no-progress", *extra]
-
-
-def refused(capsys, argv) -> str:
-    """Exit status 2, one line on stderr, no warning or traceback before it."""
-    capsys.readouterr()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        status = main(argv)
-    err = capsys.readouterr().err
-    assert status == 2, err
-    assert not caught, [str(w.message) for w in caught]
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_distill_writes_the_student_and_the_promised_json(teacher, corpus, tmp_path, capsys):

@@ -65,6 +65,9 @@ def test_prune_heads_shrinks_the_checkpoint(setup, capsys):
     assert [s.n_head for s in layer_shapes(params, cfg)] == [1, 1]
 
 
+_MAG50 = "--method magnitude --sparsity 0.5"
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -97,89 +100,29 @@ def test_prune_heads_shrinks_the_checkpoint(setup, capsys):
             "finetune_steps >= 1",
         ),  # fmt: skip
         (
-            [
-                "--method",
-                "magnitude",
-                "--sparsity",
-                "0.5",
-                "--schedule",
-                "cubic",
-                "--finetune-steps",
-                "4",
-                "--prune-end",
-                "1.5",
-            ],
+            (_MAG50 + " --schedule cubic --finetune-steps 4 --prune-end 1.5").split(),
             "--prune-end 1.5: prune_end must be a fraction in (0, 1]",
-        ),  # fmt: skip
+        ),
         (
-            [
-                "--method",
-                "magnitude",
-                "--sparsity",
-                "0.5",
-                "--schedule",
-                "cubic",
-                "--finetune-steps",
-                "4",
-                "--prune-events",
-                "0",
-            ],
+            (_MAG50 + " --schedule cubic --finetune-steps 4 --prune-events 0").split(),
             "--prune-events",
-        ),  # fmt: skip
+        ),
         (
-            [
-                "--method",
-                "magnitude",
-                "--sparsity",
-                "0.5",
-                "--finetune-steps",
-                "4",
-                "--prune-end",
-                "0.5",
-            ],
+            (_MAG50 + " --finetune-steps 4 --prune-end 0.5").split(),
             "use schedule 'cubic' or 'iterative'",
-        ),  # fmt: skip
+        ),
         (
-            [
-                "--method",
-                "magnitude",
-                "--sparsity",
-                "0.5",
-                "--finetune-steps",
-                "4",
-                "--distill-alpha",
-                "1.5",
-            ],
+            (_MAG50 + " --finetune-steps 4 --distill-alpha 1.5").split(),
             "--distill-alpha 1.5: alpha must lie in [0, 1]",
-        ),  # fmt: skip
+        ),
         (
-            [
-                "--method",
-                "magnitude",
-                "--sparsity",
-                "0.5",
-                "--finetune-steps",
-                "4",
-                "--distill-alpha",
-                "0.5",
-                "--distill-temperature",
-                "0",
-            ],
+            (_MAG50 + " --finetune-steps 4 --distill-alpha 0.5 --distill-temperature 0").split(),
             "--distill-temperature 0.0: temperature must be a finite number > 0",
-        ),  # fmt: skip
+        ),
         (
-            [
-                "--method",
-                "magnitude",
-                "--sparsity",
-                "0.5",
-                "--finetune-steps",
-                "4",
-                "--distill-temperature",
-                "2",
-            ],
+            (_MAG50 + " --finetune-steps 4 --distill-temperature 2").split(),
             "--distill-temperature needs --distill-alpha",
-        ),  # fmt: skip
+        ),
         (
             ["--method", "magnitude", "--sparsity", "0.5", "--distill-alpha", "0.5"],
             "--distill-alpha distils while fine-tuning: give --finetune-steps >= 1",

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest
+from cli_helpers import refused
 
 from minicompress.cli import main
 from minicompress.data.corpus import CharTokenizer, builtin_text
@@ -228,20 +228,6 @@ def test_bench_peers_command_writes_rows_and_plot(tmp_path, tiny_checkpoint, cap
         assert JSON_FIELDS <= set(r) and {"max_abs_diff", "argmax_agreement", "val_ppl"} & set(r)
         assert r["model"] == "teacher" and r["batch_size"] == 4 and r["seq_len"] == 64
     assert plot.stat().st_size > 0
-
-
-def refused(capsys, argv: list[str]) -> str:
-    """``main(argv)``: exit status 2 and exactly one line on stderr, no traceback."""
-    capsys.readouterr()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        status = main(argv)
-    err = capsys.readouterr().err
-    assert status == 2, err
-    assert not caught, [str(w.message) for w in caught]
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_bench_peers_refuses_bad_input(tmp_path, tiny_checkpoint, capsys):

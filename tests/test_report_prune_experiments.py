@@ -5,26 +5,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
+from quant_models import tiny_trained
 
-from minicompress.data import builtin_text, make_dataset
-from minicompress.nn.model import TransformerConfig, init_params
-from minicompress.nn.train import TrainConfig, train
 from minicompress.report import prune_experiments as pe
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    data = make_dataset(builtin_text()[:6000], 16)
-    cfg = TransformerConfig(
-        vocab_size=data.tokenizer.vocab_size, block_size=16, n_layer=2, n_head=4, n_embd=16,
-        mlp_ratio=2,
-    )  # fmt: skip
-    params = init_params(cfg, np.random.default_rng(0))
-    train(params, cfg, data, TrainConfig(steps=10, batch_size=4, eval_every=0, warmup=2),
-          progress=False)  # fmt: skip
-    return params, cfg, data
+    return tiny_trained()  # the quantization tests' tiny model, trained once per session
 
 
 def test_every_bar_builds_its_config():
