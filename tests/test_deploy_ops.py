@@ -1,7 +1,7 @@
 """minicompress/deploy/ops.py: the inference ops against the NumPy reference ops (float32 and
 float64, odd shapes, strided input), and the whole model through ``nn.model.forward`` with
 INFERENCE_OPS against the reference model (float64, and float32 on the SIMD attention).
-The exp, GELU scalars: tests/test_deploy_fastmath.py; attention: tests/test_deploy_attention.py."""
+The exp, GELU scalars: tests/test_kernels_fastmath.py; attention: tests/test_deploy_attention.py."""
 
 from __future__ import annotations
 
@@ -136,3 +136,36 @@ def test_float32_model_with_inference_ops_equals_float64_reference(rng, norm, ca
     ref, _ = forward(params64, idx, cfg, pad_mask=pad, op_impl=NUMPY_OPS)
     assert ours.dtype == np.float32
     assert_close(ours, ref, rtol=1e-4, atol=1e-4, name="float32 model")
+
+
+# ----------------------------------------------------------------------------------------
+# layer norm that also quantizes its output (int8 activations carried)
+# ----------------------------------------------------------------------------------------
+
+
+def test_layernorm_with_codes_equals_layernorm_then_quantization(rng):
+    from minicompress.kernels.carried import codes_of, row_codes
+    from minicompress.kernels.reference import quantize_rows_uint8
+
+    x = (rng.standard_normal((3, 11, 64)) * 3 + 1).astype(np.float32)
+    g, b = (rng.standard_normal(64).astype(np.float32) for _ in range(2))
+    y, cache = D.layernorm_codes_forward_infer(x, g, b, 1e-5)
+    plain, _ = D.layernorm_forward_infer(x, g, b, 1e-5)
+    assert cache is None and y.shape == x.shape
+    np.testing.assert_array_equal(y, plain)  # the same float32 bits
+    codes = codes_of(y)
+    q, scale, zero_point = quantize_rows_uint8(plain.reshape(-1, 64))  # the NumPy reference
+    np.testing.assert_array_equal(codes.codes[:33, :64], q)
+    np.testing.assert_array_equal(codes.scale, scale)
+    np.testing.assert_array_equal(codes.zero_point, zero_point)
+    np.testing.assert_array_equal(codes.codes[:33], row_codes(plain.reshape(-1, 64)).codes[:33])
+    # too few rows (a generated token), float64, or a non-finite output: a plain array
+    for small in (x[:1, :5], x.astype(np.float64)):
+        gs, bs = g.astype(small.dtype), b.astype(small.dtype)
+        out, _ = D.layernorm_codes_forward_infer(small, gs, bs)
+        assert codes_of(out) is None
+        expected = ops.layernorm_forward(small, gs, bs, 1e-5)[0]
+        assert_close(out, expected, **TOL[small.dtype.type], name="layer norm")
+    bad = x.copy()
+    bad[0, 0, 0] = np.inf
+    assert codes_of(D.layernorm_codes_forward_infer(bad, g, b)[0]) is None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from gradcheck import assert_close
 
+from minicompress.deploy.ops import INT8_INFERENCE_OPS
 from minicompress.deploy.profile import time_breakdown
 from minicompress.deploy.runtime import Runtime, RuntimeConfig, RuntimeLinear, batch_slices
 from minicompress.kernels import PackedInt8Linear, quantized_linear_reference
@@ -188,14 +189,72 @@ def test_sampled_generation_follows_the_seed(rng):
 
 def test_time_breakdown_names_every_part(rng):
     cfg = TransformerConfig(**TINY)
-    params = _packed(init_params(cfg, rng), cfg, layers=["blocks.1.mlp.fc"])
-    with Runtime(params, cfg) as rt:
-        parts = time_breakdown(rt, rng.integers(0, cfg.vocab_size, (2, 12)), repeat=2)
-    for key in ("attention", "layer norm", "GELU", "other", "total"):
+    params = _packed(init_params(cfg, rng), cfg, layers=["blocks.1.mlp.fc", "blocks.1.attn.qkv"])
+    idx = rng.integers(0, cfg.vocab_size, (2, 12))  # 24 rows: the int8 MLP layer takes GELU
+    with Runtime(params, cfg, RuntimeConfig(threads=1, fuse=False)) as rt:
+        unfused = time_breakdown(rt, idx, repeat=1)
+    assert "linear + GELU (Int8Linear)" not in unfused and "linear (Int8Linear)" in unfused
+    with Runtime(params, cfg, RuntimeConfig(fuse=True)) as rt:
+        parts = time_breakdown(rt, idx, repeat=2)
+    for key in ("attention", "layer norm", "GELU", "other", "total"):  # GELU: block 0's
         assert key in parts
     assert "linear (DenseInference)" in parts and "linear (Int8Linear)" in parts
+    assert "linear + GELU (Int8Linear)" in parts  # blocks.1.mlp.fc, GELU in its epilogue
+    assert "linear + GELU (DenseInference)" not in parts
     timed = sum(v for k, v in parts.items() if k not in ("total", "other"))
     assert all(v > 0 for k, v in parts.items() if k != "other")
     assert timed <= parts["total"] * 1.5  # medians of parts need not add up exactly
     with pytest.raises(ValueError, match="repeat"):
         time_breakdown(rt, np.zeros((1, 2), int), repeat=0)
+
+
+# ----------------------------------------------------------------------------------------
+# int8 activations carried and GELU in the int8 layer's epilogue
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm, gelu", [("pre", "tanh"), ("post", "none")])
+@pytest.mark.parametrize("threads, b", [(1, 3), (2, 4), (2, 1)])
+def test_fused_runtime_gives_the_unfused_numbers_bit_for_bit(rng, norm, gelu, threads, b):
+    """Every linear int8 (width 64: the carried codes fit every path): the layer norms'
+    codes and the MLP's GELU + codes in the epilogue change nothing, on 1 and 2 threads,
+    for a batch of one (Numba's threads share each kernel) and a split batch."""
+    cfg = TransformerConfig(**{**TINY, "n_embd": 64, "n_head": 4}, norm=norm, gelu=gelu)
+    params = _packed(_f32(init_params(cfg, rng)), cfg)
+    idx = rng.integers(0, cfg.vocab_size, (b, 12))  # 12 or more rows per share: carried
+    with Runtime(params, cfg, RuntimeConfig(threads=threads, fuse=True)) as fused:
+        ours = fused.forward(idx)
+        assert fused.ops is INT8_INFERENCE_OPS
+    with Runtime(params, cfg, RuntimeConfig(threads=threads, fuse=False)) as unfused:
+        theirs = unfused.forward(idx)
+    assert type(ours) is np.ndarray
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_fused_path_is_taken(rng, monkeypatch):
+    """The MLP's first int8 layer runs with GELU in its epilogue and codes carried in and
+    out: counted at int8_linear_fused."""
+    from minicompress.quant import runtime as quant_runtime
+
+    calls = []
+    real = quant_runtime.int8_linear_fused
+
+    def counting(x, packed, codes=None, activation="none", quantize_output=False):
+        calls.append((codes is not None, activation, quantize_output))
+        return real(x, packed, codes, activation, quantize_output)
+
+    monkeypatch.setattr(quant_runtime, "int8_linear_fused", counting)
+    cfg = TransformerConfig(**{**TINY, "n_embd": 64, "n_head": 4})
+    params = _packed(_f32(init_params(cfg, rng)), cfg)
+    with Runtime(params, cfg, RuntimeConfig(threads=1, fuse=True)) as rt:
+        rt.forward(rng.integers(0, cfg.vocab_size, (2, 12)))
+    # per block: qkv (ln1's codes), fc + GELU (ln2's codes in, codes out), mlp.proj (fc's
+    # codes); then the head (ln_f's codes). attn.proj quantizes the attention's output itself
+    assert calls.count((True, "gelu_tanh", True)) == cfg.n_layer
+    assert calls.count((True, "none", False)) == 2 * cfg.n_layer + 1
+    assert len(calls) == 3 * cfg.n_layer + 1
+
+
+def test_runtime_config_refuses_a_fuse_that_is_not_a_bool():
+    with pytest.raises(ValueError, match="fuse must be True or False; got 'yes'"):
+        RuntimeConfig(fuse="yes")

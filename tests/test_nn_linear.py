@@ -106,3 +106,36 @@ def test_dense_is_a_linear_and_other_objects_are_refused(rng):
     params = random_params64(cfg, rng)
     with pytest.raises(TypeError, match="linear must have methods forward"):
         forward(params, np.zeros((1, 3), np.int64), cfg, linear=object())
+
+
+class FusedGelu:
+    """A linear with the optional ``forward_gelu``: it marks its output so the test can see
+    which way the model went, and declines layers named in ``decline``."""
+
+    def __init__(self, decline=()):
+        self.decline = set(decline)
+
+    def forward(self, name, x, w, b):
+        return linear_forward(x, w, b)
+
+    def backward(self, name, dy, cache):
+        return linear_backward(dy, cache)
+
+    def forward_gelu(self, name, x, w, b, approximate):
+        if name in self.decline:
+            return None
+        return np.full((*x.shape[:-1], w.shape[1]), 7.0)
+
+
+def test_linear_gelu_uses_forward_gelu_or_falls_back(rng):
+    from minicompress.nn.backend import NUMPY_OPS
+    from minicompress.nn.linear import linear_gelu
+
+    x, w, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5)), rng.standard_normal(5)
+    g, fc_cache, gelu_cache = linear_gelu(FusedGelu(), NUMPY_OPS, "fc", x, w, b, "tanh")
+    assert (g == 7.0).all() and fc_cache is None and gelu_cache is None
+    for linear in (DENSE, FusedGelu(decline=["fc"])):  # no method, or the method declines
+        g, fc_cache, gelu_cache = linear_gelu(linear, NUMPY_OPS, "fc", x, w, b, "tanh")
+        expected, _ = NUMPY_OPS.gelu_forward(x @ w + b, "tanh")
+        assert_close(g, expected, rtol=1e-12, atol=1e-12, name="gelu(x w + b)")
+        assert fc_cache is not None and gelu_cache is not None  # training still has them

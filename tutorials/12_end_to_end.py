@@ -303,7 +303,7 @@ assert all(abs(r["delta_pct"]) < 1.0 for r in side["rows"])
 # 1.24-1.56 times OpenVINO + NNCF int8's, at the best fidelity of the four. What made the
 # runtime that fast is section 5's lesson: the linear layers were already fast; the Numba
 # kernels around them had to release the GIL (two threads ran no faster than one), GELU and
-# the softmax needed an exp that vectorizes (`deploy/fastmath.py`), and attention had to
+# the softmax needed an exp that vectorizes (`kernels/fastmath.py`), and attention had to
 # read q, k, v where the projection wrote them (`deploy/attention.py`).
 
 # %%

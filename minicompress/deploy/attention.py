@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from minicompress.deploy.fastmath import FAST, NO_REASSOC, exp_nonpositive, exp_nonpositive_f32
+from minicompress.kernels.fastmath import FAST, NO_REASSOC, exp_nonpositive, exp_nonpositive_f32
 from minicompress.kernels.threads import threads_here
 from minicompress.kernels.x86 import simd
 from minicompress.nn.attention import check_attention_shapes, check_pad_mask

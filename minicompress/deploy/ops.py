@@ -9,7 +9,7 @@ training twins of ``nn/fused.py``:
   layer norm does not store x_hat, GELU does not store tanh(u), attention does not store
   the [B, H, Tq, Tk] probabilities;
 - layer norm is one pass over each row into one output array;
-- GELU is one vectorized pass in float32 (``deploy/fastmath.py``: exp from its bits);
+- GELU is one vectorized pass in float32 (``kernels/fastmath.py``: exp from its bits);
 - attention (``deploy/attention.py``) reads q, k, v as views of the qkv projection (no
   copy), runs head by head and row by row with the scores in registers, and writes its
   output in the order the next layer reads (no copy either). It takes fewer queries than
@@ -28,7 +28,9 @@ import numpy as np
 from numba import njit
 
 from minicompress.deploy.attention import attention_forward_infer, split_qkv_views
-from minicompress.deploy.fastmath import FAST, NO_REASSOC, gelu_erf_f32, gelu_tanh_f32
+from minicompress.kernels.carried import CARRY_MIN_ROWS, empty_row_codes, with_codes
+from minicompress.kernels.fastmath import FAST, NO_REASSOC, gelu_erf_f32, gelu_tanh_f32
+from minicompress.kernels.int8_quant import quantize_rows
 from minicompress.nn.backend import OpImpl
 from minicompress.nn.fused import gelu_forward_fused
 
@@ -38,20 +40,43 @@ from minicompress.nn.fused import gelu_forward_fused
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
+def _layernorm_row(x, g, b, eps, y, i):  # y[i] = layer norm of x[i]; x, y: [R, C]; g, b: [C]
+    c = x.shape[1]
+    mean = 0.0  # float64 accumulators, as the training kernel
+    for j in range(c):
+        mean += x[i, j]
+    mean /= c
+    var = 0.0
+    for j in range(c):
+        d = x[i, j] - mean
+        var += d * d
+    rstd = 1.0 / math.sqrt(var / c + eps)
+    for j in range(c):
+        y[i, j] = (x[i, j] - mean) * rstd * g[j] + b[j]
+
+
+@njit(cache=True, nogil=True)
 def _layernorm_rows(x, g, b, eps, y):  # x, y: [R, C]; g, b: [C]
-    r, c = x.shape
-    for i in range(r):
-        mean = 0.0  # float64 accumulators, as the training kernel
-        for j in range(c):
-            mean += x[i, j]
-        mean /= c
-        var = 0.0
-        for j in range(c):
-            d = x[i, j] - mean
-            var += d * d
-        rstd = 1.0 / math.sqrt(var / c + eps)
-        for j in range(c):
-            y[i, j] = (x[i, j] - mean) * rstd * g[j] + b[j]
+    for i in range(x.shape[0]):
+        _layernorm_row(x, g, b, eps, y, i)
+
+
+_CODE_BLOCK_ROWS = 16  # rows normalized, then quantized, while they are in L1
+
+
+@njit(cache=True, nogil=True)
+def _layernorm_codes_rows(x, g, b, eps, y, q, s, z):
+    """y = layer norm of x's rows, and the codes of y's rows (``quantize_rows``), a block of
+    rows at a time while they are in L1 (row by row was slower: each pass's loop setup per
+    row). q: uint8 [>= R, >= C]; s: float32 [R]; z: int32 [R]. False if a row of y is not
+    finite (its codes are then meaningless)."""
+    finite = True
+    for r0 in range(0, x.shape[0], _CODE_BLOCK_ROWS):
+        r1 = min(x.shape[0], r0 + _CODE_BLOCK_ROWS)
+        for i in range(r0, r1):
+            _layernorm_row(x, g, b, eps, y, i)
+        finite &= quantize_rows(y, q, s, z, r0, r1, np.float32(0.0), np.int32(0))
+    return finite
 
 
 def layernorm_forward_infer(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5):
@@ -62,6 +87,25 @@ def layernorm_forward_infer(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: fl
     y = np.empty_like(x2)
     _layernorm_rows(x2, g, b, eps, y)
     return y.reshape(shape), None
+
+
+def layernorm_codes_forward_infer(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float = 1e-5):
+    """``layernorm_forward_infer`` that also quantizes its output for the int8 layer that
+    reads it (int8 activations carried, ``kernels/carried.py``): y's rows are quantized
+    (``quantize_rows_uint8``, bit for bit) right after they are normalized, and y is returned
+    as a ``CodedArray`` carrying the codes. float32 with at least ``CARRY_MIN_ROWS`` rows
+    only; otherwise, or if y is not finite, a plain array.
+    x: [..., C]  ->  (y [..., C], None)."""
+    shape = x.shape
+    rows = int(np.prod(shape[:-1]))
+    if x.dtype != np.float32 or rows < CARRY_MIN_ROWS:
+        return layernorm_forward_infer(x, g, b, eps)
+    x2 = np.ascontiguousarray(x).reshape(rows, shape[-1])  # [R, C]
+    y = np.empty_like(x2)
+    codes = empty_row_codes(rows, shape[-1])
+    if not _layernorm_codes_rows(x2, g, b, eps, y, *codes):
+        return y.reshape(shape), None
+    return with_codes(y.reshape(shape), codes), None
 
 
 # ----------------------------------------------------------------------------------------
@@ -116,3 +160,6 @@ INFERENCE_OPS = OpImpl(
     attention_backward=_no_backward,
     split_qkv=split_qkv_views,
 )
+# the int8 runtime's table: every layer norm also writes the codes of its output, which the
+# int8 layer reading it takes instead of quantizing it again (``kernels/carried.py``)
+INT8_INFERENCE_OPS = INFERENCE_OPS._replace(layernorm_forward=layernorm_codes_forward_infer)

@@ -1,8 +1,8 @@
 """Where the milliseconds of a forward pass go: the runtime's forward, one thread, with a
 clock around every linear layer (by the kernel that ran it) and every op of the OpImpl.
 
-The model is the runtime's own (``nn.model.forward`` with the runtime's linear and
-``INFERENCE_OPS``); only the objects handed to it are wrapped, so what is timed is what
+The model is the runtime's own (``nn.model.forward`` with the runtime's linear and ops);
+only the objects handed to it are wrapped, so what is timed is what
 runs. Whatever is not inside a timed call (embeddings, residual additions, reshapes of the
 heads, the Python of the forward itself) is reported as ``other``.
 """
@@ -14,7 +14,6 @@ from collections import defaultdict
 
 import numpy as np
 
-from minicompress.deploy.ops import INFERENCE_OPS
 from minicompress.deploy.runtime import Runtime, single_threaded
 from minicompress.nn.backend import OpImpl
 from minicompress.nn.model import check_tokens, forward
@@ -52,6 +51,18 @@ class _TimedLinear:
         what = f"linear ({self.inner.kernel_of(w)})"
         return self.clock.wrap(what, self.inner.forward)(name, x, w, b)
 
+    def forward_gelu(self, name, x, w, b, approximate):
+        """The fused layer + GELU, filed under ``"linear + GELU (kernel)"``; None (and
+        nothing filed) when the inner linear declines."""
+        fused = getattr(self.inner, "forward_gelu", None)
+        t0 = self.clock.clock()
+        g = None if fused is None else fused(name, x, w, b, approximate)
+        if g is not None:
+            self.clock.seconds[f"linear + GELU ({self.inner.kernel_of(w)})"] += (
+                self.clock.clock() - t0
+            )
+        return g
+
     def backward(self, name, dy, cache):
         return self.inner.backward(name, dy, cache)
 
@@ -63,7 +74,8 @@ def time_breakdown(
     after one warm-up, on the calling thread (BLAS and Numba on one thread).
 
     idx: int [B, T]  ->  {part: ms} with the linear layers by kernel (``"linear
-    (DenseInference)"``), ``"attention"``, ``"layer norm"``, ``"GELU"``, ``"other"`` (the
+    (DenseInference)"``; the MLP's first int8 layer with GELU in its epilogue as ``"linear +
+    GELU (Int8Linear)"``), ``"attention"``, ``"layer norm"``, ``"GELU"``, ``"other"`` (the
     median total minus the parts' medians) and ``"total"``.
     """
     idx = check_tokens(idx, runtime.cfg)
@@ -75,9 +87,9 @@ def time_breakdown(
             c = _Clock(clock)
             ops = OpImpl(
                 **{
-                    f: c.wrap(_OPS_TIMED[f], getattr(INFERENCE_OPS, f))
+                    f: c.wrap(_OPS_TIMED[f], getattr(runtime.ops, f))
                     if f in _OPS_TIMED
-                    else getattr(INFERENCE_OPS, f)
+                    else getattr(runtime.ops, f)
                     for f in OpImpl._fields
                 }
             )

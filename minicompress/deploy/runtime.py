@@ -39,8 +39,9 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from minicompress.deploy.ops import INFERENCE_OPS
+from minicompress.deploy.ops import INFERENCE_OPS, INT8_INFERENCE_OPS
 from minicompress.kernels import PackedInt8Linear
+from minicompress.nn.backend import OpImpl
 from minicompress.nn.model import (
     TransformerConfig,
     check_tokens,
@@ -82,10 +83,12 @@ def default_handlers() -> dict[type, object]:
 class RuntimeLinear:
     """The ``linear`` of the inference runtime: each layer runs on the object registered for
     the type of its weight (``handlers``: {type: linear object}; default
-    ``default_handlers()``). A weight of a type nobody handles is refused by name."""
+    ``default_handlers()``). A weight of a type nobody handles is refused by name. fuse:
+    let a handler apply the MLP's GELU inside its layer (``forward_gelu``)."""
 
-    def __init__(self, handlers: dict[type, object] | None = None):
+    def __init__(self, handlers: dict[type, object] | None = None, fuse: bool = False):
         self.handlers = dict(default_handlers() if handlers is None else handlers)
+        self.fuse = fuse
 
     def forward(self, name: str, x: np.ndarray, w, b: np.ndarray | None) -> tuple:
         handler = self.handlers.get(type(w))
@@ -96,6 +99,13 @@ class RuntimeLinear:
                 f"{allowed}"
             )
         return handler.forward(name, x, w, b)
+
+    def forward_gelu(self, name: str, x: np.ndarray, w, b, approximate: str):
+        """GELU(x @ w + b) by the handler's own ``forward_gelu`` (the int8 kernels' epilogue),
+        or None (the model then runs ``forward`` and its GELU op) if it has none or
+        ``fuse`` is off."""
+        fused = getattr(self.handlers.get(type(w)), "forward_gelu", None)
+        return None if fused is None or not self.fuse else fused(name, x, w, b, approximate)
 
     def backward(self, name: str, dy: np.ndarray, cache) -> tuple:
         raise TypeError(f"layer {name!r}: the inference runtime has no backward")
@@ -159,12 +169,20 @@ def _single_threaded_worker() -> None:
 class RuntimeConfig:
     threads: int = 2  # worker threads; each runs forward on its share of the batch
     min_rows_per_thread: int = 1  # sequences a thread must get before the batch is split
+    # int8 layers: carry their activations' codes from the layer that makes them (layer
+    # norms, the MLP's first layer) and apply GELU in the first layer's epilogue
+    # (``kernels/carried.py``, ``epilogue.py``): the same numbers, bit for bit. Off by
+    # default: measured 0-10% slower on the 2-core Zen 5 (the passes it saves read data
+    # still in L2/L3: they cost their arithmetic, which stays; README "fused int8 layers")
+    fuse: bool = False
 
     def __post_init__(self):
         for name in ("threads", "min_rows_per_thread"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        if not isinstance(self.fuse, bool):
+            raise ValueError(f"fuse must be True or False; got {self.fuse!r}")
 
 
 def batch_slices(b: int, threads: int, min_rows: int = 1) -> list[slice]:
@@ -174,6 +192,17 @@ def batch_slices(b: int, threads: int, min_rows: int = 1) -> list[slice]:
     bounds = np.linspace(0, b, n + 1).round().astype(int)
     pairs = zip(bounds[:-1], bounds[1:], strict=True)
     return [slice(int(lo), int(hi)) for lo, hi in pairs if hi > lo]
+
+
+def runtime_ops(params: dict, linear, fuse: bool = False) -> OpImpl:
+    """The op table the runtime runs: ``INT8_INFERENCE_OPS`` (each layer norm also writes the
+    codes of its output for the int8 layer that reads it) when ``fuse`` is on, some weight
+    is a packed int8 layer and ``linear`` runs those with dynamic activation ranges (static
+    ones have their own scales); else ``INFERENCE_OPS``."""
+    handler = linear.handlers.get(PackedInt8Linear) if isinstance(linear, RuntimeLinear) else None
+    dynamic = handler is not None and getattr(handler, "act_qparams", 0) is None
+    packed = any(isinstance(v, PackedInt8Linear) for v in params.values())
+    return INT8_INFERENCE_OPS if fuse and dynamic and packed else INFERENCE_OPS
 
 
 # ----------------------------------------------------------------------------------------
@@ -186,7 +215,9 @@ class Runtime:
     runtime linear and a pool of worker threads.
 
     params: the model's parameters, each linear weight stored as any type ``linear``
-    handles (float32 arrays, ``PackedInt8Linear``, CSR weights); cfg: its config.
+    handles (float32 arrays, ``PackedInt8Linear``, CSR weights); cfg: its config; rc: the
+    threads and ``fuse``; linear: a ``RuntimeLinear`` (its handlers are used, with rc's
+    ``fuse``) or any object of the ``linear`` contract.
     """
 
     def __init__(
@@ -201,7 +232,10 @@ class Runtime:
         self.params = params
         self.cfg = cfg
         self.rc = RuntimeConfig() if rc is None else rc
-        self.linear = RuntimeLinear() if linear is None else linear
+        if linear is None or isinstance(linear, RuntimeLinear):  # its handlers, rc's fuse
+            linear = RuntimeLinear(None if linear is None else linear.handlers, self.rc.fuse)
+        self.linear = linear
+        self.ops = runtime_ops(params, self.linear, self.rc.fuse)
         self._pool: ThreadPoolExecutor | None = None
         tune_allocator()  # MB-sized activations: keep freed pages instead of re-faulting them
 
@@ -227,10 +261,8 @@ class Runtime:
         self.close()
 
     def _forward_part(self, idx, pad_mask, token_types):
-        out, _ = forward(
-            self.params, idx, self.cfg, self.linear, pad_mask, token_types, INFERENCE_OPS
-        )
-        return out
+        out, _ = forward(self.params, idx, self.cfg, self.linear, pad_mask, token_types, self.ops)
+        return np.asarray(out)  # a plain array (a layer norm's output may carry codes)
 
     def forward(
         self,
@@ -280,5 +312,5 @@ class Runtime:
                 top_k,
                 linear=self.linear,
                 use_cache=use_cache,
-                op_impl=INFERENCE_OPS,
+                op_impl=self.ops,
             )

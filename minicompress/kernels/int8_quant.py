@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from minicompress.kernels.fastmath import float32_from_bits
+
 _ROUND_MAGIC = np.float32(1.5 * 2**23)  # adding it leaves no bits below 1: the FPU rounds
 _SIGN_BIT = np.int32(-(2**31))
 _ABS_BITS = np.int32(0x7FFFFFFF)
@@ -76,8 +78,9 @@ def row_range(bits):
         hi_b = max(hi_b, b)
         neg_lo_b = max(neg_lo_b, np.int32(b ^ _SIGN_BIT))
         abs_b = max(abs_b, np.int32(b & _ABS_BITS))
-    as_float = np.array([hi_b, neg_lo_b], dtype=np.int32).view(np.float32)  # [2]
-    return -as_float[1], as_float[0], abs_b < _EXP_ALL_ONES
+    # the floats of those bits (a bit cast in registers: an array to view would be a
+    # heap allocation per row)
+    return -float32_from_bits(neg_lo_b), float32_from_bits(hi_b), abs_b < _EXP_ALL_ONES
 
 
 @njit(cache=True, nogil=True)

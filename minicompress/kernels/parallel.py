@@ -40,9 +40,16 @@ portable path is allowed then).
 Each path exposes three kernels that call it, with the arguments of the layer (x, weight,
 col_sum, w_scale, bias, has_bias, y): ``linear_kernel`` (dynamic activation ranges, all
 threads), ``linear_kernel_serial`` (the same on the calling thread, ``run_layer_serial``: the
-same steps compiled without Numba's parallel machinery) and ``linear_kernel_static``
-(also ``serial``, ``act_scale``, ``act_zp``). Every argument costs 0.15-0.2 us to pass from
-Python, a few percent of a call at M = 1, so the common calls pass only what they need.
+same steps compiled without Numba's parallel machinery) and ``linear_kernel_full`` (every
+argument of ``run_layer``: ``serial``, a static ``act_scale`` and ``act_zp``, int8
+activations carried in and out and the activation of ``epilogue.py``). Every argument costs
+0.15-0.2 us to pass from Python, a few percent of a call at M = 1, so the common calls pass
+only what they need.
+
+Carried activations and epilogue: given x's codes (``q_in``), step 2/3 skip the
+quantization; given an activation or output codes, step 3 computes a thread's chunk in blocks
+of ``epilogue.EPILOGUE_ROWS`` rows and runs ``epilogue.epilogue_rows`` on each block as soon
+as it is done (step 2: on all rows once the columns are done, the rows shared).
 
 ``run_layer`` is not cached itself: each path's kernels call it and cache it as part of
 their own machine code, keyed on their own module's imports (``cache.py``), which include
@@ -55,7 +62,14 @@ import numpy as np
 from numba import literally, njit, prange, types
 from numba.extending import overload
 
-from minicompress.kernels.int8_quant import NOT_FINITE, OK, layer_status, quantize_rows
+from minicompress.kernels.epilogue import ACT_NONE, EPILOGUE_ROWS, epilogue_fits, epilogue_rows
+from minicompress.kernels.int8_quant import (
+    BAD_SHAPES,
+    NOT_FINITE,
+    OK,
+    layer_status,
+    quantize_rows,
+)
 from minicompress.kernels.threads import threads_here
 
 MIN_ROWS_SPLIT_M = 8  # with fewer rows, the threads share the columns (default split_columns)
@@ -151,15 +165,43 @@ def _ol_step(path, name, *args):
 # ----------------------------------------------------------------------------------------
 
 
-def _run_layer(path, x, weight, col_sum, w_scale, bias, has_bias, y, serial, act_scale, act_zp):
+def _run_layer(
+    path,
+    x,
+    weight,
+    col_sum,
+    w_scale,
+    bias,
+    has_bias,
+    y,
+    serial,
+    act_scale,
+    act_zp,
+    q_in,
+    s_in,
+    z_in,
+    act,
+    q_out,
+    s_out,
+    z_out,
+):
     """The int8 linear layer on ``path``: the steps of the module docstring.
 
     x: float32 [M, K]; weight: the path's packed int8 weights; col_sum: int32 [N];
     w_scale, bias: float32 [N] (bias read only if has_bias); y: float32 [M, N], written;
     serial: run on the calling thread only; act_scale, act_zp: float32 > 0 and int32 for a
     static activation quantization (``int8_quant.quantize_rows``), or 0 and 0 for dynamic
-    per-row ranges. Returns ``int8_quant.OK``, ``NOT_FINITE`` (x holds NaN or inf, or a
-    row's range overflows float32; y is then undefined), ``BAD_SHAPES`` or ``BAD_VALUES``.
+    per-row ranges.
+
+    Carried int8 activations and the epilogue (``carried.py``, ``epilogue.py``; arrays with
+    0 rows mean "none"): q_in, s_in, z_in: x's rows already quantized (uint8
+    [>= q_rows(M), q_width], float32 [M], int32 [M]), used instead of quantizing x; act:
+    ``epilogue.ACT_*``, applied to y in place; q_out, s_out, z_out: y's rows (after act)
+    quantized for the next layer (uint8 [>= M, >= N], float32 [>= M], int32 [>= M]). Both
+    run on blocks of ``EPILOGUE_ROWS`` rows as soon as the layer has computed them.
+
+    Returns ``int8_quant.OK``, ``NOT_FINITE`` (x holds NaN or inf, or a row's range
+    overflows float32; y is then undefined), ``BAD_SHAPES`` or ``BAD_VALUES``.
     """
     literally(path)
     m_total, k = x.shape
@@ -167,18 +209,32 @@ def _run_layer(path, x, weight, col_sum, w_scale, bias, has_bias, y, serial, act
     status = layer_status(x, col_sum, w_scale, bias, y)
     if status == OK:
         status = step(path, "weight_status", weight, k, n)
+    if status == OK and not epilogue_fits(m_total, n, act, q_out, s_out, z_out):
+        status = BAD_SHAPES
+    carried = q_in.shape[0] > 0
+    rows, width = step(path, "q_rows", m_total), step(path, "q_width", weight, k)
+    if status == OK and carried:
+        if q_in.shape[0] < rows or q_in.shape[1] != width or s_in.size < m_total:
+            status = BAD_SHAPES
+        elif z_in.size < m_total:
+            status = BAD_SHAPES
     if status != OK:
         return status
-    q = np.empty((step(path, "q_rows", m_total), step(path, "q_width", weight, k)), np.uint8)
-    s_x = np.empty(m_total, dtype=np.float32)  # [M] activation scale of each row
-    z_x = np.empty(m_total, dtype=np.int32)  # [M] and its zero point
+    epilogue = act != ACT_NONE or q_out.shape[0] > 0
+    if carried:
+        q, s_x, z_x = q_in, s_in, z_in
+    else:
+        q = np.empty((rows, width), np.uint8)
+        s_x = np.empty(m_total, dtype=np.float32)  # [M] activation scale of each row
+        z_x = np.empty(m_total, dtype=np.int32)  # [M] and its zero point
     work = step(path, "workspace", q, m_total)
     units = step(path, "column_units", weight, n)
     threads = 1 if serial else threads_here()
     finite = True
     if serial or step(path, "split_columns", m_total, weight, threads):
         # few rows: quantize them all here, then share the columns
-        finite = quantize_rows(x, q, s_x, z_x, 0, m_total, act_scale, act_zp)
+        if not carried:
+            finite = quantize_rows(x, q, s_x, z_x, 0, m_total, act_scale, act_zp)
         step(path, "prepare", q, work, 0, q.shape[0])
         panel = step(path, "panel", m_total, units, threads)
         n_parts = -(-units // panel)
@@ -202,6 +258,8 @@ def _run_layer(path, x, weight, col_sum, w_scale, bias, has_bias, y, serial, act
                 has_bias,
                 y,
             )
+            if epilogue:
+                finite = epilogue_rows(y, 0, m_total, act, q_out, s_out, z_out)
         elif finite:  # (a conditional inside prange's argument would make it a plain range)
             for p in prange(n_parts):
                 u0, u1 = p * panel, min(units, (p + 1) * panel)
@@ -224,35 +282,51 @@ def _run_layer(path, x, weight, col_sum, w_scale, bias, has_bias, y, serial, act
                     has_bias,
                     y,
                 )
+            if epilogue:  # every column of a row is done: share the rows
+                n_row_parts = min(threads, m_total)
+                part_finite = np.empty(n_row_parts, dtype=np.bool_)
+                for p in prange(n_row_parts):
+                    r0, r1 = p * m_total // n_row_parts, (p + 1) * m_total // n_row_parts
+                    part_finite[p] = epilogue_rows(y, r0, r1, act, q_out, s_out, z_out)
+                for p in range(n_row_parts):
+                    finite &= part_finite[p]
     else:
         # many rows: one chunk of rows per thread, quantized by the thread that uses them
         multiple = step(path, "row_multiple")
         chunk = -(-m_total // (threads * multiple)) * multiple
+        block = -(-EPILOGUE_ROWS // multiple) * multiple if epilogue else chunk
         n_chunks = -(-m_total // chunk)
         chunk_finite = np.empty(n_chunks, dtype=np.bool_)
         for c in prange(n_chunks):
             m0, m1 = c * chunk, min(m_total, (c + 1) * chunk)
-            chunk_finite[c] = quantize_rows(x, q, s_x, z_x, m0, m1, act_scale, act_zp)
+            ok = True
+            if not carried:
+                ok = quantize_rows(x, q, s_x, z_x, m0, m1, act_scale, act_zp)
             step(path, "prepare", q, work, m0, min(q.shape[0], m0 + chunk))
-            step(
-                path,
-                "linear_rows",
-                q,
-                work,
-                m0,
-                m1,
-                weight,
-                0,
-                units,
-                n,
-                s_x,
-                z_x,
-                col_sum,
-                w_scale,
-                bias,
-                has_bias,
-                y,
-            )
+            for b0 in range(m0, m1, block):  # one block, unless there is an epilogue
+                b1 = min(m1, b0 + block)
+                step(
+                    path,
+                    "linear_rows",
+                    q,
+                    work,
+                    b0,
+                    b1,
+                    weight,
+                    0,
+                    units,
+                    n,
+                    s_x,
+                    z_x,
+                    col_sum,
+                    w_scale,
+                    bias,
+                    has_bias,
+                    y,
+                )
+                if epilogue:
+                    ok &= epilogue_rows(y, b0, b1, act, q_out, s_out, z_out)
+            chunk_finite[c] = ok
         for c in range(n_chunks):
             finite &= chunk_finite[c]
     return OK if finite else NOT_FINITE
@@ -265,3 +339,11 @@ run_layer = njit(parallel=True, nogil=True)(_run_layer)
 run_layer_serial = njit(nogil=True)(_run_layer)
 
 NO_SCALE, NO_ZERO_POINT = np.float32(0.0), np.int32(0)  # act_scale = 0: dynamic ranges
+
+
+@njit(cache=True, nogil=True)
+def no_codes():
+    """Empty (codes, scales, zero points): ``run_layer``'s "nothing carried in or out".
+    Made inside the kernel that calls (a global array would be a read-only constant, a
+    different type)."""
+    return np.empty((0, 0), np.uint8), np.empty(0, np.float32), np.empty(0, np.int32)

@@ -15,6 +15,11 @@ object, so
 
 ``name`` is the layer's name without the suffix (``"blocks.0.mlp.fc"``); the object may
 treat layers differently by name (e.g. leave the output head in float).
+
+One optional method: ``forward_gelu(name, x, w, b, approximate)`` -> GELU(x @ w + b), or
+None to decline. An inference runtime that can apply GELU inside its layer (the int8
+kernels' epilogue) has it; the MLP's first layer goes through ``linear_gelu``, which uses it
+when present and otherwise calls ``forward`` and then the op table's GELU.
 """
 
 from __future__ import annotations
@@ -65,3 +70,18 @@ def check_linear(linear: object) -> Linear:
             f"got {type(linear).__name__}"
         )
     return linear
+
+
+def linear_gelu(linear, ops, name: str, x: np.ndarray, w, b, approximate: str) -> tuple:
+    """g = GELU(x @ w + b), the MLP's first layer and its activation:
+    ``linear.forward_gelu`` if the object has one and takes the layer (inference: no caches),
+    else ``linear.forward`` then ``ops.gelu_forward``.
+    x: [..., K]  ->  (g [..., N], the linear's cache or None, the GELU's cache or None)."""
+    fused = getattr(linear, "forward_gelu", None)
+    if fused is not None:
+        g = fused(name, x, w, b, approximate)
+        if g is not None:
+            return g, None, None
+    f, fc_cache = linear.forward(name, x, w, b)
+    g, gelu_cache = ops.gelu_forward(f, approximate)
+    return g, fc_cache, gelu_cache

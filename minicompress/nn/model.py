@@ -32,7 +32,7 @@ import numpy as np
 
 from minicompress.nn.attention import check_pad_mask, merge_heads, split_heads
 from minicompress.nn.backend import OpImpl, check_op_impl
-from minicompress.nn.linear import DENSE, check_linear
+from minicompress.nn.linear import DENSE, check_linear, linear_gelu
 from minicompress.nn.ops import (
     cross_entropy_backward,
     cross_entropy_forward,
@@ -410,10 +410,9 @@ def _block_forward(p, pre, x, cfg, linear, ops, pad_mask, kv=None, layer=0):
         m_in, ln2 = x, None
     else:
         m_in, ln2 = ops.layernorm_forward(x, p[pre + "ln2.g"], p[pre + "ln2.b"], eps)
-    f, fc_c = linear.forward(
-        pre + "mlp.fc", m_in, p[pre + "mlp.fc.w"], p.get(pre + "mlp.fc.b")
-    )  # [B, T, C] -> [B, T, F]
-    g, gelu_c = ops.gelu_forward(f, cfg.gelu)  # [B, T, F]
+    g, fc_c, gelu_c = linear_gelu(
+        linear, ops, pre + "mlp.fc", m_in, p[pre + "mlp.fc.w"], p.get(pre + "mlp.fc.b"), cfg.gelu
+    )  # [B, T, C] -> [B, T, F], GELU applied
     m, mp_c = linear.forward(
         pre + "mlp.proj", g, p[pre + "mlp.proj.w"], p.get(pre + "mlp.proj.b")
     )  # [B, T, F] -> [B, T, C]

@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from minicompress.kernels import PackedInt8Linear, int8_linear, pack_quantized_int8_linear
+from minicompress.kernels.carried import CARRY_MIN_ROWS, codes_of, with_codes
+from minicompress.kernels.int8 import int8_linear_fused
 from minicompress.nn.model import TransformerConfig, linear_names
 from minicompress.nn.ops import linear_forward
 from minicompress.quant import formulas as F
@@ -74,6 +76,9 @@ def pack_int8_params(
     return out
 
 
+_GELU_FORMS = {"tanh": "gelu_tanh", "none": "gelu_erf"}  # the model's cfg.gelu -> the kernel's
+
+
 class Int8Linear:
     """Runs every layer whose weight is a ``PackedInt8Linear`` on ``int8_linear`` (the bias
     is inside the packed layer: the ``b`` the model passes is not added again); any other
@@ -91,19 +96,41 @@ class Int8Linear:
         self.act_qparams = act_qparams
 
     def forward(self, name: str, x: np.ndarray, w, b: np.ndarray | None):
-        """x [..., K] -> y [..., N]."""
+        """x [..., K] -> y [..., N]. Dynamic activations: codes that x carries (a layer
+        norm of the int8 runtime made them, ``kernels.carried``) are used instead of
+        quantizing x again."""
         if not isinstance(w, PackedInt8Linear):
             return linear_forward(x, w, b)
+        codes = codes_of(x)
         rows = x.reshape(-1, x.shape[-1])  # [..., K] -> [M, K]
         if rows.dtype != np.float32:
             rows = rows.astype(np.float32)
         if self.act_qparams is None:
-            y = int8_linear(rows, w)  # [M, N], bias included
+            if codes is None:
+                y = int8_linear(rows, w)  # [M, N], bias included
+            else:
+                y = int8_linear_fused(rows, w, codes)[0]  # [M, N], x's codes carried in
         elif name in self.act_qparams:
             y = int8_linear(rows, w, *self.act_qparams[name])  # [M, N], static activations
         else:
             raise ValueError(f"no calibrated activation scale for layer {name!r}: calibrate it")
         return y.reshape(*x.shape[:-1], w.n), None
+
+    def forward_gelu(self, name: str, x: np.ndarray, w, b: np.ndarray | None, approximate: str):
+        """GELU(x @ w + b) with GELU in the int8 kernel's epilogue and the result's codes
+        made there for the next int8 layer (``nn.linear.linear_gelu``'s optional method);
+        None (declined: the model runs ``forward`` then its GELU) for a float layer, static
+        activations, or fewer than ``CARRY_MIN_ROWS`` rows. x [..., K] -> g [..., N]."""
+        form = _GELU_FORMS.get(approximate)
+        rows = int(np.prod(x.shape[:-1]))
+        if not isinstance(w, PackedInt8Linear) or self.act_qparams is not None or form is None:
+            return None
+        if x.dtype != np.float32 or rows < CARRY_MIN_ROWS:
+            return None
+        codes = codes_of(x)
+        flat = x.reshape(rows, x.shape[-1])  # [..., K] -> [M, K]
+        g, g_codes = int8_linear_fused(flat, w, codes, form, quantize_output=True)  # [M, N]
+        return with_codes(g.reshape(*x.shape[:-1], w.n), g_codes)
 
     def backward(self, name: str, dy: np.ndarray, cache):
         raise TypeError(
