@@ -51,6 +51,7 @@ from minicompress.deploy import dense_params, load_runtime, save_compressed
 from minicompress.deploy.ops import INFERENCE_OPS
 from minicompress.deploy.pipeline import quant_meta, run_recipe
 from minicompress.deploy.profile import time_breakdown
+from minicompress.deploy.runtime import Runtime, RuntimeConfig
 from minicompress.deploy.recipe import parse_recipe
 from minicompress.nn.backend import NUMPY_OPS
 from minicompress.nn.model import KVCache, TransformerConfig, forward, init_params
@@ -266,6 +267,30 @@ assert ("linear (SparseLinear)" in parts["prune 50%"]) == (BREAK_EVEN < 0.5)
 # larger share of what is left. That is why the runtime fuses and streamlines the ops
 # around the linears (`deploy/ops.py`), and why a smaller *structure* (fewer layers, heads
 # or neurons: the distilled and combined models) speeds up everything at once.
+
+# %% [markdown]
+# Fusing the ops *into* the int8 layers is the next idea (issue 18): a layer norm that
+# quantizes its output while the row is in cache, GELU applied in the first MLP layer's
+# epilogue and its output quantized there for the second, so that the int8 activations
+# travel from one layer to the next (`kernels/carried.py`, `kernels/epilogue.py`).
+# `RuntimeConfig(fuse=True)` turns it on. It must not change a single number — and on the
+# machines we measured it did not make the forward faster either: the passes it saves read
+# rows that are still in the L2/L3 cache, so they cost their arithmetic, and the
+# arithmetic stays (README, "The fused int8 layers"). Check both claims on this model:
+
+# %%
+w8 = runtimes["W8A8 dynamic"]
+fused = Runtime(w8.params, w8.cfg, RuntimeConfig(threads=1, fuse=True), w8.linear)
+plain = Runtime(w8.params, w8.cfg, RuntimeConfig(threads=1, fuse=False), w8.linear)
+assert np.array_equal(fused.forward(x[:4]), plain.forward(x[:4]))  # bit for bit
+fused_ms = best_of_rounds(
+    {"fused": lambda: fused.forward(x[:4]), "unfused": lambda: plain.forward(x[:4])}, 3, repeat=3
+)
+print(f"W8A8, 4 sequences, one thread: fused {fused_ms['fused']:.2f} ms, unfused "
+      f"{fused_ms['unfused']:.2f} ms")  # fmt: skip
+print("fused breakdown:", {k: round(v, 2) for k, v in time_breakdown(fused, x[:4], 3).items()})
+fused.close()
+plain.close()
 
 # %% [markdown]
 # ## 6. Beside the industry tools

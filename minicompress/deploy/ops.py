@@ -9,11 +9,16 @@ training twins of ``nn/fused.py``:
   layer norm does not store x_hat, GELU does not store tanh(u), attention does not store
   the [B, H, Tq, Tk] probabilities;
 - layer norm is one pass over each row into one output array;
-- GELU is one vectorized pass in float32 (``kernels/fastmath.py``: exp from its bits);
+- GELU is one vectorized pass in float32 (``kernels/fastmath.py``: a rational erf, or the
+  tanh form with an exp from the float's bits);
 - attention (``deploy/attention.py``) reads q, k, v as views of the qkv projection (no
   copy), runs head by head and row by row with the scores in registers, and writes its
   output in the order the next layer reads (no copy either). It takes fewer queries than
   keys (a key/value cache: query i sits at position Tk - Tq + i).
+
+``INT8_INFERENCE_OPS`` is the same table with a layer norm that also quantizes its output
+for the int8 layer that reads it (``layernorm_codes_forward_infer``: int8 activations
+carried, ``kernels/carried.py``); the runtime uses it with ``RuntimeConfig(fuse=True)``.
 
 The kernels run on the calling thread; the runtime (``deploy/runtime.py``) gets its
 parallelism by splitting the batch between threads, which never wait for each other inside a

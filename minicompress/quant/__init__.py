@@ -14,6 +14,7 @@ Modules, in the order they build on each other:
 - ``ptq``, ``qat``: the whole model, after training or through training;
 - ``smooth``: per-input-channel scales folded into the layer before (SmoothQuant for
   static activations, AWQ for weights); ``gptq``: rounding with error compensation;
+  ``bias_correction``: each layer's mean output shift subtracted from its bias;
 - ``runtime``: ``Int8Linear``, the model's linear layers on the int8 kernels (dynamic or
   static activations);
 - ``pipeline``: the ``quantize`` command's work (``QuantizeConfig``, ``quantize_model``).

@@ -37,9 +37,13 @@ class ObservingLinear:
         return self.inner.backward(name, dy, cache)
 
 
-def record_inputs(params: dict, cfg: TransformerConfig, batches: Iterable, layers=None) -> dict:
+def record_inputs(
+    params: dict, cfg: TransformerConfig, batches: Iterable, layers=None, inner=DENSE
+) -> dict:
     """Every input each linear layer receives over ``batches`` (padding dropped), to look
-    at: {layer: float [n_tokens, K]}. Memory grows with the batches: use a few."""
+    at: {layer: float [n_tokens, K]}, in the model whose layers run ``inner`` (the float
+    model by default; a fake-quantizing linear for the inputs a quantized model sees).
+    Memory grows with the batches: use a few."""
 
     class Keep:
         def __init__(self):
@@ -50,7 +54,7 @@ def record_inputs(params: dict, cfg: TransformerConfig, batches: Iterable, layer
             self.rows.append(rows.reshape(-1, x.shape[-1]).copy())
 
     names = linear_names(cfg) if layers is None else list(layers)
-    observing = ObservingLinear({n: Keep() for n in names})
+    observing = ObservingLinear({n: Keep() for n in names}, inner)
     for batch in batches:
         batch = batch if isinstance(batch, Batch) else Batch(np.asarray(batch), None)
         observing.skip = batch.pad_mask

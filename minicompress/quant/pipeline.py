@@ -18,6 +18,7 @@ import numpy as np
 from minicompress.nn.linear import DENSE
 from minicompress.nn.model import TransformerConfig
 from minicompress.quant import smooth
+from minicompress.quant.bias_correction import correct_biases
 from minicompress.quant.calibrate import (
     calibrate,
     calibration_batches,
@@ -52,6 +53,7 @@ class QuantizeConfig:
     smooth: float = 0.0  # SmoothQuant migration strength alpha (0: off; the paper's 0.5)
     awq: bool = False  # AWQ: search per-channel weight scales on the calibration inputs
     gptq: bool = False  # GPTQ: round the linear weights with error compensation (same inputs)
+    bias_correction: bool = False  # subtract each layer's mean output shift (same inputs)
     qat_steps: int = 0  # quantization-aware fine-tune steps before quantizing (0: PTQ)
     qat_lr: float = 1e-3  # its peak learning rate (the teacher's 6e-3 hurts a fine-tune)
     embeddings: bool = True  # quantize wte/wpe too (8-bit symmetric per row)
@@ -149,7 +151,7 @@ def quantize_model(
         act_mode = "none" if qc.activations == "none" else "dynamic"
         qat(params, cfg, data, spec, finetune_config(qc), act_mode, progress=progress)
     batches = None  # training windows, for the activations' statistics
-    if qc.smooth or qc.awq or qc.gptq or qc.activations == "static":
+    if qc.smooth or qc.awq or qc.gptq or qc.bias_correction or qc.activations == "static":
         batches = calibration_data(data, cfg, qc)
     record = {
         "weights": spec.to_dict(),
@@ -173,6 +175,9 @@ def quantize_model(
         act_qparams = static_qparams(ranges, act_spec.bits, act_spec.scheme)
         linear = FakeQuantLinear(activations="static", act_qparams=act_qparams)
         record["act_qparams"] = {n: [float(s), int(z)] for n, (s, z) in act_qparams.items()}
+    if qc.bias_correction:  # after the activations' ranges: the shift includes their rounding
+        params, sim_params, shifts = correct_biases(params, sim_params, cfg, batches, linear)
+        record["bias_shift_max"] = max(shifts.values(), default=0.0)
     return Quantized(params, qtensors, sim_params, linear, {"quantization": record})
 
 
