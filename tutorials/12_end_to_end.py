@@ -51,8 +51,8 @@ from minicompress.deploy import dense_params, load_runtime, save_compressed
 from minicompress.deploy.ops import INFERENCE_OPS
 from minicompress.deploy.pipeline import quant_meta, run_recipe
 from minicompress.deploy.profile import time_breakdown
-from minicompress.deploy.runtime import Runtime, RuntimeConfig
 from minicompress.deploy.recipe import parse_recipe
+from minicompress.deploy.runtime import Runtime, RuntimeConfig
 from minicompress.nn.backend import NUMPY_OPS
 from minicompress.nn.model import KVCache, TransformerConfig, forward, init_params
 from minicompress.nn.train import TrainConfig, evaluate, train
