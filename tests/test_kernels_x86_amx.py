@@ -27,11 +27,9 @@ def test_the_amx_layer_kernels_compile_to_tile_instructions():
         layer = (a2f, a4i, a1i, a1f, a1f, types.boolean, a2f)
         amx.linear_kernel.compile(layer)  # compiled, never run: this CPU has no tiles
         amx.linear_kernel_serial.compile(layer)
-        a2u, a1s = types.Array(types.uint8, 2, "C"), types.Array(types.float32, 1, "C")
-        codes = (a2u, a1s, a1i)
-        amx.linear_kernel_full.compile(
-            layer + (types.boolean, types.float32, types.int32) + codes + (types.intp,) + codes
-        )
+        codes = (types.Array(types.uint8, 2, "C"), a1f, a1i)
+        options = types.Tuple((types.float32, types.int32, *codes, types.int64, *codes))
+        amx.linear_kernel_full.compile(layer + (types.boolean, options))
         blocks = njit(amx._linear_blocks.py_func)  # not cached, so its assembly can be read
         blocks.compile((a4u, i, i, a4i, i, i, i, a1f, a1i, a1i, a1f, a1f, types.boolean, a2f, a1u))
         asm = blocks.inspect_asm(blocks.signatures[0])

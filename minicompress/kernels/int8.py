@@ -250,7 +250,9 @@ def pack_int8_linear(
 
 
 _INT8, _INT32, _FLOAT32 = np.dtype(np.int8), np.dtype(np.int32), np.dtype(np.float32)
-# "nothing carried" for the full kernels: codes, scales, zero points with 0 rows
+# "nothing carried" for the full kernels: codes, scales, zero points with 0 rows; dynamic
+# activation ranges (no static scale)
+_NO_SCALE, _NO_ZERO_POINT = np.float32(0.0), np.int32(0)
 _NO_CODES = RowCodes(np.empty((0, 0), np.uint8), np.empty(0, np.float32), np.empty(0, np.int32))
 # path -> (parallel, serial, static) layer kernels of the paths found to run here (filled by
 # _layer_kernels; each kernel's module says what it takes)
@@ -411,7 +413,7 @@ def int8_linear(
     )
     serial = m * packed.k * packed.n <= SERIAL_MAX_WORK
     if static is not None:
-        status = kernels[2](*args, serial, *static, *_NO_CODES, ACT_NONE, *_NO_CODES)
+        status = kernels[2](*args, serial, (*static, *_NO_CODES, ACT_NONE, *_NO_CODES))
     else:
         status = kernels[1](*args) if serial else kernels[0](*args)
     if status != OK:
@@ -539,10 +541,10 @@ def int8_linear_fused(
     has_bias = packed.bias is not None
     bias = packed.bias if has_bias else packed.w_scale  # a float32 [N] never read without bias
     serial = m * packed.k * packed.n <= SERIAL_MAX_WORK
+    options = (_NO_SCALE, _NO_ZERO_POINT, *codes_in, act, *codes_out)  # parallel.run_layer's
     status = kernels[2](
-        x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y, serial,
-        np.float32(0.0), np.int32(0), *codes_in, act, *codes_out,
-    )  # fmt: skip
+        x, packed.weight, packed.col_sum, packed.w_scale, bias, has_bias, y, serial, options
+    )
     if status != OK:
         _raise_for(status, packed)
     return y, (codes_out if quantize_output else None)

@@ -30,7 +30,6 @@ from minicompress.kernels.int8_quant import BAD_SHAPES, OK, dequantize_tile
 
 N_TILE = 256  # int32 accumulators per row: 1 KB, stays in L1
 _NO_SCALE, _NO_ZP = parallel.NO_SCALE, parallel.NO_ZERO_POINT  # per-row activation ranges
-ACT_NONE = parallel.ACT_NONE
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -101,97 +100,26 @@ def q_width(w_q, k):
 def linear_kernel(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``quantized_linear_reference`` on the portable path: ``parallel.run_layer`` (its
     status) with the steps above; ``weight`` is ``w_q``, int8 [K, N]."""
-    q0, s0, z0 = parallel.no_codes()
     return parallel.run_layer(
-        "portable",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        False,
-        _NO_SCALE,
-        _NO_ZP,
-        q0,
-        s0,
-        z0,
-        ACT_NONE,
-        q0,
-        s0,
-        z0,
+        "portable", x, weight, col_sum, w_scale, bias, has_bias, y, False, parallel.options()
     )
 
 
 @njit(cache=True, nogil=True)
 def linear_kernel_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``linear_kernel`` on the calling thread (``parallel.run_layer_serial``)."""
-    q0, s0, z0 = parallel.no_codes()
     return parallel.run_layer_serial(
-        "portable",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        True,
-        _NO_SCALE,
-        _NO_ZP,
-        q0,
-        s0,
-        z0,
-        ACT_NONE,
-        q0,
-        s0,
-        z0,
+        "portable", x, weight, col_sum, w_scale, bias, has_bias, y, True, parallel.options()
     )
 
 
 @njit(cache=True, nogil=True)
-def linear_kernel_full(
-    x,
-    weight,
-    col_sum,
-    w_scale,
-    bias,
-    has_bias,
-    y,
-    serial,
-    scale,
-    zp,
-    q_in,
-    s_in,
-    z_in,
-    act,
-    q_out,
-    s_out,
-    z_out,
-):
-    """``linear_kernel`` with every argument of ``parallel.run_layer``: a static activation
-    scale (float32 > 0, else 0 for per-row ranges) and zero point (int32), the calling thread
-    only if ``serial``, carried codes in and out and the activation of ``epilogue.py``."""
+def linear_kernel_full(x, weight, col_sum, w_scale, bias, has_bias, y, serial, options):
+    """``linear_kernel`` with every argument of ``parallel.run_layer``: on the calling
+    thread only if ``serial``; ``options``: static activation scale and zero point, carried
+    codes in and out, the activation of ``epilogue.py``."""
     return parallel.run_layer(
-        "portable",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        serial,
-        scale,
-        zp,
-        q_in,
-        s_in,
-        z_in,
-        act,
-        q_out,
-        s_out,
-        z_out,
+        "portable", x, weight, col_sum, w_scale, bias, has_bias, y, serial, options
     )
 
 

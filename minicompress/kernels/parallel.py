@@ -40,11 +40,10 @@ portable path is allowed then).
 Each path exposes three kernels that call it, with the arguments of the layer (x, weight,
 col_sum, w_scale, bias, has_bias, y): ``linear_kernel`` (dynamic activation ranges, all
 threads), ``linear_kernel_serial`` (the same on the calling thread, ``run_layer_serial``: the
-same steps compiled without Numba's parallel machinery) and ``linear_kernel_full`` (every
-argument of ``run_layer``: ``serial``, a static ``act_scale`` and ``act_zp``, int8
-activations carried in and out and the activation of ``epilogue.py``). Every argument costs
-0.15-0.2 us to pass from Python, a few percent of a call at M = 1, so the common calls pass
-only what they need.
+same steps compiled without Numba's parallel machinery) and ``linear_kernel_full`` (also
+``serial`` and ``options``: a static ``act_scale`` and ``act_zp``, int8 activations carried
+in and out, the activation of ``epilogue.py``). Every argument costs 0.15-0.2 us to pass
+from Python, a few percent of a call at M = 1, so the common calls pass only what they need.
 
 Carried activations and epilogue: given x's codes (``q_in``), step 2/3 skip the
 quantization; given an activation or output codes, step 3 computes a thread's chunk in blocks
@@ -165,45 +164,29 @@ def _ol_step(path, name, *args):
 # ----------------------------------------------------------------------------------------
 
 
-def _run_layer(
-    path,
-    x,
-    weight,
-    col_sum,
-    w_scale,
-    bias,
-    has_bias,
-    y,
-    serial,
-    act_scale,
-    act_zp,
-    q_in,
-    s_in,
-    z_in,
-    act,
-    q_out,
-    s_out,
-    z_out,
-):
+def _run_layer(path, x, weight, col_sum, w_scale, bias, has_bias, y, serial, options):
     """The int8 linear layer on ``path``: the steps of the module docstring.
 
     x: float32 [M, K]; weight: the path's packed int8 weights; col_sum: int32 [N];
     w_scale, bias: float32 [N] (bias read only if has_bias); y: float32 [M, N], written;
-    serial: run on the calling thread only; act_scale, act_zp: float32 > 0 and int32 for a
-    static activation quantization (``int8_quant.quantize_rows``), or 0 and 0 for dynamic
-    per-row ranges.
+    serial: run on the calling thread only; options: the tuple (act_scale, act_zp, q_in,
+    s_in, z_in, act, q_out, s_out, z_out) (``options()`` makes the plain one):
 
-    Carried int8 activations and the epilogue (``carried.py``, ``epilogue.py``; arrays with
-    0 rows mean "none"): q_in, s_in, z_in: x's rows already quantized (uint8
-    [>= q_rows(M), q_width], float32 [M], int32 [M]), used instead of quantizing x; act:
-    ``epilogue.ACT_*``, applied to y in place; q_out, s_out, z_out: y's rows (after act)
-    quantized for the next layer (uint8 [>= M, >= N], float32 [>= M], int32 [>= M]). Both
-    run on blocks of ``EPILOGUE_ROWS`` rows as soon as the layer has computed them.
+    - act_scale, act_zp: float32 > 0 and int32 for a static activation quantization
+      (``int8_quant.quantize_rows``), or 0 and 0 for dynamic per-row ranges;
+    - q_in, s_in, z_in: x's rows already quantized (``carried.py``: uint8
+      [>= q_rows(M), q_width], float32 [M], int32 [M]), used instead of quantizing x; 0 rows:
+      none;
+    - act: ``epilogue.ACT_*``, applied to y in place; q_out, s_out, z_out: y's rows (after
+      act) quantized for the next layer (uint8 [>= M, >= N], float32 [>= M], int32 [>= M];
+      0 rows: none). Both run on blocks of ``EPILOGUE_ROWS`` rows as soon as the layer has
+      computed them (``epilogue.py``).
 
     Returns ``int8_quant.OK``, ``NOT_FINITE`` (x holds NaN or inf, or a row's range
     overflows float32; y is then undefined), ``BAD_SHAPES`` or ``BAD_VALUES``.
     """
     literally(path)
+    act_scale, act_zp, q_in, s_in, z_in, act, q_out, s_out, z_out = options
     m_total, k = x.shape
     n = y.shape[1]
     status = layer_status(x, col_sum, w_scale, bias, y)
@@ -342,8 +325,9 @@ NO_SCALE, NO_ZERO_POINT = np.float32(0.0), np.int32(0)  # act_scale = 0: dynamic
 
 
 @njit(cache=True, nogil=True)
-def no_codes():
-    """Empty (codes, scales, zero points): ``run_layer``'s "nothing carried in or out".
-    Made inside the kernel that calls (a global array would be a read-only constant, a
-    different type)."""
-    return np.empty((0, 0), np.uint8), np.empty(0, np.float32), np.empty(0, np.int32)
+def options():
+    """``run_layer``'s options for a plain dynamic layer: per-row ranges, nothing carried in
+    or out, no activation. Made inside the kernel that calls (a global array would be a
+    read-only constant, a type of its own)."""
+    q, s, z = np.empty((0, 0), np.uint8), np.empty(0, np.float32), np.empty(0, np.int32)
+    return (NO_SCALE, NO_ZERO_POINT, q, s, z, np.int64(ACT_NONE), q, s, z)

@@ -62,7 +62,6 @@ MIN_ROWS = 128
 MIN_ROWS_LARGE = 16  # for weights of MIN_LARGE_BYTES or more
 MIN_LARGE_BYTES = 2**20
 _NO_SCALE, _NO_ZP = parallel.NO_SCALE, parallel.NO_ZERO_POINT  # per-row activation ranges
-ACT_NONE = parallel.ACT_NONE
 
 
 def use_tiles(m: int, w_packed: np.ndarray) -> bool:
@@ -391,97 +390,26 @@ def linear_kernel(x, weight, col_sum, w_scale, bias, has_bias, y):
     col_sum: int32 [N]; w_scale, bias: float32 [N]; y: float32 [M, N] out. For up to 64
     rows the threads split N (each keeps its part of the weights in its own cache), for
     more rows each thread takes a chunk of rows."""
-    q0, s0, z0 = parallel.no_codes()
     return parallel.run_layer(
-        "amx",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        False,
-        _NO_SCALE,
-        _NO_ZP,
-        q0,
-        s0,
-        z0,
-        ACT_NONE,
-        q0,
-        s0,
-        z0,
+        "amx", x, weight, col_sum, w_scale, bias, has_bias, y, False, parallel.options()
     )
 
 
 @njit(cache=True, nogil=True)
 def linear_kernel_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``linear_kernel`` on the calling thread (``parallel.run_layer_serial``)."""
-    q0, s0, z0 = parallel.no_codes()
     return parallel.run_layer_serial(
-        "amx",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        True,
-        _NO_SCALE,
-        _NO_ZP,
-        q0,
-        s0,
-        z0,
-        ACT_NONE,
-        q0,
-        s0,
-        z0,
+        "amx", x, weight, col_sum, w_scale, bias, has_bias, y, True, parallel.options()
     )
 
 
 @njit(cache=True, nogil=True)
-def linear_kernel_full(
-    x,
-    weight,
-    col_sum,
-    w_scale,
-    bias,
-    has_bias,
-    y,
-    serial,
-    scale,
-    zp,
-    q_in,
-    s_in,
-    z_in,
-    act,
-    q_out,
-    s_out,
-    z_out,
-):
-    """``linear_kernel`` with every argument of ``parallel.run_layer``: a static activation
-    scale (float32 > 0, else 0 for per-row ranges) and zero point (int32), the calling thread
-    only if ``serial``, carried codes in and out and the activation of ``epilogue.py``."""
+def linear_kernel_full(x, weight, col_sum, w_scale, bias, has_bias, y, serial, options):
+    """``linear_kernel`` with every argument of ``parallel.run_layer``: on the calling
+    thread only if ``serial``; ``options``: static activation scale and zero point, carried
+    codes in and out, the activation of ``epilogue.py``."""
     return parallel.run_layer(
-        "amx",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        serial,
-        scale,
-        zp,
-        q_in,
-        s_in,
-        z_in,
-        act,
-        q_out,
-        s_out,
-        z_out,
+        "amx", x, weight, col_sum, w_scale, bias, has_bias, y, serial, options
     )
 
 

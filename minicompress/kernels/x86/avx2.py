@@ -69,7 +69,6 @@ ROW_NV = 4  # vectors per tile of a single row (M = 1: nothing to reuse from reg
 M_CHUNK = 64  # rows per parallel work item of the GEMM (a multiple of MR)
 MADD, AVX_VNNI = 0, 1  # the two forms of the inner product (module docstring)
 _NO_SCALE, _NO_ZP = parallel.NO_SCALE, parallel.NO_ZERO_POINT  # per-row activation ranges
-ACT_NONE = parallel.ACT_NONE
 
 _I8X32 = ir.VectorType(ir.IntType(8), 32)
 _I16X16 = ir.VectorType(ir.IntType(16), 16)
@@ -510,194 +509,52 @@ def linear_kernel_madd(x, weight, col_sum, w_scale, bias, has_bias, y):
     [-127, 127]); col_sum: int32 [N]; w_scale: float32 [N]; bias: float32 [N] (read only if
     has_bias); y: float32 [M, N] out.
     """
-    q0, s0, z0 = parallel.no_codes()
     return parallel.run_layer(
-        "avx2",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        False,
-        _NO_SCALE,
-        _NO_ZP,
-        q0,
-        s0,
-        z0,
-        ACT_NONE,
-        q0,
-        s0,
-        z0,
+        "avx2", x, weight, col_sum, w_scale, bias, has_bias, y, False, parallel.options()
     )
 
 
 @njit(cache=True, nogil=True)
 def linear_kernel_madd_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``linear_kernel_madd`` on the calling thread (``parallel.run_layer_serial``)."""
-    q0, s0, z0 = parallel.no_codes()
     return parallel.run_layer_serial(
-        "avx2",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        True,
-        _NO_SCALE,
-        _NO_ZP,
-        q0,
-        s0,
-        z0,
-        ACT_NONE,
-        q0,
-        s0,
-        z0,
+        "avx2", x, weight, col_sum, w_scale, bias, has_bias, y, True, parallel.options()
     )
 
 
 @njit(cache=True, nogil=True)
-def linear_kernel_madd_full(
-    x,
-    weight,
-    col_sum,
-    w_scale,
-    bias,
-    has_bias,
-    y,
-    serial,
-    scale,
-    zp,
-    q_in,
-    s_in,
-    z_in,
-    act,
-    q_out,
-    s_out,
-    z_out,
-):
-    """``linear_kernel_madd`` with every argument of ``parallel.run_layer``: a static activation
-    scale (float32 > 0, else 0 for per-row ranges) and zero point (int32), the calling thread
-    only if ``serial``, carried codes in and out and the activation of ``epilogue.py``."""
+def linear_kernel_madd_full(x, weight, col_sum, w_scale, bias, has_bias, y, serial, options):
+    """``linear_kernel_madd`` with every argument of ``parallel.run_layer``: on the calling
+    thread only if ``serial``; ``options``: static activation scale and zero point, carried
+    codes in and out, the activation of ``epilogue.py``."""
     return parallel.run_layer(
-        "avx2",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        serial,
-        scale,
-        zp,
-        q_in,
-        s_in,
-        z_in,
-        act,
-        q_out,
-        s_out,
-        z_out,
+        "avx2", x, weight, col_sum, w_scale, bias, has_bias, y, serial, options
     )
 
 
 @njit(cache=True, nogil=True)
 def linear_kernel_vnni(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``linear_kernel_madd`` with AVX-VNNI's vpdpbusd on ymm registers (any int8 weight)."""
-    q0, s0, z0 = parallel.no_codes()
     return parallel.run_layer(
-        "avx2-vnni",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        False,
-        _NO_SCALE,
-        _NO_ZP,
-        q0,
-        s0,
-        z0,
-        ACT_NONE,
-        q0,
-        s0,
-        z0,
+        "avx2-vnni", x, weight, col_sum, w_scale, bias, has_bias, y, False, parallel.options()
     )
 
 
 @njit(cache=True, nogil=True)
 def linear_kernel_vnni_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``linear_kernel_vnni`` on the calling thread (``parallel.run_layer_serial``)."""
-    q0, s0, z0 = parallel.no_codes()
     return parallel.run_layer_serial(
-        "avx2-vnni",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        True,
-        _NO_SCALE,
-        _NO_ZP,
-        q0,
-        s0,
-        z0,
-        ACT_NONE,
-        q0,
-        s0,
-        z0,
+        "avx2-vnni", x, weight, col_sum, w_scale, bias, has_bias, y, True, parallel.options()
     )
 
 
 @njit(cache=True, nogil=True)
-def linear_kernel_vnni_full(
-    x,
-    weight,
-    col_sum,
-    w_scale,
-    bias,
-    has_bias,
-    y,
-    serial,
-    scale,
-    zp,
-    q_in,
-    s_in,
-    z_in,
-    act,
-    q_out,
-    s_out,
-    z_out,
-):
-    """``linear_kernel_vnni`` with every argument of ``parallel.run_layer``: a static activation
-    scale (float32 > 0, else 0 for per-row ranges) and zero point (int32), the calling thread
-    only if ``serial``, carried codes in and out and the activation of ``epilogue.py``."""
+def linear_kernel_vnni_full(x, weight, col_sum, w_scale, bias, has_bias, y, serial, options):
+    """``linear_kernel_vnni`` with every argument of ``parallel.run_layer``: on the calling
+    thread only if ``serial``; ``options``: static activation scale and zero point, carried
+    codes in and out, the activation of ``epilogue.py``."""
     return parallel.run_layer(
-        "avx2-vnni",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        serial,
-        scale,
-        zp,
-        q_in,
-        s_in,
-        z_in,
-        act,
-        q_out,
-        s_out,
-        z_out,
+        "avx2-vnni", x, weight, col_sum, w_scale, bias, has_bias, y, serial, options
     )
 
 

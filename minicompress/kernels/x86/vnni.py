@@ -70,7 +70,6 @@ SPLIT_N_MIN_WEIGHT_BYTES = 2**20
 # 1024 x 256 (256 KB of weights, read from L2): 3.97 against 4.37 us; 8 vectors, 3.96.
 ROW_NV = 4
 _NO_SCALE, _NO_ZP = parallel.NO_SCALE, parallel.NO_ZERO_POINT  # per-row activation ranges
-ACT_NONE = parallel.ACT_NONE
 
 
 # ----------------------------------------------------------------------------------------
@@ -562,97 +561,26 @@ def linear_kernel(x, weight, col_sum, w_scale, bias, has_bias, y):
     share N (M = 1 still uses every core); more rows, one chunk of rows per thread, each
     quantized by its thread and run against all of N, panel by panel of 48 columns, so a
     panel of weights is reused by every row tile of the chunk while it is in cache."""
-    q0, s0, z0 = parallel.no_codes()
     return parallel.run_layer(
-        "vnni",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        False,
-        _NO_SCALE,
-        _NO_ZP,
-        q0,
-        s0,
-        z0,
-        ACT_NONE,
-        q0,
-        s0,
-        z0,
+        "vnni", x, weight, col_sum, w_scale, bias, has_bias, y, False, parallel.options()
     )
 
 
 @njit(cache=True, nogil=True)
 def linear_kernel_serial(x, weight, col_sum, w_scale, bias, has_bias, y):
     """``linear_kernel`` on the calling thread (``parallel.run_layer_serial``)."""
-    q0, s0, z0 = parallel.no_codes()
     return parallel.run_layer_serial(
-        "vnni",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        True,
-        _NO_SCALE,
-        _NO_ZP,
-        q0,
-        s0,
-        z0,
-        ACT_NONE,
-        q0,
-        s0,
-        z0,
+        "vnni", x, weight, col_sum, w_scale, bias, has_bias, y, True, parallel.options()
     )
 
 
 @njit(cache=True, nogil=True)
-def linear_kernel_full(
-    x,
-    weight,
-    col_sum,
-    w_scale,
-    bias,
-    has_bias,
-    y,
-    serial,
-    scale,
-    zp,
-    q_in,
-    s_in,
-    z_in,
-    act,
-    q_out,
-    s_out,
-    z_out,
-):
-    """``linear_kernel`` with every argument of ``parallel.run_layer``: a static activation
-    scale (float32 > 0, else 0 for per-row ranges) and zero point (int32), the calling thread
-    only if ``serial``, carried codes in and out and the activation of ``epilogue.py``."""
+def linear_kernel_full(x, weight, col_sum, w_scale, bias, has_bias, y, serial, options):
+    """``linear_kernel`` with every argument of ``parallel.run_layer``: on the calling
+    thread only if ``serial``; ``options``: static activation scale and zero point, carried
+    codes in and out, the activation of ``epilogue.py``."""
     return parallel.run_layer(
-        "vnni",
-        x,
-        weight,
-        col_sum,
-        w_scale,
-        bias,
-        has_bias,
-        y,
-        serial,
-        scale,
-        zp,
-        q_in,
-        s_in,
-        z_in,
-        act,
-        q_out,
-        s_out,
-        z_out,
+        "vnni", x, weight, col_sum, w_scale, bias, has_bias, y, serial, options
     )
 
 
