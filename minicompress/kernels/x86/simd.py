@@ -1,5 +1,5 @@
-"""Explicit SIMD for the CSR kernels: a W-float accumulator that LLVM keeps in registers, and
-16 x 16 transposes in registers.
+"""Explicit SIMD for the CSR kernels and the inference attention: a W-float accumulator that
+LLVM keeps in registers, and 16 x 16 transposes in registers.
 
 Why: written as a plain ``for t in range(W)`` loop, LLVM unrolls the W accumulations into W
 scalar FMAs and does not regroup them into vectors (checked with ``inspect_asm``:
@@ -7,7 +7,11 @@ scalar FMAs and does not regroup them into vectors (checked with ``inspect_asm``
 a stack slot, which LLVM keeps in registers: one ``vbroadcastss`` and one or two
 ``vfmadd231ps zmm`` per stored weight. With ``NUMBA_DISABLE_JIT=1`` they are plain NumPy.
 
-``vec_*`` operate on a ``<W x float>`` stack slot (W = 16 or 32, a literal); ``transpose_tile``
+``vec_*`` operate on a ``<W x float>`` stack slot (W = 16 or 32, a literal): ``vec_max_first``
+and ``vec_add_first`` take only the first n lanes of a row (a row's last keys, without
+scalar stores of -inf or 0 before a vector load), ``vec_hmax`` and ``vec_hsum`` reduce the
+slot to one float (``deploy/attention.py``'s softmax: LLVM does not vectorize a max
+reduction without ``nnan``, which the package never sets); ``transpose_tile``
 packs 16 rows of x into 16 rows of a block of x.T; ``store_full_tile_t`` stores a 16 x W
 tile of sums transposed, scaled and biased. Each is an ``@intrinsic`` that writes LLVM IR,
 reached through an ``@overload`` of a NumPy function of the same name that runs instead
@@ -117,6 +121,119 @@ def _ir_vec_add(typingctx, acc, other, width):
     return types.none(acc, other, width), codegen
 
 
+@intrinsic
+def _ir_vec_fill(typingctx, acc, value, width):
+    """acc[0:W] = value."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = _vector_type(width)
+        builder.store(splat(builder, args[1], vt), builder.bitcast(args[0], vt.as_pointer()))
+        return context.get_dummy_value()
+
+    return types.none(acc, types.float32, width), codegen
+
+
+def _first_lanes(builder, n, width: int):
+    """The <W x i1> mask of lanes l < n (n: an intp; n >= W: every lane)."""
+    i32 = ir.IntType(32)
+    w = ir.Constant(n.type, width)
+    clamped = builder.select(builder.icmp_signed("<", n, w), n, w)
+    lanes = ir.Constant(ir.VectorType(i32, width), list(range(width)))
+    bound = splat(builder, builder.trunc(clamped, i32), ir.VectorType(i32, width))
+    return builder.icmp_signed("<", lanes, bound)
+
+
+@intrinsic
+def _ir_vec_max_first(typingctx, acc, address, n, width):
+    """acc[l] = max(acc[l], row[l]) for l < n (lanes l >= n keep acc), where row is W float32
+    at byte ``address`` (any alignment; all W are read): ``row > acc ? row : acc``, one
+    ``vmaxps`` under a mask (a NaN in row leaves acc)."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = _vector_type(width)
+        acc_ptr = builder.bitcast(args[0], vt.as_pointer())
+        row = builder.load(builder.inttoptr(args[1], vt.as_pointer()), align=4)
+        old = builder.load(acc_ptr)
+        first = _first_lanes(builder, args[2], width.literal_value)
+        take = builder.and_(builder.fcmp_ordered(">", row, old), first)
+        builder.store(builder.select(take, row, old), acc_ptr)
+        return context.get_dummy_value()
+
+    return types.none(acc, types.intp, types.intp, width), codegen
+
+
+@intrinsic
+def _ir_vec_add_first(typingctx, acc, address, n, width):
+    """acc[l] += row[l] for l < n (lanes l >= n keep acc), where row is W float32 at byte
+    ``address`` (any alignment; all W are read, what lies past n is ignored)."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = _vector_type(width)
+        acc_ptr = builder.bitcast(args[0], vt.as_pointer())
+        row = builder.load(builder.inttoptr(args[1], vt.as_pointer()), align=4)
+        first = _first_lanes(builder, args[2], width.literal_value)
+        row = builder.select(first, row, ir.Constant(vt, None))
+        builder.store(builder.fadd(builder.load(acc_ptr), row), acc_ptr)
+        return context.get_dummy_value()
+
+    return types.none(acc, types.intp, types.intp, width), codegen
+
+
+def _halving_reduce(builder, value, width: int, combine):
+    """combine(value[0:n/2], value[n/2:n]) with n = W, W/2, ..., 2: log2(W) shuffles and
+    combines; the result is lane 0 of the last one."""
+    n = width
+    while n > 1:
+        half = n // 2
+        low = ir.Constant(ir.VectorType(ir.IntType(32), half), list(range(half)))
+        high = ir.Constant(ir.VectorType(ir.IntType(32), half), list(range(half, n)))
+        a = builder.shuffle_vector(value, value, low)
+        b = builder.shuffle_vector(value, value, high)
+        value, n = combine(a, b), half
+    return builder.extract_element(value, ir.Constant(ir.IntType(32), 0))
+
+
+@intrinsic
+def _ir_vec_hmax(typingctx, acc, width):
+    """max(acc[0:W]), by halving (``_halving_reduce``); acc without NaN."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = _vector_type(width)
+        acc_ptr = builder.bitcast(args[0], vt.as_pointer())
+        value = builder.load(acc_ptr)
+
+        def combine(a, b):
+            return builder.select(builder.fcmp_ordered(">", b, a), b, a)
+
+        return _halving_reduce(builder, value, width.literal_value, combine)
+
+    return types.float32(acc, width), codegen
+
+
+@intrinsic
+def _ir_vec_hsum(typingctx, acc, width):
+    """acc[0] + ... + acc[W - 1], by halving (``_halving_reduce``: pairwise, not left to
+    right)."""
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = _vector_type(width)
+        acc_ptr = builder.bitcast(args[0], vt.as_pointer())
+        value = builder.load(acc_ptr)
+        return _halving_reduce(builder, value, width.literal_value, builder.fadd)
+
+    return types.float32(acc, width), codegen
+
+
 def _transpose16(builder, rows: list) -> list:
     """Transpose 16 vectors of 16 floats in registers: result[t][i] = rows[i][t].
 
@@ -198,7 +315,7 @@ def _ir_transpose_tile(typingctx, src_addr, lds, dst_addr, ldd):
     return types.none(types.intp, types.intp, types.intp, types.intp), codegen
 
 
-# The same seven operations as plain Python on NumPy arrays, so that the kernels also run
+# The same twelve operations as plain Python on NumPy arrays, so that the kernels also run
 # with NUMBA_DISABLE_JIT=1 (for debugging); compiled code uses the LLVM versions above.
 
 
@@ -224,6 +341,28 @@ def vec_store(acc, address, width):
 
 def vec_add(acc, other, width):
     acc += other
+
+
+def vec_fill(acc, value, width):
+    acc[:] = value
+
+
+def vec_max_first(acc, address, n, width):
+    row, first = _float_row(address, width), np.arange(width) < n
+    acc[:] = np.where(first & (row > acc), row, acc)
+
+
+def vec_add_first(acc, address, n, width):
+    row, first = _float_row(address, width), np.arange(width) < n
+    acc += np.where(first, row, np.float32(0.0))
+
+
+def vec_hmax(acc, width):
+    return np.float32(acc.max())
+
+
+def vec_hsum(acc, width):
+    return np.float32(acc.sum(dtype=np.float32))
 
 
 def store_full_tile_t(tile, out, scale, bias, m0, n0, width):
@@ -263,6 +402,31 @@ def _ol_vec_store(acc, address, width):
 @overload(vec_add)
 def _ol_vec_add(acc, other, width):
     return lambda acc, other, width: _ir_vec_add(acc, other, width)
+
+
+@overload(vec_fill)
+def _ol_vec_fill(acc, value, width):
+    return lambda acc, value, width: _ir_vec_fill(acc, np.float32(value), width)
+
+
+@overload(vec_max_first)
+def _ol_vec_max_first(acc, address, n, width):
+    return lambda acc, address, n, width: _ir_vec_max_first(acc, address, n, width)
+
+
+@overload(vec_add_first)
+def _ol_vec_add_first(acc, address, n, width):
+    return lambda acc, address, n, width: _ir_vec_add_first(acc, address, n, width)
+
+
+@overload(vec_hmax)
+def _ol_vec_hmax(acc, width):
+    return lambda acc, width: _ir_vec_hmax(acc, width)
+
+
+@overload(vec_hsum)
+def _ol_vec_hsum(acc, width):
+    return lambda acc, width: _ir_vec_hsum(acc, width)
 
 
 @overload(transpose_tile)
