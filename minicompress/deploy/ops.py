@@ -45,25 +45,20 @@ from minicompress.nn.fused import gelu_forward_fused
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
-def _layernorm_row(x, g, b, eps, y, i):  # y[i] = layer norm of x[i]; x, y: [R, C]; g, b: [C]
-    c = x.shape[1]
-    mean = 0.0  # float64 accumulators, as the training kernel
-    for j in range(c):
-        mean += x[i, j]
-    mean /= c
-    var = 0.0
-    for j in range(c):
-        d = x[i, j] - mean
-        var += d * d
-    rstd = 1.0 / math.sqrt(var / c + eps)
-    for j in range(c):
-        y[i, j] = (x[i, j] - mean) * rstd * g[j] + b[j]
-
-
-@njit(cache=True, nogil=True)
-def _layernorm_rows(x, g, b, eps, y):  # x, y: [R, C]; g, b: [C]
-    for i in range(x.shape[0]):
-        _layernorm_row(x, g, b, eps, y, i)
+def _layernorm_rows(x, g, b, eps, y, r0, r1):  # y[r0:r1] = layer norm of x[r0:r1]
+    c = x.shape[1]  # x, y: [R, C]; g, b: [C]
+    for i in range(r0, r1):
+        mean = 0.0  # float64 accumulators, as the training kernel
+        for j in range(c):
+            mean += x[i, j]
+        mean /= c
+        var = 0.0
+        for j in range(c):
+            d = x[i, j] - mean
+            var += d * d
+        rstd = 1.0 / math.sqrt(var / c + eps)
+        for j in range(c):
+            y[i, j] = (x[i, j] - mean) * rstd * g[j] + b[j]
 
 
 _CODE_BLOCK_ROWS = 16  # rows normalized, then quantized, while they are in L1
@@ -72,14 +67,13 @@ _CODE_BLOCK_ROWS = 16  # rows normalized, then quantized, while they are in L1
 @njit(cache=True, nogil=True)
 def _layernorm_codes_rows(x, g, b, eps, y, q, s, z):
     """y = layer norm of x's rows, and the codes of y's rows (``quantize_rows``), a block of
-    rows at a time while they are in L1 (row by row was slower: each pass's loop setup per
-    row). q: uint8 [>= R, >= C]; s: float32 [R]; z: int32 [R]. False if a row of y is not
-    finite (its codes are then meaningless)."""
+    rows at a time while they are in L1 (row by row was slower: each call's overhead).
+    q: uint8 [>= R, >= C]; s: float32 [R]; z: int32 [R]. False if a row of y is not finite
+    (its codes are then meaningless)."""
     finite = True
     for r0 in range(0, x.shape[0], _CODE_BLOCK_ROWS):
         r1 = min(x.shape[0], r0 + _CODE_BLOCK_ROWS)
-        for i in range(r0, r1):
-            _layernorm_row(x, g, b, eps, y, i)
+        _layernorm_rows(x, g, b, eps, y, r0, r1)
         finite &= quantize_rows(y, q, s, z, r0, r1, np.float32(0.0), np.int32(0))
     return finite
 
@@ -90,7 +84,7 @@ def layernorm_forward_infer(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: fl
     shape = x.shape
     x2 = np.ascontiguousarray(x).reshape(-1, shape[-1])  # [R, C]
     y = np.empty_like(x2)
-    _layernorm_rows(x2, g, b, eps, y)
+    _layernorm_rows(x2, g, b, eps, y, 0, x2.shape[0])
     return y.reshape(shape), None
 
 

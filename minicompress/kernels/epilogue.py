@@ -3,8 +3,8 @@ activation that follows the layer, and the quantization of the result for the ne
 layer (int8 activations carried from one layer to the next, ``carried.py``).
 
 ``epilogue_rows(y, m0, m1, act, q_out, s_out, z_out)`` runs on rows m0:m1 of a layer's
-float32 output y, row by row (a row of 1536 floats is 6 KB: it stays in L1 from the
-activation to the quantization):
+float32 output y, a block of rows that stays in L2 from the activation to the
+quantization:
 
 1. ``act``: y[m] = GELU(y[m]) in place, the float32 GELU of the inference ops
    (``fastmath.gelu_erf_f32`` or ``gelu_tanh_f32``, the same bits as
@@ -32,32 +32,31 @@ EPILOGUE_ROWS = 64  # rows per block: 64 x 1536 floats (384 KB) stay in a core's
 
 
 @njit(cache=True, nogil=True, fastmath=NO_REASSOC, error_model="numpy")
-def activate_row(row, act):
-    """row <- GELU(row) in place (erf form for ACT_GELU_ERF, tanh form for ACT_GELU_TANH);
-    nothing for ACT_NONE. row: float32 [N]."""
+def activate_rows(y, m0, m1, act):
+    """y[m0:m1] <- GELU(y[m0:m1]) in place (erf form for ACT_GELU_ERF, tanh form for
+    ACT_GELU_TANH); nothing for ACT_NONE. y: float32 [M, N], C-contiguous."""
+    flat = y.reshape(-1)[m0 * y.shape[1] : m1 * y.shape[1]]  # the rows as one vector
     if act == ACT_GELU_ERF:
-        for j in range(row.size):
-            row[j] = gelu_erf_f32(row[j])
+        for j in range(flat.size):
+            flat[j] = gelu_erf_f32(flat[j])
     elif act == ACT_GELU_TANH:
-        for j in range(row.size):
-            row[j] = gelu_tanh_f32(row[j])
+        for j in range(flat.size):
+            flat[j] = gelu_tanh_f32(flat[j])
 
 
 @njit(cache=True, nogil=True)
 def epilogue_rows(y, m0, m1, act, q_out, s_out, z_out):
-    """Steps 1-2 of the module docstring on rows m0:m1 of y. Returns False if a quantized
-    row holds NaN or inf or its range overflows float32 (``quantize_rows``).
+    """Steps 1-2 of the module docstring on rows m0:m1 of y, one step over the whole block
+    (a call per row costs more than a row of 128 floats: measured). Returns False if a
+    quantized row holds NaN or inf or its range overflows float32 (``quantize_rows``).
 
     y: float32 [M, N]; act: ACT_*; q_out: uint8 [>= M, >= N] (0 rows: no quantization);
     s_out: float32 [>= M]; z_out: int32 [>= M].
     """
-    finite = True
-    quantize = q_out.shape[0] > 0
-    for m in range(m0, m1):
-        activate_row(y[m], act)
-        if quantize:
-            finite &= quantize_rows(y, q_out, s_out, z_out, m, m + 1, np.float32(0.0), np.int32(0))
-    return finite
+    activate_rows(y, m0, m1, act)
+    if q_out.shape[0] == 0:
+        return True
+    return quantize_rows(y, q_out, s_out, z_out, m0, m1, np.float32(0.0), np.int32(0))
 
 
 @njit(cache=True, nogil=True)

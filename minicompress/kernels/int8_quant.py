@@ -59,7 +59,7 @@ def round_half_even(v):
     return (v + _ROUND_MAGIC) - _ROUND_MAGIC
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def row_range(bits):
     """lo = min(min_k x_k, 0), hi = max(max_k x_k, 0) and whether x is finite, in one pass
     over the int32 bit patterns of a float32 row x.
@@ -83,7 +83,7 @@ def row_range(bits):
     return -float32_from_bits(neg_lo_b), float32_from_bits(hi_b), abs_b < _EXP_ALL_ONES
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _write_codes(row, q_row, scale, z_f):
     """q_row[:K] = clip(rint(row / scale) + z, 0, 255), q_row[K:] = 0 (``quantize_uint8``).
 
@@ -99,13 +99,13 @@ def _write_codes(row, q_row, scale, z_f):
         q_row[i] = 0  # padding of K: the packed weights there are 0 too
 
 
-@njit(cache=True, nogil=True)
-def _quantize_row(x, q, s_x, z_x, m, act_scale, act_zp):
+@njit(cache=True, nogil=True, inline="always")
+def _quantize_row(x, bits, q, s_x, z_x, m, act_scale, act_zp):
     """Quantize row m of x into q[m, :K] and zero q[m, K:]; False if x[m] is not finite or
-    (dynamic ranges) its range overflows float32. act_scale > 0: static scale and zero
-    point act_zp; else the row's own range."""
+    (dynamic ranges) its range overflows float32. bits: x viewed as int32. act_scale > 0:
+    static scale and zero point act_zp; else the row's own range."""
     row, q_row = x[m], q[m]  # [K], [Kq]
-    lo, hi, finite = row_range(row.view(np.int32))
+    lo, hi, finite = row_range(bits[m])
     if act_scale > np.float32(0.0):
         scale, z = act_scale, act_zp
         z_f = np.float32(act_zp)
@@ -134,8 +134,9 @@ def quantize_rows(x, q, s_x, z_x, m0, m1, act_scale, act_zp):
     Returns False if those rows hold NaN or inf, or (dynamic) a row range overflows.
     """
     finite = True
+    bits = x.view(np.int32)  # [M, K], once: a view per row costs its checks every row
     for m in range(m0, m1):
-        finite &= _quantize_row(x, q, s_x, z_x, m, act_scale, act_zp)
+        finite &= _quantize_row(x, bits, q, s_x, z_x, m, act_scale, act_zp)
     return finite
 
 
