@@ -323,13 +323,16 @@ assert all(abs(r["delta_pct"]) < 1.0 for r in side["rows"])
 # same model on PyTorch (eager and `quantize_dynamic`), onnxruntime (fp32 and dynamic int8)
 # and OpenVINO (fp32 and NNCF int8) beside our runtimes, in one process, in rotating rounds
 # (README, "Side by side with the industry runtimes", with the plots). Measured on the
-# default teacher and on all-MiniLM-L6-v2, at 1 and 2 threads: our int8 forward takes
-# 0.53-0.93 of onnxruntime int8's time, 0.51-0.79 of PyTorch int8's (1 thread), and
-# 1.24-1.56 times OpenVINO + NNCF int8's, at the best fidelity of the four. What made the
-# runtime that fast is section 5's lesson: the linear layers were already fast; the Numba
-# kernels around them had to release the GIL (two threads ran no faster than one), GELU and
-# the softmax needed an exp that vectorizes (`kernels/fastmath.py`), and attention had to
-# read q, k, v where the projection wrote them (`deploy/attention.py`).
+# default teacher and on all-MiniLM-L6-v2, at 1 and 2 threads (one run; the README has a
+# second): our int8 forward takes 0.58-0.86 of onnxruntime int8's time, 0.38-0.76 of
+# PyTorch int8's (1 thread), and 1.13-1.29 times OpenVINO + NNCF int8's, at the best
+# fidelity of the four. What made the runtime that fast is section 5's lesson: the linear
+# layers were already fast; the Numba kernels around them had to release the GIL (two
+# threads ran no faster than one), GELU and the softmax needed math that vectorizes
+# (`kernels/fastmath.py`: an exp from the float's bits, a rational erf), the softmax had to
+# run four rows at a time without scalar remainders, the activation quantizer had to lose
+# its per-row overhead, and attention had to read q, k, v where the projection wrote them
+# (`deploy/attention.py`).
 
 # %%
 for r in runtimes.values():
