@@ -363,7 +363,9 @@ def load_archive(
             a = np.frombuffer(body, dtype, math.prod(shape), start + offset).reshape(shape)
         except (ValueError, OverflowError) as e:  # e.g. a zero-size array of absurd shape
             raise ValueError(f"{where}: array {name!r} cannot be read ({e})") from None
-        arrays[name] = a.astype(dtype.newbyteorder("="), copy=True)
+        # NumPy's own native dtype object (a byte-order-swapped descriptor is equal to it but
+        # not it, and the kernels' fast paths test dtypes by identity)
+        arrays[name] = a.astype(np.dtype(dtype.char), copy=True)
     return doc["kind"], doc["header"], arrays
 
 
