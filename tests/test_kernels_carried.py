@@ -1,5 +1,5 @@
 """int8 activations carried between layers and the fused epilogue (``kernels/carried.py``,
-``kernels/epilogue.py``, ``int8.int8_linear_fused``, the driver's new steps in
+``kernels/epilogue.py``, ``int8_fused.int8_linear_fused``, the driver's new steps in
 ``parallel.py``) against the unfused steps, bit for bit, and against the NumPy reference
 ``quantized_linear_fused_reference``."""
 
@@ -20,7 +20,8 @@ from minicompress.kernels.carried import (
     row_codes,
     with_codes,
 )
-from minicompress.kernels.int8 import int8_linear, int8_linear_fused, pack_int8_linear
+from minicompress.kernels.int8 import int8_linear, pack_int8_linear
+from minicompress.kernels.int8_fused import int8_linear_fused
 from minicompress.kernels.reference import (
     quantize_rows_uint8,
     quantized_linear_fused_reference,

@@ -19,7 +19,7 @@ the values:
 
 The int8 runtime passes a ``CodedArray`` from the layer norm (``deploy.ops``) or from the
 MLP's first layer (GELU and the codes in its epilogue) to the int8 layer that reads it;
-``int8.int8_linear_fused(x, layer, codes=...)`` uses the codes instead of quantizing x. The
+``int8_fused.int8_linear_fused(x, layer, codes=...)`` uses the codes instead of quantizing x. The
 result is the same, bit for bit: the codes are the ones the layer would have computed.
 Below ``CARRY_MIN_ROWS`` rows (generation, one token at a time) nothing is carried: the
 product is a few microseconds and the extra arguments would cost more than they save.

@@ -29,7 +29,7 @@ import numpy as np
 
 from minicompress.kernels import PackedInt8Linear, int8_linear, pack_quantized_int8_linear
 from minicompress.kernels.carried import CARRY_MIN_ROWS, codes_of, with_codes
-from minicompress.kernels.int8 import int8_linear_fused
+from minicompress.kernels.int8_fused import int8_linear_fused
 from minicompress.nn.model import TransformerConfig, linear_names
 from minicompress.nn.ops import linear_forward
 from minicompress.quant import formulas as F
