@@ -1,7 +1,8 @@
 """int8 activations carried between layers and the fused epilogue (``kernels/carried.py``,
 ``kernels/epilogue.py``, ``int8_fused.int8_linear_fused``, the driver's new steps in
-``parallel.py``) against the unfused steps, bit for bit, and against the NumPy reference
-``quantized_linear_fused_reference``."""
+``parallel.py``) against the unfused steps, bit for bit, and against NumPy references
+composed of the package's own: ``quantized_linear_reference``, ``nn.ops.gelu_forward``,
+``quantize_rows_uint8``."""
 
 from __future__ import annotations
 
@@ -22,10 +23,8 @@ from minicompress.kernels.carried import (
 )
 from minicompress.kernels.int8 import int8_linear, pack_int8_linear
 from minicompress.kernels.int8_fused import int8_linear_fused
-from minicompress.kernels.reference import (
-    quantize_rows_uint8,
-    quantized_linear_fused_reference,
-)
+from minicompress.kernels.reference import quantize_rows_uint8, quantized_linear_reference
+from minicompress.nn.ops import gelu_forward
 
 HERE = cpu.int8_paths_here()
 KERNEL_PATHS = [
@@ -106,14 +105,17 @@ def test_fused_on_both_avx2_forms(rng, avx2_form):
 @pytest.mark.parametrize("path", ["reference", *KERNEL_PATHS])
 @pytest.mark.parametrize("activation", ["none", "gelu_erf", "gelu_tanh"])
 def test_fused_against_the_numpy_reference(rng, path, activation):
-    """GELU in float64 in the reference, float32 (fastmath) in the kernels: y to a few
-    ulps; codes equal except where y lands within that of a rounding boundary (one step)."""
+    """The NumPy layer, NumPy's GELU in float64 (``nn.ops.gelu_forward``: SciPy's erf) and
+    the NumPy quantizer, against the fused layer (GELU in float32, ``fastmath``): y to a
+    few ulps; codes equal except where y lands within that of a rounding boundary."""
     m, k, n = 40, 128, 96
     x = rng.standard_normal((m, k)).astype(np.float32)
     packed = _layer(rng, k, n, path)
-    y_ref, (q_ref, s_ref, z_ref) = quantized_linear_fused_reference(
-        x, packed.w_q(), packed.w_scale, packed.bias, activation, True
-    )
+    y_ref = quantized_linear_reference(x, packed.w_q(), packed.w_scale, packed.bias)
+    if activation != "none":
+        y64, _ = gelu_forward(y_ref.astype(np.float64), GELU[activation])
+        y_ref = y64.astype(np.float32)
+    q_ref, s_ref, z_ref = quantize_rows_uint8(y_ref)
     y, codes = int8_linear_fused(x, packed, None, activation, True)
     assert_close(y, y_ref, rtol=1e-5, atol=2e-6, name=f"y, {activation}")
     assert_close(codes.scale, s_ref, rtol=1e-5, atol=0, name="scale")

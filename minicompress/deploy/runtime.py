@@ -104,8 +104,8 @@ class RuntimeLinear:
         """GELU(x @ w + b) by the handler's own ``forward_gelu`` (the int8 kernels' epilogue),
         or None (the model then runs ``forward`` and its GELU op) if it has none or
         ``fuse`` is off."""
-        fused = getattr(self.handlers.get(type(w)), "forward_gelu", None)
-        return None if fused is None or not self.fuse else fused(name, x, w, b, approximate)
+        fused = getattr(self.handlers.get(type(w)), "forward_gelu", None) if self.fuse else None
+        return None if fused is None else fused(name, x, w, b, approximate)
 
     def backward(self, name: str, dy: np.ndarray, cache) -> tuple:
         raise TypeError(f"layer {name!r}: the inference runtime has no backward")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from minicompress.kernels.carried import RowCodes, empty_row_codes
-from minicompress.kernels.epilogue import ACTIVATIONS
+from minicompress.kernels.epilogue import ACTIVATIONS, epilogue_rows
 from minicompress.kernels.int8 import (
     NO_CODES,
     NO_SCALE,
@@ -19,7 +19,7 @@ from minicompress.kernels.int8 import (
     layer_kernels_for,
     raise_for,
 )
-from minicompress.kernels.reference import check_array, quantized_linear_fused_reference
+from minicompress.kernels.reference import check_array, quantized_linear_reference
 
 
 def _codes_fit(codes: RowCodes, m: int, packed: PackedInt8Linear) -> bool:
@@ -93,8 +93,8 @@ def int8_linear_fused(
     (the float32 GELU of ``fastmath``); quantize_output: also return the codes of y
       ->  (y float32 [M, N], y's ``RowCodes`` or None).
 
-    The same bits as the unfused steps on every kernel path (the reference path computes
-    ``quantized_linear_fused_reference``: GELU in float64).
+    The same bits as the unfused steps on every path (the reference path: the NumPy
+    ``quantized_linear_reference``, then ``epilogue.epilogue_rows`` on its output).
     """
     if not isinstance(packed, PackedInt8Linear):
         raise TypeError(f"packed must be a PackedInt8Linear; got {type(packed).__name__}")
@@ -109,14 +109,14 @@ def int8_linear_fused(
     if codes is not None and not _codes_are_plain(codes, m, packed.k):
         codes = _check_codes(codes, m, packed.k)  # raises, naming the field
     kernels = layer_kernels_for(packed)
-    if kernels is None:  # the reference path: NumPy
-        y, out = quantized_linear_fused_reference(
-            x, packed.weight, packed.w_scale, packed.bias, activation, quantize_output
-        )
-        return y, None if out is None else _padded(out)
+    codes_out = empty_row_codes(m, packed.n) if quantize_output else NO_CODES
+    if kernels is None:  # the reference path: the NumPy layer, then the same epilogue
+        y = quantized_linear_reference(x, packed.weight, packed.w_scale, packed.bias)
+        if not epilogue_rows(y, 0, m, act, *codes_out):
+            raise ValueError("the layer's output is not finite: it cannot be quantized")
+        return y, (codes_out if quantize_output else None)
     x = np.ascontiguousarray(x)
     codes_in = codes if codes is not None and _codes_fit(codes, m, packed) else NO_CODES
-    codes_out = empty_row_codes(m, packed.n) if quantize_output else NO_CODES
     y = np.empty((m, packed.n), _FLOAT32)  # [M, N]
     has_bias = packed.bias is not None
     bias = packed.bias if has_bias else packed.w_scale  # a float32 [N] never read without bias
@@ -128,12 +128,3 @@ def int8_linear_fused(
     if status != OK:
         raise_for(status, packed)
     return y, (codes_out if quantize_output else None)
-
-
-def _padded(codes: tuple) -> RowCodes:
-    """(q [M, N], scale, zero_point) of ``quantize_rows_uint8`` laid out as a RowCodes."""
-    q, scale, zero_point = codes
-    out = empty_row_codes(*q.shape)
-    out.codes[:] = 0
-    out.codes[: q.shape[0], : q.shape[1]] = q
-    return RowCodes(out.codes, scale, zero_point)

@@ -278,49 +278,6 @@ def quantized_linear_reference(
     return int8_linear_from_codes(q_x, s_x, z_x, w_q, w_scale, bias)
 
 
-GELU_FORMS = ("none", "gelu_tanh", "gelu_erf")
-
-
-def gelu_reference(y: np.ndarray, form: str) -> np.ndarray:
-    """GELU of a float32 array, computed in float64 and rounded once to float32.
-
-    gelu_erf:  y Phi(y) = y (1 + erf(y / sqrt 2)) / 2;
-    gelu_tanh: y (1 + tanh(sqrt(2 / pi) (y + 0.044715 y^3))) / 2;  none: y."""
-    if form not in GELU_FORMS:
-        raise ValueError(f"activation must be one of {', '.join(GELU_FORMS)}; got {form!r}")
-    if form == "none":
-        return y
-    v = y.astype(np.float64)
-    if form == "gelu_erf":
-        from scipy.special import erf
-
-        g = 0.5 * v * (1.0 + erf(v / np.sqrt(2.0)))
-    else:
-        g = 0.5 * v * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (v + 0.044715 * v**3)))
-    return g.astype(np.float32)
-
-
-def quantized_linear_fused_reference(
-    x: np.ndarray,
-    w_q: np.ndarray,
-    w_scale: np.ndarray,
-    bias: np.ndarray | None = None,
-    activation: str = "none",
-    quantize_output: bool = False,
-) -> tuple[np.ndarray, tuple | None]:
-    """An int8 layer with its epilogue (``epilogue.py``), unfused:
-
-    y = activation(quantized_linear_reference(x, w_q, w_scale, bias))   (``gelu_reference``),
-    codes = quantize_rows_uint8(y) if quantize_output: the next int8 layer's input.
-
-    ->  (y float32 [M, N], (q uint8 [M, N], scale float32 [M], zero_point int32 [M]) or
-    None). The kernels compute GELU in float32 (``fastmath``): their y agrees to a few
-    float32 ulps, their codes to one step where y lands near a rounding boundary.
-    """
-    y = gelu_reference(quantized_linear_reference(x, w_q, w_scale, bias), activation)
-    return y, (quantize_rows_uint8(y) if quantize_output else None)
-
-
 # ----------------------------------------------------------------------------------------
 # CSR sparse matrices
 # ----------------------------------------------------------------------------------------
