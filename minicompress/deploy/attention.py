@@ -9,12 +9,13 @@ Two kernels with the same contract (``tests/test_deploy_attention.py`` checks bo
   16-float accumulators that LLVM keeps in registers (``kernels/x86/simd.py``'s ``vec_*``,
   plain LLVM vectors: AVX-512 runs one instruction per 16 lanes, AVX2 two). The k of a head
   is first transposed (``kt`` [D, Tk], 8 KB at Tk = 64, in 16 x 16 register blocks); then
-  each 16-key load of ``kt`` feeds the four rows' FMAs (``_tile_scores``); the softmax
+  each 16-key load of ``kt`` feeds the four rows' FMAs, two 16-key chunks at once so that
+  eight independent FMA chains are in flight (``_tile_scores``); the softmax
   numerators of the four rows go together, 16 keys at a time (``_softmax_numerators``:
   masked max and sum in ``simd.vec_max_first``/``vec_add_first``, one 16-lane
   ``fastmath.exp_nonpositive_f32`` per row and 16 keys); each 16-float load of v feeds the
-  four rows' output FMAs (``_tile_output``), divided by the softmax's sum at the end (one
-  pass less). A causal group stops at the last key its last row sees. The heads are shared
+  four rows' output FMAs, 32 columns at once (``_tile_output``), divided by the softmax's
+  sum at the end (one pass less). A causal group stops at the last key its last row sees. The heads are shared
   among Numba's threads.
 - ``_attention_heads_blas`` (everything else: float64 model checks, odd head widths): two
   BLAS products per block of rows (``np.dot`` inside Numba) and the softmax between them.
@@ -35,7 +36,10 @@ the old op, the new one and the new one without its softmax alternated in one pr
 (B = 16, T = 64, H = 12, D = 32) 1.27 / 1.48 before, 1.03 / 1.25 after, 0.80 / 0.99
 without softmax (the softmax 0.48 -> 0.24 ms, 19 ns a row of 64 keys); the teacher's
 causal shape (B = 16, T = 128, H = 4, D = 32) 0.99 / 1.02 before, 0.75 / 0.78 after,
-0.57 / 0.60 without (0.42 -> 0.18 ms).
+0.57 / 0.60 without (0.42 -> 0.18 ms). Eight FMA chains instead of four (two 16-key
+chunks, or 32 columns of v, per pass; the same sums in the same order, bit for bit):
+teacher 1 x 128 54.3 -> 44.9 us, 16 x 128 796 -> 662 us, MiniLM 16 x 64 1.10 -> 0.90 ms
+(min of 400, alternated in one process).
 
 Shape letters: B batch, H heads, Tq queries, Tk keys, D head width.
 """
@@ -130,59 +134,84 @@ def _attention_heads_blas(q, k, v, causal, pad, y):
 _W = 16  # floats per accumulator (one zmm register, two ymm)
 
 
+@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy", inline="always")
+def _zero4(a0, a1, a2, a3):
+    """Four 16-float accumulators <- 0."""
+    simd.vec_zero(a0, _W)
+    simd.vec_zero(a1, _W)
+    simd.vec_zero(a2, _W)
+    simd.vec_zero(a3, _W)
+
+
+@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy", inline="always")
+def _fma4(a0, a1, a2, a3, c0, c1, c2, c3, address):
+    """a_r += c_r * (the 16 floats at ``address``) for r < 4: one load feeds four FMAs."""
+    simd.vec_fma(a0, c0, address, _W)
+    simd.vec_fma(a1, c1, address, _W)
+    simd.vec_fma(a2, c2, address, _W)
+    simd.vec_fma(a3, c3, address, _W)
+
+
+@njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy", inline="always")
+def _store4(a0, a1, a2, a3, out, ld):
+    """Store four accumulators at ``out``, ``out + ld``, ... (byte addresses)."""
+    simd.vec_store(a0, out, _W)
+    simd.vec_store(a1, out + ld, _W)
+    simd.vec_store(a2, out + 2 * ld, _W)
+    simd.vec_store(a3, out + 3 * ld, _W)
+
+
 @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
 def _tile_scores(q4, kt, s4, nchunks):
     """s4[r, 16c : 16c + 16] = sum_d q4[r, d] kt[d, 16c : 16c + 16] for r < 4, c < nchunks:
-    four rows at once, so that each 16-key load of kt feeds four FMAs (four independent
-    chains). q4: [4, D]; kt: [D, Tk16]; s4: [4, Tk16], C-contiguous."""
+    four rows and two 16-key chunks at once, so that each 16-key load of kt feeds four FMAs
+    and eight independent chains hide the FMA's latency (four chains ran at half the FMA
+    units' rate). q4: [4, D]; kt: [D, Tk16]; s4: [4, Tk16], C-contiguous."""
     d = q4.shape[1]
     ldk, lds = kt.strides[0], s4.strides[0]
-    acc0, acc1 = simd.vec_alloc(_W), simd.vec_alloc(_W)
-    acc2, acc3 = simd.vec_alloc(_W), simd.vec_alloc(_W)
-    for c in range(nchunks):
-        simd.vec_zero(acc0, _W)
-        simd.vec_zero(acc1, _W)
-        simd.vec_zero(acc2, _W)
-        simd.vec_zero(acc3, _W)
+    a0, a1, a2, a3 = simd.vec_alloc(_W), simd.vec_alloc(_W), simd.vec_alloc(_W), simd.vec_alloc(_W)
+    b0, b1, b2, b3 = simd.vec_alloc(_W), simd.vec_alloc(_W), simd.vec_alloc(_W), simd.vec_alloc(_W)
+    for c in range(0, nchunks, 2):
+        pair = c + 1 < nchunks  # a second chunk (the b accumulators)
+        _zero4(a0, a1, a2, a3)
+        _zero4(b0, b1, b2, b3)
         col = kt.ctypes.data + c * _W * 4
         for dd in range(d):
             row = col + dd * ldk
-            simd.vec_fma(acc0, q4[0, dd], row, _W)
-            simd.vec_fma(acc1, q4[1, dd], row, _W)
-            simd.vec_fma(acc2, q4[2, dd], row, _W)
-            simd.vec_fma(acc3, q4[3, dd], row, _W)
+            q0, q1, q2, q3 = q4[0, dd], q4[1, dd], q4[2, dd], q4[3, dd]
+            _fma4(a0, a1, a2, a3, q0, q1, q2, q3, row)
+            if pair:
+                _fma4(b0, b1, b2, b3, q0, q1, q2, q3, row + _W * 4)
         out = s4.ctypes.data + c * _W * 4
-        simd.vec_store(acc0, out, _W)
-        simd.vec_store(acc1, out + lds, _W)
-        simd.vec_store(acc2, out + 2 * lds, _W)
-        simd.vec_store(acc3, out + 3 * lds, _W)
+        _store4(a0, a1, a2, a3, out, lds)
+        if pair:
+            _store4(b0, b1, b2, b3, out + _W * 4, lds)
 
 
 @njit(cache=True, nogil=True, fastmath=FAST, error_model="numpy")
 def _tile_output(p4, end, v_row0, ldv, out4):
-    """out4[r, 0:D] = sum_{j < end} p4[r, j] v[j, 0:D] for r < 4, 16 columns at a time: each
-    16-float load of v feeds four FMAs. p4: [4, Tk16]; v_row0: byte address of v[0, 0];
-    ldv: bytes between rows of v; out4: [4, D] C-contiguous (D % 16 == 0)."""
+    """out4[r, 0:D] = sum_{j < end} p4[r, j] v[j, 0:D] for r < 4, 32 columns at a time
+    (eight chains, as ``_tile_scores``): each 16-float load of v feeds four FMAs.
+    p4: [4, Tk16]; v_row0: byte address of v[0, 0]; ldv: bytes between rows of v;
+    out4: [4, D] C-contiguous (D % 16 == 0)."""
     d, ldo = out4.shape[1], out4.strides[0]
-    acc0, acc1 = simd.vec_alloc(_W), simd.vec_alloc(_W)
-    acc2, acc3 = simd.vec_alloc(_W), simd.vec_alloc(_W)
-    for d0 in range(0, d, _W):
-        simd.vec_zero(acc0, _W)
-        simd.vec_zero(acc1, _W)
-        simd.vec_zero(acc2, _W)
-        simd.vec_zero(acc3, _W)
+    a0, a1, a2, a3 = simd.vec_alloc(_W), simd.vec_alloc(_W), simd.vec_alloc(_W), simd.vec_alloc(_W)
+    b0, b1, b2, b3 = simd.vec_alloc(_W), simd.vec_alloc(_W), simd.vec_alloc(_W), simd.vec_alloc(_W)
+    for d0 in range(0, d, 2 * _W):
+        pair = d0 + _W < d  # a second 16 columns (the b accumulators)
+        _zero4(a0, a1, a2, a3)
+        _zero4(b0, b1, b2, b3)
         col = v_row0 + d0 * 4
         for j in range(end):
             row = col + j * ldv
-            simd.vec_fma(acc0, p4[0, j], row, _W)
-            simd.vec_fma(acc1, p4[1, j], row, _W)
-            simd.vec_fma(acc2, p4[2, j], row, _W)
-            simd.vec_fma(acc3, p4[3, j], row, _W)
+            p0, p1, p2, p3 = p4[0, j], p4[1, j], p4[2, j], p4[3, j]
+            _fma4(a0, a1, a2, a3, p0, p1, p2, p3, row)
+            if pair:
+                _fma4(b0, b1, b2, b3, p0, p1, p2, p3, row + _W * 4)
         out = out4.ctypes.data + d0 * 4
-        simd.vec_store(acc0, out, _W)
-        simd.vec_store(acc1, out + ldo, _W)
-        simd.vec_store(acc2, out + 2 * ldo, _W)
-        simd.vec_store(acc3, out + 3 * ldo, _W)
+        _store4(a0, a1, a2, a3, out, ldo)
+        if pair:
+            _store4(b0, b1, b2, b3, out + _W * 4, ldo)
 
 
 @njit(cache=True, nogil=True, fastmath=NO_REASSOC, error_model="numpy")
