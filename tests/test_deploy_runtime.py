@@ -94,6 +94,32 @@ def test_batch_slices(b, threads, min_rows, sizes):
     assert all(p.stop == q.start for p, q in zip(parts, parts[1:], strict=False))
 
 
+def test_batch_slices_round_as_linspace():
+    """The shares' bounds are i B / n rounded half to even: NumPy's linspace, rounded."""
+    for b in range(1, 40):
+        for threads in range(1, 6):
+            n = min(threads, b)
+            bounds = np.linspace(0, b, n + 1).round().astype(int)
+            want = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo]
+            assert [(s.start, s.stop) for s in batch_slices(b, threads)] == want
+
+
+def test_one_blas_thread_sets_and_restores():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from minicompress.deploy.runtime import one_blas_thread
+
+    if not [i for i in threadpool_info() if i["user_api"] == "blas"]:
+        pytest.skip("no BLAS library loaded")
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        with one_blas_thread():
+            inside = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert inside == [1] * len(before)
+    assert after == before
+
+
 def test_runtime_config_refuses_bad_values():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="threads"):

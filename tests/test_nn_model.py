@@ -291,6 +291,17 @@ def test_forward_refuses_sequences_longer_than_block_size(rng):
         forward(init_params(cfg, rng), np.zeros((1, 7), np.int64), cfg)
 
 
+def test_forward_names_a_missing_parameter(rng):
+    cfg = TransformerConfig(**TINY)
+    params = init_params(cfg, rng)
+    forward(params, np.zeros((1, 4), np.int64), cfg)  # complete: runs
+    del params["blocks.1.mlp.fc.b"]
+    with pytest.raises(ValueError, match=r"params lacks \['blocks.1.mlp.fc.b'\]"):
+        forward(params, np.zeros((1, 4), np.int64), cfg)
+    with pytest.raises(TypeError, match="params must be a dict"):
+        forward(list(params.values()), np.zeros((1, 4), np.int64), cfg)
+
+
 @pytest.mark.parametrize("idx", [np.zeros(4, np.int64), np.zeros((1, 4))], ids=["1-D", "float"])
 def test_forward_refuses_non_token_arrays(rng, idx):
     cfg = TransformerConfig(**TINY)
