@@ -63,6 +63,21 @@ def test_gelu_equals_reference(rng, approximate):
         D.gelu_forward_infer(x, "sigmoid")
 
 
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+def test_gelu_shared_among_threads_is_bit_for_bit(rng, approximate):
+    """A large GELU on two Numba threads (a batch of one) gives the one-thread bits; an
+    odd size leaves the parts unequal."""
+    from minicompress.deploy.runtime import numba_threads
+
+    x = (rng.standard_normal(D.GELU_SPLIT_MIN + 7) * 4).astype(np.float32)
+    with numba_threads(1):
+        one = D.gelu_forward_infer(x, approximate)[0]
+    with numba_threads(2):
+        two = D.gelu_forward_infer(x, approximate)[0]
+    np.testing.assert_array_equal(two, one)
+    assert_close(one, ops.gelu_forward(x, approximate)[0], **F32, name="gelu")
+
+
 def test_inference_ops_have_no_backward():
     for name in ("embedding_backward", "layernorm_backward", "gelu_backward"):
         with pytest.raises(TypeError, match="no backward"):

@@ -20,22 +20,26 @@ training twins of ``nn/fused.py``:
 for the int8 layer that reads it (``layernorm_codes_forward_infer``: int8 activations
 carried, ``kernels/carried.py``); the runtime uses it with ``RuntimeConfig(fuse=True)``.
 
-The kernels run on the calling thread; the runtime (``deploy/runtime.py``) gets its
-parallelism by splitting the batch between threads, which never wait for each other inside a
-layer. Shape letters: B batch, H heads, Tq queries, Tk keys, D head width, C width.
+The runtime (``deploy/runtime.py``) gets its parallelism by splitting the batch between
+threads, which never wait for each other inside a layer; there every kernel runs on its
+worker's one thread. A batch of one runs on the calling thread with Numba's threads: the
+attention then shares its heads, and a large GELU its elements (``GELU_SPLIT_MIN``).
+Shape letters: B batch, H heads, Tq queries, Tk keys, D head width, C width.
 """
 
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from minicompress.deploy.attention import attention_forward_infer, split_qkv_views
 from minicompress.kernels.carried import CARRY_MIN_ROWS, empty_row_codes, with_codes
 from minicompress.kernels.fastmath import FAST, NO_REASSOC, gelu_erf_f32, gelu_tanh_f32
 from minicompress.kernels.int8_quant import quantize_rows
+from minicompress.kernels.threads import threads_here
 from minicompress.nn.backend import OpImpl
 from minicompress.nn.fused import gelu_forward_fused
 
@@ -122,18 +126,35 @@ def _gelu_f32_array(x, y, erf):  # x, y: float32 [n]; the erf form, else the tan
             y[i] = gelu_tanh_f32(x[i])
 
 
+# elements from which GELU shares its pass among Numba's threads when it has several (a
+# batch of one; measured at 128 x 512 on 2 threads: 16.6 -> 10.0 us)
+GELU_SPLIT_MIN = 2**14
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _gelu_f32_parts(x, y, erf):  # _gelu_f32_array, one contiguous part per thread
+    n = x.shape[0]
+    parts = threads_here()
+    for p in prange(parts):
+        lo, hi = p * n // parts, (p + 1) * n // parts
+        _gelu_f32_array(x[lo:hi], y[lo:hi], erf)
+
+
 def gelu_forward_infer(x: np.ndarray, approximate: str = "tanh"):
     """``ops.gelu_forward`` without its cache. float32: one vectorized Numba pass of
     ``fastmath.gelu_erf_f32`` or ``gelu_tanh_f32`` (float32 exp from its bits; the erf form
     by SciPy's scalar ``erf`` took ~2/3 of a W8A8 BERT forward, the float64 version of
-    this pass ~1/5). float64 (the checks of the whole model in float64):
-    ``fused.gelu_forward_fused`` (NumPy's tanh, SciPy's exact ``erf``).
-    x: [...]  ->  (y [...], None)."""
+    this pass ~1/5), shared among Numba's threads from ``GELU_SPLIT_MIN`` elements when
+    the calling thread has several (element-wise: the same bits). float64 (the checks of
+    the whole model in float64): ``fused.gelu_forward_fused`` (NumPy's tanh, SciPy's exact
+    ``erf``). x: [...]  ->  (y [...], None)."""
     if approximate not in ("tanh", "none") or x.dtype != np.float32:
         return gelu_forward_fused(x, approximate)[0], None
     xc = np.ascontiguousarray(x)
     y = np.empty_like(xc)
-    _gelu_f32_array(xc.reshape(-1), y.reshape(-1), approximate == "none")
+    split = xc.size >= GELU_SPLIT_MIN and numba.get_num_threads() > 1
+    kernel = _gelu_f32_parts if split else _gelu_f32_array
+    kernel(xc.reshape(-1), y.reshape(-1), approximate == "none")
     return y, None
 
 
