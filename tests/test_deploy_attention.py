@@ -34,8 +34,11 @@ def _reference(q, k, v, causal, pad=None):
     return attention.attention_forward(q, k, v, causal, pad)[0]
 
 
-@pytest.mark.parametrize("dtype, d", [(np.float32, 16), (np.float32, 32), (np.float32, 48),
-                                      (np.float32, 8), (np.float64, 16), (np.float64, 8)])  # fmt: skip
+@pytest.mark.parametrize(
+    "dtype, d",
+    [(np.float32, 16), (np.float32, 32), (np.float32, 48), (np.float32, 8), (np.float64, 16),
+     (np.float64, 8)],
+)  # fmt: skip
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize(
     "tq, tk",

@@ -15,8 +15,8 @@ Two kernels with the same contract (``tests/test_deploy_attention.py`` checks bo
   masked max and sum in ``simd.vec_max_first``/``vec_add_first``, one 16-lane
   ``fastmath.exp_nonpositive_f32`` per row and 16 keys); each 16-float load of v feeds the
   four rows' output FMAs, 32 columns at once (``_tile_output``), divided by the softmax's
-  sum at the end (one pass less). A causal group stops at the last key its last row sees. The heads are shared
-  among Numba's threads.
+  sum at the end (one pass less). A causal group stops at the last key its last row sees.
+  The heads are shared among Numba's threads.
 - ``_attention_heads_blas`` (everything else: float64 model checks, odd head widths): two
   BLAS products per block of rows (``np.dot`` inside Numba) and the softmax between them.
 
