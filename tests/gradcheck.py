@@ -25,14 +25,19 @@ def assert_close(
     atol: float = 0.0,
     name: str = "value",
 ) -> None:
-    """np.allclose semantics (|ours - theirs| <= atol + rtol |theirs|); on failure, show
-    the worst entries with ours beside theirs."""
+    """np.allclose semantics (|ours - theirs| <= atol + rtol |theirs|, equal infinities
+    close, NaN only against NaN); on failure, show the worst entries with ours beside
+    theirs."""
     ours, theirs = np.asarray(ours), np.asarray(theirs)
     if ours.shape != theirs.shape:
         raise AssertionError(f"{name}: shape ours {ours.shape} vs theirs {theirs.shape}")
     o, t = ours.astype(np.float64), theirs.astype(np.float64)
-    excess = np.abs(o - t) - (atol + rtol * np.abs(t))
-    excess = np.where(np.isnan(o) != np.isnan(t), np.inf, np.nan_to_num(excess, nan=-1.0))
+    with np.errstate(invalid="ignore"):  # inf - inf: decided below
+        excess = np.abs(o - t) - (atol + rtol * np.abs(t))
+    infinite = np.isinf(o) | np.isinf(t)
+    excess = np.where(infinite, np.where(o == t, -1.0, np.inf), excess)  # inf only equals inf
+    nan_o, nan_t = np.isnan(o), np.isnan(t)
+    excess = np.where(nan_o | nan_t, np.where(nan_o & nan_t, -1.0, np.inf), excess)
     if (excess <= 0).all():
         return
     worst = np.argsort(excess, axis=None)[::-1][:6]

@@ -39,6 +39,7 @@ from minicompress.data import CharTokenizer, builtin_text
 from minicompress.nn import attention, model, ops
 from minicompress.nn.backend import NUMPY_OPS
 from minicompress.nn.linear import DenseLinear
+from minicompress.report.plots import save_figure
 
 FAST = os.environ.get("MINICOMPRESS_FAST") == "1"
 # next to this file; in a notebook (no __file__), next to the notebook
@@ -251,10 +252,8 @@ ax.set_xlabel("key")
 ax.set_ylabel("query")
 ax.set_title("block 0, head 0: attention probabilities")
 fig.colorbar(im, ax=ax)
-fig.tight_layout()
 path = FIGURES / "01_attention_map.png"
-fig.savefig(path, dpi=110)
-plt.close(fig)
+save_figure(fig, path, dpi=110)  # laid out, written atomically, closed
 print("figure:", path)
 
 # %% [markdown]

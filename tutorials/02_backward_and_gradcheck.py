@@ -42,6 +42,7 @@ import numpy as np
 from minicompress.data import CharTokenizer, builtin_text
 from minicompress.nn import attention, model, ops
 from minicompress.nn.backend import NUMBA_OPS, NUMPY_OPS
+from minicompress.report.plots import save_figure
 
 FAST = os.environ.get("MINICOMPRESS_FAST") == "1"
 # next to this file; in a notebook (no __file__), next to the notebook
@@ -408,10 +409,8 @@ ax.invert_yaxis()
 ax.set_xlabel("relative error vs central differences (float64)")
 ax.set_title("gradient checks")
 ax.legend(loc="lower right", fontsize=8)
-fig.tight_layout()
 path = FIGURES / "02_gradcheck_errors.png"
-fig.savefig(path, dpi=110)
-plt.close(fig)
+save_figure(fig, path, dpi=110)
 print("figure:", path)
 print(f"{len(errors)} checks, worst relative error {max(errors.values()):.1e} <= {TOL:.0e}")
 assert max(errors.values()) <= TOL

@@ -40,7 +40,7 @@ from minicompress.nn.optim import AdamW, clip_grad_norm, global_grad_norm, lr_at
 from minicompress.nn.train import TrainConfig, evaluate, next_token_loss, train
 from minicompress.prune.masks import HoldMasks
 from minicompress.prune.regularizers import L1Penalty, RegularizedLoss
-from minicompress.report.plots import plot_loss_curve
+from minicompress.report.plots import plot_loss_curve, save_figure
 
 FAST = os.environ.get("MINICOMPRESS_FAST") == "1"
 # next to this file; in a notebook (no __file__), next to the notebook
@@ -152,10 +152,8 @@ for ax, c, title in [(axes[0], tc, "this run"), (axes[1], default, "default teac
     assert np.isclose(lrs.max(), c.lr) and int(np.argmax(lrs)) in (c.warmup - 1, c.warmup)
     assert np.all(np.diff(lrs[: c.warmup]) > 0) and np.all(np.diff(lrs[c.warmup :]) <= 0)
     assert abs(lr_at(c.steps, c.steps, c.lr, c.warmup, c.min_lr) - c.min_lr) < 1e-12
-fig.tight_layout()
 path = FIGURES / "03_lr_schedule.png"
-fig.savefig(path, dpi=110)
-plt.close(fig)
+save_figure(fig, path, dpi=110)
 print("figure:", path)
 
 # %% [markdown]

@@ -51,6 +51,7 @@ from minicompress.quant.tensor import (
     quantize_tensor,
     scale_zero_point,
 )
+from minicompress.report.plots import save_figure
 from minicompress.report.quant_plots import plot_clipping_rounding, plot_weight_grid
 from minicompress.report.table import format_table
 
@@ -290,9 +291,7 @@ ax.set_xlabel("bits per weight")
 ax.set_ylabel("validation perplexity")
 ax.set_yscale("log")
 ax.legend()
-fig.tight_layout()
-fig.savefig(FIGURES / "04_bits.png", dpi=110)
-plt.close(fig)
+save_figure(fig, FIGURES / "04_bits.png", dpi=110)
 print({k: [round(v, 3) for v in ppls] for k, ppls in curves.items()})
 assert all(p[0] > p[-1] for p in curves.values())  # 2 bits worse than 8
 

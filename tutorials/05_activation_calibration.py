@@ -52,6 +52,7 @@ from minicompress.quant.calibrate import (
 )
 from minicompress.quant.linear import FakeQuantLinear
 from minicompress.quant.tensor import QuantSpec, error_split, fake_quantize_tensor
+from minicompress.report.plots import save_figure
 from minicompress.report.quant_plots import plot_activation_ranges
 from minicompress.report.table import format_table
 
@@ -128,9 +129,7 @@ ax.bar(np.arange(per_channel.size), np.sort(per_channel)[::-1], color="C0")
 ax.set_xlabel("channel (sorted)")
 ax.set_ylabel("max |x| over the batches")
 ax.set_title(f"input of {name}: the range of each channel")
-fig.tight_layout()
-fig.savefig(FIGURES / "05_channel_ranges.png", dpi=110)
-plt.close(fig)
+save_figure(fig, FIGURES / "05_channel_ranges.png", dpi=110)
 
 # %% [markdown]
 # ## 2. Five observers on the same activations

@@ -53,6 +53,7 @@ from minicompress.quant.qat import QAT_TRAIN, finetune, qat
 from minicompress.quant.runtime import INT8, pack_int8_params
 from minicompress.quant.tensor import QuantSpec, dequantize_tensor
 from minicompress.report.bench_quant import TimedLinear, best_split_of_rounds
+from minicompress.report.plots import save_figure
 from minicompress.report.table import format_table
 
 FAST = os.environ.get("MINICOMPRESS_FAST") == "1"
@@ -91,9 +92,7 @@ ax[1].plot(x, ste, label="STE gradient")
 ax[1].plot(x, fd, "--", label=f"difference over {k} steps")
 ax[1].set_title("its gradient")
 ax[1].legend()
-fig.tight_layout()
-fig.savefig(FIGURES / "06_ste.png", dpi=110)
-plt.close(fig)
+save_figure(fig, FIGURES / "06_ste.png", dpi=110)
 print("STE gradient = finite differences over whole steps, inside and outside the range")
 
 # %% [markdown]

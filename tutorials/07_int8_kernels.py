@@ -58,6 +58,7 @@ from minicompress.kernels import (
 from minicompress.kernels.x86 import amx as amx_kernels
 from minicompress.kernels.x86 import vnni as vnni_kernels
 from minicompress.report.bench_int8 import run_int8_bench
+from minicompress.report.plots import save_figure
 from minicompress.report.timing import blas_summary
 
 FAST = os.environ.get("MINICOMPRESS_FAST") == "1"
@@ -356,7 +357,6 @@ ax.set(
     title=f"linear layer K={k_plot}, N={n_plot}, {threads} thread(s)",
 )
 ax.legend()
-fig.tight_layout()
-fig.savefig(FIGURES / "07_int8_paths.png", dpi=120)
+save_figure(fig, FIGURES / "07_int8_paths.png", dpi=120)
 print("saved", FIGURES / "07_int8_paths.png")
 assert all(r["ms"] > 0 for r in records)

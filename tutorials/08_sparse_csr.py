@@ -46,6 +46,7 @@ from minicompress.kernels import (
     sparse_linear,
 )
 from minicompress.report.bench_csr import pruned_weight, storage_bytes
+from minicompress.report.plots import save_figure
 from minicompress.report.table import format_table
 from minicompress.report.timing import blas_summary, median_ms
 
@@ -221,10 +222,8 @@ ax.set_ylabel("ms per call (median)")
 ax.set_yscale("log")
 ax.set_title(f"y = x @ w, x [{M}, {K}], w [{K}, {N}], one thread")
 ax.legend(fontsize=8)
-fig.tight_layout()
 figure = FIGURES / "08_time_vs_sparsity.png"
-fig.savefig(figure, dpi=120)
-plt.close(fig)
+save_figure(fig, figure, dpi=120)
 print("saved", figure)
 
 # %% [markdown]

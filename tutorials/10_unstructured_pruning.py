@@ -64,6 +64,7 @@ from minicompress.prune.scores import (
     taylor_scores,
 )
 from minicompress.prune.sparse import SPARSE, pack_sparse, sparse_layers
+from minicompress.report.plots import save_figure
 from minicompress.report.prune_plots import plot_sweep
 from minicompress.report.table import format_table
 from minicompress.report.timing import best_of_rounds
@@ -274,9 +275,7 @@ ax.set_xlabel("step t")
 ax.set_ylabel("sparsity $s_t$")
 ax.set_title("cubic schedule, $s_f$ = 0.9, n = 10")
 ax.grid(alpha=0.3)
-fig.tight_layout()
-fig.savefig(FIGURES / "10_cubic_schedule.png", dpi=110)
-plt.close(fig)
+save_figure(fig, FIGURES / "10_cubic_schedule.png", dpi=110)
 if not FAST:  # with enough steps, gradual pruning recovers better than one cut
     assert results["cubic"]["val_ppl"] < results["oneshot"]["val_ppl"]
 

@@ -61,6 +61,7 @@ from minicompress.prune.structured import (
     select_structures,
     structure_masks,
 )
+from minicompress.report.plots import save_figure
 from minicompress.report.prune_experiments import head_importance
 from minicompress.report.prune_plots import plot_head_importance
 from minicompress.report.table import format_table
@@ -233,9 +234,7 @@ ax.plot(norms, lw=0.6)
 ax.set_xlabel("step")
 ax.set_ylabel("$\\|w_g\\|_2$ of each neuron, block 0")
 ax.set_title(f"group lasso, lambda = {lam}: groups reach exactly 0")
-fig.tight_layout()
-fig.savefig(FIGURES / "11_group_lasso_norms.png", dpi=110)
-plt.close(fig)
+save_figure(fig, FIGURES / "11_group_lasso_norms.png", dpi=110)
 assert (norms[-1] == 0).any(), "no neuron reached zero: raise lambda"
 shrunk, shrunk_cfg = remove_structures(work, cfg, "neurons", alive)
 y_full, _ = forward(work, idx, cfg)

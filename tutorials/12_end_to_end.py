@@ -36,6 +36,7 @@
 
 # %%
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ from minicompress.prune.sparse import BREAK_EVEN
 from minicompress.quant.linear import FakeQuantLinear
 from minicompress.report.bench_quality_peers import format_quality_peers, run_quality_peers
 from minicompress.report.pareto import pareto_front, plot_size_vs_perplexity
+from minicompress.report.plots import save_figure
 from minicompress.report.table import format_table
 from minicompress.report.timing import best_of_rounds, blas_summary
 
@@ -246,9 +248,7 @@ ax.set_ylabel("ms per forward (4 sequences, one thread)")
 ax.set_title("where the milliseconds go")
 ax.tick_params(axis="x", rotation=20)
 ax.legend(fontsize=7)
-fig.tight_layout()
-fig.savefig(FIGURES / "12_breakdown.png", dpi=110)
-plt.close(fig)
+save_figure(fig, FIGURES / "12_breakdown.png", dpi=110)
 for name, p in parts.items():
     linear = sum(v for k, v in p.items() if k.startswith("linear"))
     print(f"{name:>15}: {p['total']:6.2f} ms, linear layers {100 * linear / p['total']:4.1f}%")
@@ -337,4 +337,8 @@ assert all(abs(r["delta_pct"]) < 1.0 for r in side["rows"])
 # %%
 for r in runtimes.values():
     r.close()
-print(f"models saved in {WORK}; figures in {FIGURES}")
+if FAST:  # a test run (CI): leave nothing behind in the temporary folder
+    shutil.rmtree(WORK)
+    print(f"figures in {FIGURES}")
+else:
+    print(f"models saved in {WORK} (yours to open, then delete); figures in {FIGURES}")

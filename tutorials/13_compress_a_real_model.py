@@ -62,6 +62,7 @@ from minicompress.pretrained import embed_texts, load_pretrained, sentence_embed
 from minicompress.pretrained.activations import channel_absmax, linear_inputs, outlier_channels
 from minicompress.pretrained.fidelity import nearest_neighbours
 from minicompress.pretrained.sentences import corpus_sentences
+from minicompress.report.plots import save_figure
 from minicompress.report.table import format_table
 
 N_SENTENCES = 24 if FAST else 256  # the fidelity set: evenly spaced prose of the corpus
@@ -167,8 +168,7 @@ axes[1].hist(np.delete(x, 99, axis=1).ravel(), bins=60, alpha=0.7, label="all ot
              density=False)  # fmt: skip
 axes[1].set(yscale="log", title="block 1, mlp.fc input values", xlabel="x")
 axes[1].legend()
-fig.tight_layout()
-fig.savefig(FIGURES / "13_outlier_channels.png", dpi=120)
+save_figure(fig, FIGURES / "13_outlier_channels.png", dpi=120)
 print(f"figure: {FIGURES / '13_outlier_channels.png'}")
 
 # %% [markdown]

@@ -222,7 +222,9 @@ def minilm_model(batch_size: int, seq_len: int) -> PeerModel:
 # ----------------------------------------------------------------------------------------
 
 
-class _Context(NamedTuple):
+class PeerContext(NamedTuple):
+    """What every peer builder takes (``bench quality-peers`` builds the same peers)."""
+
     m: PeerModel
     threads: int
     workdir: Path  # the ONNX files
@@ -233,7 +235,7 @@ def _pool(h: np.ndarray) -> np.ndarray:
     return l2_normalize_forward(pooled)[0]
 
 
-def _ours(ctx: _Context, params: dict) -> Callable:
+def _ours(ctx: PeerContext, params: dict) -> Callable:
     from minicompress.deploy.runtime import Runtime, RuntimeConfig
 
     rt = Runtime(params, ctx.m.cfg, RuntimeConfig(threads=ctx.threads))
@@ -242,11 +244,11 @@ def _ours(ctx: _Context, params: dict) -> Callable:
     return lambda x: _pool(rt.forward(x))
 
 
-def build_ours_fp32(ctx: _Context) -> Callable:
+def build_ours_fp32(ctx: PeerContext) -> Callable:
     return _ours(ctx, ctx.m.params)
 
 
-def build_ours_int8(ctx: _Context) -> Callable:
+def build_ours_int8(ctx: PeerContext) -> Callable:
     from minicompress.deploy.compressed import runtime_params
     from minicompress.quant.ptq import quantize_weights
     from minicompress.quant.tensor import QuantSpec
@@ -256,26 +258,28 @@ def build_ours_int8(ctx: _Context) -> Callable:
     return _ours(ctx, runtime_params({**ctx.m.params, **qt}, ctx.m.cfg, "dynamic"))
 
 
-def build_ours_csr50(ctx: _Context) -> Callable:
+def build_ours_csr50(ctx: PeerContext) -> Callable:
     from minicompress.prune.masks import apply_masks, global_masks
     from minicompress.prune.pipeline import prunable_names
     from minicompress.prune.scores import magnitude_scores
     from minicompress.prune.sparse import pack_sparse
 
     if not ctx.m.cfg.head:
-        raise _Skip("the CSR contender runs on decoders with a head (the teacher) only")
+        raise SkipContender("the CSR contender runs on decoders with a head (the teacher) only")
     p = ctx.m.params
     masks = global_masks({n: magnitude_scores(p[n]) for n in prunable_names(ctx.m.cfg)}, SPARSITY)
     return _ours(ctx, pack_sparse(apply_masks(p, masks), ctx.m.cfg))
 
 
-def _torch_module(ctx: _Context):
+def torch_module(ctx: PeerContext):
+    """The PyTorch twin of the model (``report.torch_twin``), pooled for an encoder."""
     from minicompress.report.torch_twin import torch_twin
 
     return torch_twin(ctx.m.params, ctx.m.cfg, pool=not ctx.m.cfg.head)
 
 
-def _torch_runner(module) -> Callable:
+def torch_runner(module) -> Callable:
+    """run(x) -> the module's output as NumPy, under ``torch.inference_mode``."""
     import torch
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -285,25 +289,25 @@ def _torch_runner(module) -> Callable:
     return run
 
 
-def build_torch_fp32(ctx: _Context) -> Callable:
-    return _torch_runner(_torch_module(ctx))
+def build_torch_fp32(ctx: PeerContext) -> Callable:
+    return torch_runner(torch_module(ctx))
 
 
-def _torch_int8_module(ctx: _Context):
+def torch_int8_module(ctx: PeerContext):
     """The twin with its ``nn.Linear`` layers through ``quantize_dynamic``, per channel."""
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
         warnings.simplefilter("ignore")
-        return quantize_dynamic(_torch_module(ctx), {torch.nn.Linear: per_channel_dynamic_qconfig})
+        return quantize_dynamic(torch_module(ctx), {torch.nn.Linear: per_channel_dynamic_qconfig})
 
 
-def build_torch_int8(ctx: _Context) -> Callable:
-    return _torch_runner(_torch_int8_module(ctx))
+def build_torch_int8(ctx: PeerContext) -> Callable:
+    return torch_runner(torch_int8_module(ctx))
 
 
-def _onnx_fp32(ctx: _Context) -> Path:
+def onnx_fp32_file(ctx: PeerContext) -> Path:
     """The twin exported once to ``workdir/fp32.onnx``, input ``idx`` int64 [B, T]."""
     path = ctx.workdir / "fp32.onnx"
     if not path.exists():
@@ -312,12 +316,13 @@ def _onnx_fp32(ctx: _Context) -> Path:
         x = torch.from_numpy(ctx.m.bench_x)
         with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
             warnings.simplefilter("ignore")
-            torch.onnx.export(_torch_module(ctx), (x,), str(path), input_names=["idx"],
+            torch.onnx.export(torch_module(ctx), (x,), str(path), input_names=["idx"],
                               output_names=["out"], opset_version=17, dynamo=False)  # fmt: skip
     return path
 
 
-def _ort_runner(ctx: _Context, path: Path) -> Callable:
+def ort_runner(ctx: PeerContext, path: Path) -> Callable:
+    """run(x) on an onnxruntime CPU session of the ONNX file, on ``ctx.threads`` threads."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -328,25 +333,26 @@ def _ort_runner(ctx: _Context, path: Path) -> Callable:
     return lambda x: sess.run(None, {"idx": x.astype(np.int64)})[0]
 
 
-def build_ort_fp32(ctx: _Context) -> Callable:
-    return _ort_runner(ctx, _onnx_fp32(ctx))
+def build_ort_fp32(ctx: PeerContext) -> Callable:
+    return ort_runner(ctx, onnx_fp32_file(ctx))
 
 
-def _ort_int8_file(ctx: _Context) -> Path:
+def ort_int8_file(ctx: PeerContext) -> Path:
     """``workdir/ort_int8.onnx``: onnxruntime's ``quantize_dynamic`` of the fp32 file, per
     channel."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = ctx.workdir / "ort_int8.onnx"
-    quantize_dynamic(_onnx_fp32(ctx), path, per_channel=True, weight_type=QuantType.QInt8)
+    quantize_dynamic(onnx_fp32_file(ctx), path, per_channel=True, weight_type=QuantType.QInt8)
     return path
 
 
-def build_ort_int8(ctx: _Context) -> Callable:
-    return _ort_runner(ctx, _ort_int8_file(ctx))
+def build_ort_int8(ctx: PeerContext) -> Callable:
+    return ort_runner(ctx, ort_int8_file(ctx))
 
 
-def _ov_runner(ctx: _Context, model) -> Callable:
+def ov_runner(ctx: PeerContext, model) -> Callable:
+    """run(x) on the OpenVINO model compiled for the CPU, on ``ctx.threads`` threads."""
     import openvino as ov
 
     config = {
@@ -359,17 +365,18 @@ def _ov_runner(ctx: _Context, model) -> Callable:
     return lambda x: request.infer({0: x.astype(np.int64)})[0].copy()
 
 
-def _ov_model(ctx: _Context):
+def ov_model(ctx: PeerContext):
+    """OpenVINO's reading of the fp32 ONNX file."""
     import openvino as ov
 
-    return ov.Core().read_model(str(_onnx_fp32(ctx)))
+    return ov.Core().read_model(str(onnx_fp32_file(ctx)))
 
 
-def build_ov_fp32(ctx: _Context) -> Callable:
-    return _ov_runner(ctx, _ov_model(ctx))
+def build_ov_fp32(ctx: PeerContext) -> Callable:
+    return ov_runner(ctx, ov_model(ctx))
 
 
-def _nncf_dataset(ctx: _Context):
+def nncf_dataset(ctx: PeerContext):
     """The calibration rows as an ``nncf.Dataset`` of batches of the timed (static) shape."""
     import nncf
 
@@ -381,7 +388,7 @@ def _nncf_dataset(ctx: _Context):
 
 
 @contextlib.contextmanager
-def _silenced():
+def silenced():
     """NNCF draws progress bars whatever its log level, and its import sets its logger to
     INFO (statistics tables): both kept off the terminal while NNCF works."""
     sink = io.StringIO()
@@ -395,25 +402,25 @@ def _silenced():
         nncf_log.setLevel(level)
 
 
-def _nncf_int8_model(ctx: _Context):
+def nncf_int8_model(ctx: PeerContext):
     """The OpenVINO model quantized by ``nncf.quantize(model_type=TRANSFORMER)``."""
     import nncf
 
-    dataset = _nncf_dataset(ctx)
-    with _silenced():
+    dataset = nncf_dataset(ctx)
+    with silenced():
         return nncf.quantize(
-            _ov_model(ctx),
+            ov_model(ctx),
             dataset,
             model_type=nncf.ModelType.TRANSFORMER,
             subset_size=dataset.get_length(),
         )
 
 
-def build_ov_int8(ctx: _Context) -> Callable:
-    return _ov_runner(ctx, _nncf_int8_model(ctx))
+def build_ov_int8(ctx: PeerContext) -> Callable:
+    return ov_runner(ctx, nncf_int8_model(ctx))
 
 
-class _Skip(Exception):
+class SkipContender(Exception):
     """A contender that does not apply to this model (one line in the report)."""
 
 
@@ -436,7 +443,7 @@ BUILDERS = {
 
 
 @contextlib.contextmanager
-def _quiet_logs():
+def quiet_logs():
     """NNCF and OpenVINO log progress bars and notices: keep the terminal to our table."""
     old = os.environ.get("OPENVINO_TELEMETRY")  # no telemetry from a benchmark
     os.environ["OPENVINO_TELEMETRY"] = "0"
@@ -497,8 +504,8 @@ def run_peers_bench(
         raise ValueError(f"threads must be an integer >= 1; got {threads!r}")
     keys = check_contenders(contenders)
     runs, rows, skipped = {}, {}, []
-    with tempfile.TemporaryDirectory(prefix="minicompress-peers-") as tmp, _quiet_logs():
-        ctx = _Context(m, threads, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="minicompress-peers-") as tmp, quiet_logs():
+        ctx = PeerContext(m, threads, Path(tmp))
         with fixed_threads(threads):
             ref = None
             for key in [REFERENCE] + [k for k in keys if k != REFERENCE]:
@@ -506,9 +513,9 @@ def run_peers_bench(
                 missing = missing_modules(c)
                 try:
                     if missing:
-                        raise _Skip(f"{', '.join(missing)} not installed ({EXTRA_HINT})")
+                        raise SkipContender(f"{', '.join(missing)} not installed ({EXTRA_HINT})")
                     run = BUILDERS[key](ctx)
-                except _Skip as e:
+                except SkipContender as e:
                     skipped.append({"key": key, "reason": str(e)})
                     log(f"skipped {key}: {e}")
                     continue

@@ -56,24 +56,24 @@ import numpy as np
 from minicompress.nn.model import TransformerConfig
 from minicompress.report.bench_peers import (
     EXTRA_HINT,
-    _Context,
-    _nncf_dataset,
-    _nncf_int8_model,
-    _onnx_fp32,
-    _ort_int8_file,
-    _ort_runner,
-    _ov_model,
-    _ov_runner,
-    _quiet_logs,
-    _silenced,
-    _Skip,
-    _torch_int8_module,
-    _torch_module,
-    _torch_runner,
+    PeerContext,
+    SkipContender,
     decoder_model,
     in_batches,
     library_version,
     missing_modules,
+    nncf_dataset,
+    nncf_int8_model,
+    onnx_fp32_file,
+    ort_int8_file,
+    ort_runner,
+    ov_model,
+    ov_runner,
+    quiet_logs,
+    silenced,
+    torch_int8_module,
+    torch_module,
+    torch_runner,
     val_perplexity,
 )
 
@@ -144,7 +144,7 @@ class _Setup:
         m = decoder_model("model", params, cfg, data.train, data.val, CALIB_BATCH_SIZE)
         x, y = m.val
         self.m = m._replace(calib_x=calib, val=(x[:eval_windows], y[:eval_windows]))
-        self.ctx = _Context(self.m, threads, workdir)
+        self.ctx = PeerContext(self.m, threads, workdir)
         self.base_loss = evaluate(params, cfg, data.val, eval_windows)
         self._control_loss = None
         self._fp32_bytes = {}
@@ -185,11 +185,11 @@ class _Setup:
                 path = save_checkpoint(self.folder("fp32"), self.params, self.cfg, self.vocab)
                 nbytes = path.stat().st_size
             elif fmt == "onnx":
-                nbytes = _onnx_fp32(self.ctx).stat().st_size
+                nbytes = onnx_fp32_file(self.ctx).stat().st_size
             elif fmt == "openvino":
-                nbytes = _ov_bytes(_ov_model(self.ctx), self.folder("fp32-ov"))
+                nbytes = _ov_bytes(ov_model(self.ctx), self.folder("fp32-ov"))
             else:
-                nbytes = _torch_bytes(_torch_module(self.ctx).state_dict())
+                nbytes = _torch_bytes(torch_module(self.ctx).state_dict())
             self._fp32_bytes[fmt] = nbytes
         return self._fp32_bytes[fmt]
 
@@ -284,14 +284,14 @@ def _nncf_weights(mode: str, **kw) -> Callable:
     def measure(s: _Setup) -> Measured:
         import nncf
 
-        data = {"dataset": _nncf_dataset(s.ctx)} if kw.get("awq") else {}  # AWQ calibrates
-        with _silenced(), _nncf_messages() as said:
+        data = {"dataset": nncf_dataset(s.ctx)} if kw.get("awq") else {}  # AWQ calibrates
+        with silenced(), _nncf_messages() as said:
             model = nncf.compress_weights(
-                _ov_model(s.ctx), mode=getattr(nncf.CompressWeightsMode, mode), **kw, **data
+                ov_model(s.ctx), mode=getattr(nncf.CompressWeightsMode, mode), **kw, **data
             )
         nbytes = _ov_bytes(model, s.folder(f"nncf-{mode}"))
         note = " ".join(m for m in said if "skipped" in m)  # NNCF: "... AWQ ... skipped."
-        return Measured(s.peer_ppl(_ov_runner(s.ctx, model)), nbytes, s.fp32_bytes("openvino"),
+        return Measured(s.peer_ppl(ov_runner(s.ctx, model)), nbytes, s.fp32_bytes("openvino"),
                         note)  # fmt: skip
 
     return measure
@@ -317,9 +317,9 @@ def _nncf_messages():
 
 
 def _nncf_static(s: _Setup) -> Measured:
-    model = _nncf_int8_model(s.ctx)
+    model = nncf_int8_model(s.ctx)
     nbytes = _ov_bytes(model, s.folder("nncf-int8"))
-    return Measured(s.peer_ppl(_ov_runner(s.ctx, model)), nbytes, s.fp32_bytes("openvino"))
+    return Measured(s.peer_ppl(ov_runner(s.ctx, model)), nbytes, s.fp32_bytes("openvino"))
 
 
 def _torch_observer(qscheme: str) -> Callable:
@@ -330,7 +330,7 @@ def _torch_observer(qscheme: str) -> Callable:
         import torch
         from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
-        module = _torch_module(s.ctx)
+        module = torch_module(s.ctx)
         state = dict(module.state_dict())
         for key, lin in module.linears.items():
             obs = PerChannelMinMaxObserver(
@@ -344,24 +344,24 @@ def _torch_observer(qscheme: str) -> Callable:
             with torch.no_grad():
                 lin.weight.copy_(qw.dequantize())
         nbytes = _torch_bytes(state)
-        return Measured(s.peer_ppl(_torch_runner(module)), nbytes, s.fp32_bytes("torch"))
+        return Measured(s.peer_ppl(torch_runner(module)), nbytes, s.fp32_bytes("torch"))
 
     return measure
 
 
 def _torch_dynamic(s: _Setup) -> Measured:
-    q = _torch_int8_module(s.ctx)
-    return Measured(s.peer_ppl(_torch_runner(q)), _torch_bytes(q.state_dict()),
+    q = torch_int8_module(s.ctx)
+    return Measured(s.peer_ppl(torch_runner(q)), _torch_bytes(q.state_dict()),
                     s.fp32_bytes("torch"))  # fmt: skip
 
 
 def _ort_file(s: _Setup, path: Path) -> Measured:
-    return Measured(s.peer_ppl(_ort_runner(s.ctx, path)), path.stat().st_size,
+    return Measured(s.peer_ppl(ort_runner(s.ctx, path)), path.stat().st_size,
                     s.fp32_bytes("onnx"))  # fmt: skip
 
 
 def _ort_dynamic(s: _Setup) -> Measured:
-    return _ort_file(s, _ort_int8_file(s.ctx))
+    return _ort_file(s, ort_int8_file(s.ctx))
 
 
 def _ort_static(s: _Setup) -> Measured:
@@ -377,7 +377,7 @@ def _ort_static(s: _Setup) -> Measured:
         quantize_static,
     )
 
-    fp32 = _onnx_fp32(s.ctx)
+    fp32 = onnx_fp32_file(s.ctx)
     graph = onnx.load(str(fp32)).graph
     stored = {t.name for t in graph.initializer}
     linears = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm")
@@ -409,8 +409,8 @@ def _ort_int4(s: _Setup) -> Measured:
     try:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ImportError as e:  # 1.32 imports onnx_ir, which it does not require
-        raise _Skip(f"onnxruntime's 4-bit quantizer does not import here ({e})") from None
-    q = MatMulNBitsQuantizer(onnx.load(str(_onnx_fp32(s.ctx))), bits=4, block_size=32,
+        raise SkipContender(f"onnxruntime's 4-bit quantizer does not import here ({e})") from None
+    q = MatMulNBitsQuantizer(onnx.load(str(onnx_fp32_file(s.ctx))), bits=4, block_size=32,
                              is_symmetric=False)  # fmt: skip
     q.process()
     path = s.ctx.workdir / "ort_int4.onnx"
@@ -463,7 +463,7 @@ def _torch_global_l1(sparsity: float) -> Callable:
 
 
 def _torch_pruning(s: _Setup) -> Measured:
-    raise _Skip("torch-pruning is installed, but this harness does not drive it")
+    raise SkipContender("torch-pruning is installed, but this harness does not drive it")
 
 
 # ----------------------------------------------------------------------------------------
@@ -569,7 +569,7 @@ def run_quality_peers(
     if not cfg.head or not cfg.causal:
         raise ValueError("bench quality-peers measures a decoder with a head (the teacher)")
     out_rows, skipped = [], []
-    with tempfile.TemporaryDirectory(prefix="minicompress-qpeers-") as tmp, _quiet_logs():
+    with tempfile.TemporaryDirectory(prefix="minicompress-qpeers-") as tmp, quiet_logs():
         with fixed_threads(threads):
             s = _Setup(params, cfg, vocab, data, Path(tmp), finetune_steps, eval_windows, threads)
             for row in (BY_KEY[k] for k in keys):
@@ -578,9 +578,9 @@ def run_quality_peers(
                     missing = missing_modules(c)
                     try:
                         if missing:
-                            raise _Skip(f"{', '.join(missing)} not installed ({c.hint})")
+                            raise SkipContender(f"{', '.join(missing)} not installed ({c.hint})")
                         got = c.measure(s)
-                    except _Skip as e:
+                    except SkipContender as e:
                         reason = str(e)
                     except Exception as e:  # a peer's own failure: reported, the run goes on
                         if c.library == "minicompress":
