@@ -324,15 +324,18 @@ assert all(abs(r["delta_pct"]) < 1.0 for r in side["rows"])
 # and OpenVINO (fp32 and NNCF int8) beside our runtimes, in one process, in rotating rounds
 # (README, "Side by side with the industry runtimes", with the plots). Measured on the
 # default teacher and on all-MiniLM-L6-v2, at 1 and 2 threads (one run; the README has a
-# second): our int8 forward takes 0.58-0.86 of onnxruntime int8's time, 0.38-0.76 of
-# PyTorch int8's (1 thread), and 1.13-1.29 times OpenVINO + NNCF int8's, at the best
-# fidelity of the four. What made the runtime that fast is section 5's lesson: the linear
+# second): our int8 forward takes 0.56-0.76 of onnxruntime int8's time (by the median; one
+# sequence at 2 threads, the row most exposed to the machine's other work, 0.71-0.84 in
+# four runs of five and 1.16 in one), 0.41-0.75 of PyTorch int8's (1 thread), and 1.03-1.46
+# times OpenVINO + NNCF int8's, at the best fidelity of the four. What made the runtime that
+# fast is section 5's lesson: the linear
 # layers were already fast; the Numba kernels around them had to release the GIL (two
 # threads ran no faster than one), GELU and the softmax needed math that vectorizes
 # (`kernels/fastmath.py`: an exp from the float's bits, a rational erf), the softmax had to
 # run four rows at a time without scalar remainders, the activation quantizer had to lose
-# its per-row overhead, and attention had to read q, k, v where the projection wrote them
-# (`deploy/attention.py`).
+# its per-row overhead, attention had to read q, k, v where the projection wrote them
+# (`deploy/attention.py`) and keep eight FMA chains in flight, and a batch of one had to
+# stop paying for Python around the forward (checks, thread settings).
 
 # %%
 for r in runtimes.values():

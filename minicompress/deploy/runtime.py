@@ -23,10 +23,10 @@ the GIL (every kernel of ``kernels/`` and ``deploy/`` is compiled ``nogil``: wit
 workers took turns, and two threads ran all-MiniLM-L6-v2 no faster than one), so the
 workers really run at the same time. A batch too small to split (one sequence) runs on the
 calling thread with Numba's threads instead: the int8 layers share their columns or rows,
-the attention its heads; BLAS stays on one thread (OpenBLAS's spinning threads beside
-Numba's OpenMP ones took a float32 sequence of the teacher from 2.6 to 28-48 ms on these 2
-cores). The BLAS and Numba thread counts are set for the duration of a call
-(``threadpoolctl``) and restored afterwards.
+the attention its heads, a large GELU its elements; BLAS stays on one thread (OpenBLAS's
+spinning threads beside Numba's OpenMP ones took a float32 sequence of the teacher from 2.6
+to 28-48 ms on these 2 cores). The BLAS and Numba thread counts are set for the duration of
+a call (``one_blas_thread``, ``numba_threads``) and restored afterwards.
 """
 
 from __future__ import annotations
