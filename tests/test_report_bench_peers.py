@@ -245,3 +245,21 @@ def test_bench_peers_refuses_bad_input(tmp_path, tiny_checkpoint, capsys):
     line = refused(capsys, ["bench", "peers", "--checkpoint", str(tmp_path / "none")])
     assert "--checkpoint" in line and "no checkpoint" in line
     assert "bench peers only" in refused(capsys, ["bench", "runtime", "--plot", "x.png"])
+
+
+def test_quiet_logs_restores_the_root_logger():
+    """A library that configures logging while it is imported inside the benchmark
+    (onnxruntime's 4-bit quantizer calls ``logging.basicConfig(level=INFO)``) leaves
+    neither its handler nor its level behind."""
+    import logging
+
+    from minicompress.report.bench_peers import quiet_logs
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    with quiet_logs():
+        assert root.level == logging.ERROR
+        root.handlers[:] = []  # as in a plain process, where basicConfig adds a handler
+        logging.basicConfig(level=logging.INFO)
+        assert root.level == logging.INFO and len(root.handlers) == 1
+    assert root.handlers == handlers and root.level == level

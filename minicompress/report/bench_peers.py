@@ -447,9 +447,12 @@ def quiet_logs():
     """NNCF and OpenVINO log progress bars and notices: keep the terminal to our table."""
     old = os.environ.get("OPENVINO_TELEMETRY")  # no telemetry from a benchmark
     os.environ["OPENVINO_TELEMETRY"] = "0"
-    # onnxruntime's quantizer warns on the root logger; NNCF draws progress bars at INFO
+    # onnxruntime's quantizer warns on the root logger; NNCF draws progress bars at INFO;
+    # onnxruntime's 4-bit quantizer module calls logging.basicConfig(level=INFO) when it is
+    # imported (a handler on the root logger, which then prints every INFO line)
     loggers = [logging.getLogger(), logging.getLogger("nncf")]
     levels = [lg.level for lg in loggers]
+    root_handlers = list(logging.getLogger().handlers)
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
@@ -457,6 +460,7 @@ def quiet_logs():
             warnings.simplefilter("ignore")
             yield
     finally:
+        logging.getLogger().handlers[:] = root_handlers  # drop what a library added
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
         if old is None:
