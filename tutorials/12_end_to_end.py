@@ -325,8 +325,8 @@ assert all(abs(r["delta_pct"]) < 1.0 for r in side["rows"])
 # (README, "Side by side with the industry runtimes", with the plots). Measured on the
 # default teacher and on all-MiniLM-L6-v2, at 1 and 2 threads (one run; the README has a
 # second): our int8 forward takes 0.56-0.76 of onnxruntime int8's time (by the median; one
-# sequence at 2 threads, the row most exposed to the machine's other work, 0.71-0.84 in
-# four runs of five and 1.16 in one), 0.41-0.75 of PyTorch int8's (1 thread), and 1.03-1.46
+# sequence at 2 threads, the row most exposed to the machine's other work, 0.71-0.85 in
+# seven runs of eight and 1.16 in one), 0.41-0.75 of PyTorch int8's (1 thread), and 1.03-1.46
 # times OpenVINO + NNCF int8's, at the best fidelity of the four. What made the runtime that
 # fast is section 5's lesson: the linear
 # layers were already fast; the Numba kernels around them had to release the GIL (two
