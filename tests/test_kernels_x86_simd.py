@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gradcheck import assert_close
-from numba import njit
+from numba import literally, njit
 
 from minicompress.kernels.x86 import simd
 
@@ -18,51 +18,25 @@ COUNTS = [-3, 0, 1, 7, 15, 16, 17, 40]  # lanes to take: none, some, all (n >= W
 
 
 @njit(cache=False)
-def _max_first_16(start, row, n):
-    acc = simd.vec_alloc(16)
-    simd.vec_fill(acc, np.float32(-np.inf), 16)
-    simd.vec_store(acc, row.ctypes.data, 16)  # row[:16] = -inf: vec_fill seen through memory
-    out = np.empty(16, np.float32)
-    simd.vec_zero(acc, 16)
-    simd.vec_fma(acc, np.float32(1.0), start.ctypes.data, 16)  # acc = start
-    simd.vec_max_first(acc, row.ctypes.data + 16 * 4 + 4, n, 16)  # row[17:33]: unaligned
-    simd.vec_store(acc, out.ctypes.data, 16)
-    return out, simd.vec_hmax(acc, 16)
-
-
-@njit(cache=False)
-def _max_first_32(start, row, n):
-    acc = simd.vec_alloc(32)
-    simd.vec_fill(acc, np.float32(-np.inf), 32)
-    simd.vec_store(acc, row.ctypes.data, 32)
-    out = np.empty(32, np.float32)
-    simd.vec_zero(acc, 32)
-    simd.vec_fma(acc, np.float32(1.0), start.ctypes.data, 32)
-    simd.vec_max_first(acc, row.ctypes.data + 32 * 4 + 4, n, 32)
-    simd.vec_store(acc, out.ctypes.data, 32)
-    return out, simd.vec_hmax(acc, 32)
-
-
-@njit(cache=False)
-def _add_first_16(start, row, n):
-    acc = simd.vec_alloc(16)
-    out = np.empty(16, np.float32)
-    simd.vec_zero(acc, 16)
-    simd.vec_fma(acc, np.float32(1.0), start.ctypes.data, 16)
-    simd.vec_add_first(acc, row.ctypes.data + 16 * 4 + 4, n, 16)
-    simd.vec_store(acc, out.ctypes.data, 16)
-    return out, simd.vec_hsum(acc, 16)
-
-
-@njit(cache=False)
-def _add_first_32(start, row, n):
-    acc = simd.vec_alloc(32)
-    out = np.empty(32, np.float32)
-    simd.vec_zero(acc, 32)
-    simd.vec_fma(acc, np.float32(1.0), start.ctypes.data, 32)
-    simd.vec_add_first(acc, row.ctypes.data + 32 * 4 + 4, n, 32)
-    simd.vec_store(acc, out.ctypes.data, 32)
-    return out, simd.vec_hsum(acc, 32)
+def _compiled(is_max, start, row, n, width):
+    """vec_fill, then vec_max_first + vec_hmax (is_max) or vec_add_first + vec_hsum, as
+    the softmax calls them; width: a compile-time constant (``literally``)."""
+    literally(width)
+    acc = simd.vec_alloc(width)
+    simd.vec_fill(acc, np.float32(-np.inf), width)
+    simd.vec_store(acc, row.ctypes.data, width)  # row[:W] = -inf: vec_fill seen through memory
+    out = np.empty(width, np.float32)
+    simd.vec_zero(acc, width)
+    simd.vec_fma(acc, np.float32(1.0), start.ctypes.data, width)  # acc = start
+    at = row.ctypes.data + width * 4 + 4  # row[W + 1 : 2 W + 1]: not aligned
+    if is_max:
+        simd.vec_max_first(acc, at, n, width)
+        total = simd.vec_hmax(acc, width)
+    else:
+        simd.vec_add_first(acc, at, n, width)
+        total = simd.vec_hsum(acc, width)
+    simd.vec_store(acc, out.ctypes.data, width)
+    return out, total
 
 
 def _twin(op, start, row, n, width):
@@ -76,14 +50,6 @@ def _twin(op, start, row, n, width):
         return acc.copy(), simd.vec_hmax(acc, width)
     simd.vec_add_first(acc, row.ctypes.data + width * 4 + 4, n, width)
     return acc.copy(), simd.vec_hsum(acc, width)
-
-
-COMPILED = {
-    ("max", 16): _max_first_16,
-    ("max", 32): _max_first_32,
-    ("add", 16): _add_first_16,
-    ("add", 32): _add_first_32,
-}
 
 
 def _case(rng, width, n, low_lane=False):
@@ -104,7 +70,7 @@ def test_vec_max_first_and_hmax(rng, width, n, form):
     first = np.arange(width) < n
     expected = np.where(first, np.fmax(start, taken), start)  # fmax: NaN lanes are not taken
     if form == "compiled":
-        acc, hmax = COMPILED["max", width](start, row, n)
+        acc, hmax = _compiled(True, start, row, n, width)
     else:
         acc, hmax = _twin("max", start, row, n, width)
     np.testing.assert_array_equal(acc, expected, err_msg="acc after vec_max_first")
@@ -120,7 +86,7 @@ def test_vec_add_first_and_hsum(rng, width, n, form):
     first = np.arange(width) < n
     expected = start + np.where(first, taken, 0).astype(np.float32)
     if form == "compiled":
-        acc, hsum = COMPILED["add", width](start, row, n)
+        acc, hsum = _compiled(False, start, row, n, width)
     else:
         acc, hsum = _twin("add", start, row, n, width)
     np.testing.assert_array_equal(acc, expected, err_msg="acc after vec_add_first")
